@@ -1,0 +1,19 @@
+"""Vision Mamba architecture, registry and checkpoints."""
+
+from vimstm.models.checkpoint import atomic_save, load_checkpoint, read_checkpoint
+from vimstm.models.registry import create_model, get_spec, list_models
+from vimstm.models.vim import Block, Mamba, RMSNorm, TokenState, VisionMamba
+
+__all__ = [
+    "Block",
+    "Mamba",
+    "RMSNorm",
+    "TokenState",
+    "VisionMamba",
+    "atomic_save",
+    "create_model",
+    "get_spec",
+    "list_models",
+    "load_checkpoint",
+    "read_checkpoint",
+]

@@ -1,0 +1,200 @@
+"""Safe checkpoint loading and writing.
+
+Reads official release files (``{'model': state_dict}``), full training checkpoints
+(``model``, ``model_ema``, ``optimizer``, ``args`` as an argparse.Namespace ...), plain state
+dicts and safetensors. Pickles are read with ``torch.load(weights_only=True)`` and only
+``argparse.Namespace`` allow-listed; anything else needs ``trust=True`` (an explicit opt-in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vimstm.errors import CheckpointError
+
+SAFE_GLOBALS: list[Any] = [argparse.Namespace]
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
+    """Read a checkpoint file without running arbitrary pickled code (unless ``trust``)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint path is a folder, not a file: {p}")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {p} is empty (0 bytes): the download or copy failed")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p))
+        except Exception as e:
+            raise CheckpointError(f"cannot read safetensors file {p}: {e}; it may be truncated "
+                                  "or corrupt, download it again") from None
+    try:
+        if trust:
+            return torch.load(p, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e).split("\n")
+        detail = next((m for m in msg if "GLOBAL" in m or "Unsupported" in m), msg[0])
+        raise CheckpointError(
+            f"checkpoint {p} holds Python objects that are not allowed by default ({detail.strip()}). "
+            "Only load it if you trust its source, with trust_checkpoint=True (CLI: --trust-checkpoint)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"cannot read checkpoint {p}: it looks truncated or corrupt ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); download or copy it again"
+        ) from None
+
+
+def extract_state_dict(obj: Any, use_ema: bool = False) -> dict[str, Tensor]:
+    """The model weights inside whatever a checkpoint file holds."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
+    if use_ema:
+        for key in ("model_ema", "ema", "state_dict_ema"):
+            if key in obj and isinstance(obj[key], Mapping):
+                sd = obj[key]
+                break
+        else:
+            raise CheckpointError(
+                f"use_ema was asked for but the checkpoint has no EMA weights (keys: {sorted(obj)[:10]})"
+            )
+    else:
+        sd = obj
+        for key in ("model", "state_dict", "module"):
+            if key in obj and isinstance(obj[key], Mapping):
+                sd = obj[key]
+                break
+    tensors = {k: v for k, v in sd.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise CheckpointError("checkpoint holds no tensors: is it a model checkpoint?")
+    out = {}
+    for k, v in tensors.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def describe_state_dict(sd: Mapping[str, Tensor]) -> str:
+    """Which registered model a state dict fits, from its shapes (for error messages)."""
+    from vimstm.models.registry import _SPECS
+
+    try:
+        dim = sd["patch_embed.proj.weight"].shape[0]
+        patch = tuple(sd["patch_embed.proj.weight"].shape[-2:])
+        depth = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
+        tokens = sd["pos_embed"].shape[1]
+        classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
+        d_state = sd["layers.0.mixer.A_log"].shape[1]
+    except (KeyError, IndexError):
+        return "not a Vision Mamba checkpoint (no patch_embed / pos_embed / layers keys)"
+    fits = []
+    for s in _SPECS:
+        kw = s.kwargs
+        if kw.get("embed_dim") == dim and depth == kw.get("depth", 24):
+            fits.append(s.alias)
+    guess = f"; it fits {' or '.join(fits)}" if fits else ""
+    return (f"embed_dim {dim}, depth {depth}, patch {patch[0]}, {tokens} tokens "
+            f"(with the class token), d_state {d_state}, {classes} classes{guess}")
+
+
+def interpolate_pos_embed(pos: Tensor, new_tokens: int, new_grid: tuple[int, int]) -> Tensor:
+    """Resize a middle-class-token position embedding to ``new_grid``, keeping the class row.
+
+    The class-token row sits at index M//2 of the M+1 rows; it is kept as it is, the M patch
+    rows are resized bicubically as a square grid, and the class row is re-inserted at M'//2.
+    (The official fine-tuning code keeps row 0, which is a patch row for middle-class models.)
+    """
+    m_old = pos.shape[1] - 1
+    side = int(round(m_old**0.5))
+    if side * side != m_old:
+        raise CheckpointError(f"cannot interpolate a position embedding of {m_old} patches: not square")
+    c_old = m_old // 2
+    cls_row = pos[:, c_old : c_old + 1]
+    patches = torch.cat((pos[:, :c_old], pos[:, c_old + 1 :]), dim=1)
+    grid = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
+    patches = grid.permute(0, 2, 3, 1).flatten(1, 2).to(pos.dtype)
+    m_new = patches.shape[1]
+    assert m_new + 1 == new_tokens
+    c_new = m_new // 2
+    return torch.cat((patches[:, :c_new], cls_row, patches[:, c_new:]), dim=1)
+
+
+def load_state_dict_checked(model: nn.Module, sd: Mapping[str, Tensor], source: str = "") -> None:
+    """``load_state_dict`` with one clear error naming disagreeing keys and the fitting model."""
+    sd = dict(sd)
+    own = model.state_dict()
+    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
+        same_dim = sd["pos_embed"].shape[-1] == own["pos_embed"].shape[-1]
+        if same_dim and hasattr(model, "patch_embed"):
+            sd["pos_embed"] = interpolate_pos_embed(
+                sd["pos_embed"], own["pos_embed"].shape[1], model.patch_embed.grid_size
+            )
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(sd) & set(own) if sd[k].shape != own[k].shape
+    )
+    if missing or unexpected or shapes:
+        name = getattr(model, "vimstm_name", type(model).__name__)
+        parts = [f"checkpoint{(' ' + source) if source else ''} does not fit model {name}."]
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es), e.g. " + "; ".join(shapes[:3]))
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
+        parts.append(f"The file holds: {describe_state_dict(sd)}.")
+        raise CheckpointError(" ".join(parts))
+    model.load_state_dict(sd, strict=True)
+
+
+def load_checkpoint(
+    model: nn.Module, path: str | Path, use_ema: bool = False, trust: bool = False
+) -> nn.Module:
+    """Load weights from ``path`` into ``model`` (release, training, plain or safetensors)."""
+    sd = extract_state_dict(read_checkpoint(path, trust=trust), use_ema=use_ema)
+    load_state_dict_checked(model, sd, source=str(path))
+    return model
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` with torch.save (or safetensors by suffix) to a temp file, then rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
+        else:
+            torch.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p

@@ -1,0 +1,354 @@
+"""Vision Mamba (hustvl/Vim, bimamba "v2", middle class token), module tree and keys as official.
+
+Equivalence notes (see ARCHITECTURE.md): the class token is inserted at index M//2 of the M patch
+tokens and read out there; ``pos_embed`` is added after the insertion; the backward branch of
+every mixer has its own conv1d_b / x_proj_b / dt_proj_b / A_b_log / D_b and runs in reverse scan
+order on the same in_proj output, which equals the official flip / scan / flip; the mixer returns
+``out_proj((y_fwd + y_bwd) / 2)``; blocks are pre-norm RMSNorm (eps 1e-5) with an fp32 residual.
+
+Token merging hooks in between blocks through ``self.merger`` (see :mod:`vimstm.merge`), which
+receives ``(hidden_states, residual)`` of all tokens and the exact class-token index.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from vimstm.errors import ConfigError
+from vimstm.ops import causal_conv1d, selective_scan
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def patch_grid(img_size, patch_size, stride) -> tuple[int, int]:
+    """Grid of the patch embedding, or a clear error if the image size does not tile."""
+    img, patch = _pair(img_size), _pair(patch_size)
+    grid = []
+    for s, p in zip(img, patch):
+        if s < p:
+            raise ConfigError(f"image size {s} is smaller than the patch size {p}")
+        if (s - p) % stride:
+            lo = s - (s - p) % stride
+            raise ConfigError(
+                f"image size {s} does not fit the patch grid (patch {p}, stride {stride}): "
+                f"(size - patch) must be a multiple of the stride; try {lo} or {lo + stride}"
+            )
+        grid.append((s - p) // stride + 1)
+    return grid[0], grid[1]
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm as mamba_ssm's (weight only, no bias), computed in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        return y.to(out_dtype or x.dtype)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity at eval)."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class PatchEmbed(nn.Module):
+    """Image to patch tokens through one strided conv."""
+
+    def __init__(self, img_size=224, patch_size=16, stride=16, in_chans=3, embed_dim=192) -> None:
+        super().__init__()
+        self.img_size = _pair(img_size)
+        self.patch_size = _pair(patch_size)
+        self.stride = stride
+        self.grid_size = patch_grid(img_size, patch_size, stride)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        if (h, w) != self.img_size:
+            raise ConfigError(
+                f"input image is {h}x{w} but the model expects {self.img_size[0]}x"
+                f"{self.img_size[1]}; resize the input or create the model with img_size={h}"
+            )
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+@dataclass
+class SSMStats:
+    """What a mixer records for merging: per-direction B (batch, length, state) and Δ·mean(A)."""
+
+    B_fwd: Tensor
+    B_bwd: Tensor
+    log_decay_fwd: Tensor  # (batch, length): mean over channels of Δ_t · mean_n(A), ≤ 0
+    log_decay_bwd: Tensor
+    delta_fwd: Tensor  # (batch, length): Δ averaged over channels
+    delta_bwd: Tensor
+
+
+class Mamba(nn.Module):
+    """Bidirectional Mamba mixer (bimamba v2), parameters named as in hustvl/Vim's mamba_simple."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        if_divide_out: bool = True,
+        scan_backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.if_divide_out = if_divide_out
+        self.scan_backend = scan_backend
+        self.record_ssm = False
+        self.last_ssm: SSMStats | None = None
+        di, r, n = self.d_inner, self.dt_rank, d_state
+
+        self.in_proj = nn.Linear(d_model, di * 2, bias=False)
+        for suffix in ("", "_b"):
+            setattr(self, "conv1d" + suffix,
+                    nn.Conv1d(di, di, kernel_size=d_conv, groups=di, padding=d_conv - 1, bias=True))
+            setattr(self, "x_proj" + suffix, nn.Linear(di, r + 2 * n, bias=False))
+            dt_proj = nn.Linear(r, di, bias=True)
+            std = r**-0.5
+            nn.init.uniform_(dt_proj.weight, -std, std)
+            dt = torch.exp(torch.rand(di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            dt = dt.clamp(min=dt_init_floor)
+            with torch.no_grad():
+                dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
+            setattr(self, "dt_proj" + suffix, dt_proj)
+        a_log = torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(di, 1)
+        self.A_log = nn.Parameter(a_log.clone())
+        self.D = nn.Parameter(torch.ones(di))
+        self.A_b_log = nn.Parameter(a_log.clone())
+        self.D_b = nn.Parameter(torch.ones(di))
+        for p in (self.A_log, self.D, self.A_b_log, self.D_b):
+            p._no_weight_decay = True  # type: ignore[attr-defined]
+        self.out_proj = nn.Linear(di, d_model, bias=False)
+
+    def _branch(self, x: Tensor, z: Tensor, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+        s = "_b" if reverse else ""
+        conv: nn.Conv1d = getattr(self, "conv1d" + s)
+        x_proj: nn.Linear = getattr(self, "x_proj" + s)
+        dt_proj: nn.Linear = getattr(self, "dt_proj" + s)
+        A = -torch.exp(getattr(self, "A" + s + "_log").float())
+        D = getattr(self, "D" + s).float()
+        xc = causal_conv1d(x, conv.weight, conv.bias, reverse=reverse, backend=self.scan_backend)
+        x_dbl = F.linear(xc.transpose(1, 2), x_proj.weight)  # (b, l, r + 2n)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = (dt @ dt_proj.weight.t().to(dt.dtype)).transpose(1, 2)  # (b, d, l), bias in scan
+        y = selective_scan(
+            xc, delta, A, B.transpose(1, 2), C.transpose(1, 2), D, z,
+            delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse,
+            backend=self.scan_backend,
+        )
+        return y, B, delta
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2*d_inner, l)
+        x, z = xz.chunk(2, dim=1)
+        y_f, B_f, dl_f = self._branch(x, z, reverse=False)
+        y_b, B_b, dl_b = self._branch(x, z, reverse=True)
+        if self.record_ssm:
+            self.last_ssm = self._stats(B_f, B_b, dl_f, dl_b)
+        y = y_f + y_b
+        if self.if_divide_out:
+            y = y / 2
+        return self.out_proj(y.transpose(1, 2))
+
+    @torch.no_grad()
+    def _stats(self, B_f: Tensor, B_b: Tensor, dl_f: Tensor, dl_b: Tensor) -> SSMStats:
+        def decay(delta: Tensor, bias: Tensor, a_log: Tensor) -> tuple[Tensor, Tensor]:
+            d = F.softplus(delta.float() + bias.float()[:, None])  # (b, d, l)
+            a_mean = -torch.exp(a_log.float()).mean(-1)  # (d,)
+            return (d * a_mean[:, None]).mean(1), d.mean(1)
+
+        lf, df = decay(dl_f, self.dt_proj.bias, self.A_log)
+        lb, db = decay(dl_b, self.dt_proj_b.bias, self.A_b_log)
+        return SSMStats(B_f.float(), B_b.float(), lf, lb, df, db)
+
+
+class Block(nn.Module):
+    """Add -> RMSNorm -> Mixer, returning (mixer output, fp32 residual), as the official Block."""
+
+    def __init__(self, dim: int, mixer: Mamba, drop_path: float = 0.0, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.mixer = mixer
+        self.norm = RMSNorm(dim, eps=eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, hidden_states: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
+        if residual is None:
+            residual = hidden_states.float()
+        else:
+            residual = residual + self.drop_path(hidden_states).float()
+        hidden_states = self.norm(residual, out_dtype=hidden_states.dtype)
+        return self.mixer(hidden_states), residual
+
+
+@dataclass
+class TokenState:
+    """Bookkeeping that travels with the token sequence between blocks (used by merging)."""
+
+    cls_index: int
+    size: Tensor | None = None  # (batch, tokens, 1): how many original tokens each one holds
+    source: Tensor | None = None  # (batch, tokens, original tokens) 0/1, only when traced
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class VisionMamba(nn.Module):
+    """Vision Mamba with a middle class token; same state-dict keys as hustvl/Vim."""
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        stride: int = 16,
+        depth: int = 24,
+        embed_dim: int = 192,
+        d_state: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        norm_epsilon: float = 1e-5,
+        if_divide_out: bool = True,
+        scan_backend: str = "auto",
+        d_conv: int = 4,
+        expand: int = 2,
+    ) -> None:
+        super().__init__()
+        if depth < 1 or embed_dim < 1 or d_state < 1:
+            raise ConfigError("depth, embed_dim and d_state must be positive")
+        self.num_classes = num_classes
+        self.embed_dim = self.num_features = self.d_model = embed_dim
+        self.depth = depth
+        self.patch_embed = PatchEmbed(img_size, patch_size, stride, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
+        self.pos_drop = nn.Dropout(p=drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        dpr = [0.0, *torch.linspace(0, drop_path_rate, depth).tolist()]
+        self.layers = nn.ModuleList(
+            Block(
+                embed_dim,
+                Mamba(embed_dim, d_state=d_state, d_conv=d_conv, expand=expand,
+                      if_divide_out=if_divide_out, scan_backend=scan_backend),
+                drop_path=dpr[i],
+                eps=norm_epsilon,
+            )
+            for i in range(depth)
+        )
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.norm_f = RMSNorm(embed_dim, eps=norm_epsilon)
+        self.merger: Any = None  # set by vimstm.merge.patch
+        self.merge_info: dict[str, Any] = {}
+        self._init_weights(depth)
+
+    # -- init, as the official code -------------------------------------------------------
+    def _init_weights(self, depth: int) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        w = self.patch_embed.proj.weight  # lecun normal
+        fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+        nn.init.trunc_normal_(w, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        if isinstance(self.head, nn.Linear):
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and m.bias is not None and m is not self.head:
+                if not getattr(m.bias, "_no_reinit", False):
+                    nn.init.zeros_(m.bias)
+            if isinstance(m, Mamba):
+                nn.init.kaiming_uniform_(m.out_proj.weight, a=math.sqrt(5))
+                with torch.no_grad():
+                    m.out_proj.weight /= math.sqrt(depth)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    @property
+    def scan_backend(self) -> str:
+        return self.layers[0].mixer.scan_backend
+
+    def set_scan_backend(self, backend: str) -> None:
+        """Switch every mixer to another selective-scan implementation."""
+        from vimstm.ops import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown scan_backend {backend!r}; choose one of {BACKENDS}")
+        for layer in self.layers:
+            layer.mixer.scan_backend = backend
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    # -- forward ------------------------------------------------------------------------
+    def embed(self, x: Tensor) -> tuple[Tensor, int]:
+        """Patch tokens with the class token inserted at M//2 and position embedding added."""
+        x = self.patch_embed(x)
+        b, m, _ = x.shape
+        pos = m // 2
+        x = torch.cat((x[:, :pos], self.cls_token.expand(b, -1, -1), x[:, pos:]), dim=1)
+        x = self.pos_drop(x + self.pos_embed)
+        return x, pos
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        hidden, cls_index = self.embed(x)
+        residual: Tensor | None = None
+        merger = self.merger
+        state = TokenState(cls_index=cls_index)
+        if merger is not None:
+            state = merger.begin(self, hidden, state)
+        for i, layer in enumerate(self.layers):
+            if merger is not None and residual is not None:
+                hidden, residual, state = merger.step(self, i, hidden, residual, state)
+            hidden, residual = layer(hidden, residual)
+        if merger is not None:
+            merger.end(self, hidden, state)
+        residual = residual + self.drop_path(hidden).float()
+        hidden = self.norm_f(residual, out_dtype=hidden.dtype)
+        return hidden[:, state.cls_index, :]
+
+    def forward_head(self, feats: Tensor) -> Tensor:
+        return self.head(feats)
+
+    def forward(self, x: Tensor, return_features: bool = False) -> Tensor:
+        feats = self.forward_features(x)
+        return feats if return_features else self.head(feats)

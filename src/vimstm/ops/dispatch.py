@@ -1,0 +1,110 @@
+"""One dispatch point for the scan implementations.
+
+``scan_backend`` is one of:
+
+* ``"reference"``: the exact PyTorch code in :mod:`vimstm.ops.scan_ref` (any device);
+* ``"triton"``: the Triton kernels in :mod:`vimstm.ops.triton_scan` (CUDA, or the CPU under
+  ``TRITON_INTERPRET=1`` for tests);
+* ``"mamba_ssm"``: the official CUDA extension, only where the user installed it (comparisons);
+* ``"auto"``: the fastest available for the tensor's device ("triton" on CUDA, else "reference").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import lru_cache
+
+from torch import Tensor
+
+from vimstm.errors import ConfigError
+from vimstm.ops.scan_ref import causal_conv1d_ref, selective_scan_ref
+
+BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
+
+
+@lru_cache(maxsize=None)
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _triton_usable_on_cpu() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available_backends(device_type: str = "cuda") -> list[str]:
+    """The concrete backends that can run on ``device_type`` here."""
+    out = ["reference"]
+    if _has_module("triton") and (device_type == "cuda" or _triton_usable_on_cpu()):
+        out.append("triton")
+    if device_type == "cuda" and _has_module("mamba_ssm"):
+        out.append("mamba_ssm")
+    return out
+
+
+def resolve_backend(backend: str, device_type: str) -> str:
+    """Map ``backend`` (maybe "auto") to a concrete one for ``device_type``, or raise clearly."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown scan_backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    avail = available_backends(device_type)
+    if backend == "auto":
+        return "triton" if device_type == "cuda" and "triton" in avail else "reference"
+    if backend not in avail:
+        hint = {
+            "triton": "it needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)",
+            "mamba_ssm": "install mamba_ssm and run on CUDA, or use scan_backend='auto'",
+        }.get(backend, "")
+        raise ConfigError(f"scan_backend {backend!r} is not available on {device_type}: {hint}")
+    return backend
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = True,
+    reverse: bool = False,
+    backend: str = "auto",
+) -> Tensor:
+    """Selective scan with the layouts of :func:`vimstm.ops.scan_ref.selective_scan_ref`."""
+    impl = resolve_backend(backend, u.device.type)
+    if impl == "triton":
+        from vimstm.ops.triton_scan import selective_scan_triton
+
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    if impl == "mamba_ssm":
+        return _selective_scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+
+
+def causal_conv1d(
+    x: Tensor, weight: Tensor, bias: Tensor | None, reverse: bool = False, backend: str = "auto"
+) -> Tensor:
+    """Depthwise causal (anti-causal with ``reverse``) conv1d followed by silu."""
+    impl = resolve_backend(backend, x.device.type)
+    if impl == "triton":
+        from vimstm.ops.triton_scan import causal_conv1d_triton
+
+        return causal_conv1d_triton(x, weight, bias, reverse)
+    return causal_conv1d_ref(x, weight, bias, reverse)
+
+
+def _selective_scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # type: ignore
+
+    if reverse:
+        flip = [lambda t: t.flip(-1) if t is not None else None][0]
+        out = selective_scan_fn(
+            flip(u).contiguous(), flip(delta).contiguous(), A, flip(B).contiguous(),
+            flip(C).contiguous(), D, flip(z).contiguous() if z is not None else None,
+            delta_bias=delta_bias, delta_softplus=delta_softplus,
+        )
+        return out.flip(-1)
+    return selective_scan_fn(
+        u, delta, A, B, C, D, z, delta_bias=delta_bias, delta_softplus=delta_softplus
+    )

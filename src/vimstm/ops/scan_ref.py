@@ -1,0 +1,71 @@
+"""Exact PyTorch reference for the Mamba selective scan and the depthwise causal conv1d.
+
+Layouts follow mamba_ssm: ``u, delta, z: (batch, dim, length)``, ``A: (dim, state)``,
+``B, C: (batch, state, length)``, ``D, delta_bias: (dim,)``. Arithmetic is in float32 and the
+output takes the dtype of ``u``. ``reverse=True`` scans from the last token to the first, which
+equals ``flip(scan(flip(inputs)))`` without materialising any flipped copy of the inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def selective_scan_ref(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = True,
+    reverse: bool = False,
+) -> Tensor:
+    """``y_t = C_t h_t + D u_t`` with ``h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t``, gated by silu(z)."""
+    dtype_in = u.dtype
+    u32 = u.float()
+    dt = delta.float()
+    if delta_bias is not None:
+        dt = dt + delta_bias.float()[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    A32 = A.float()
+    # Time-major (length, batch, dim, state) so that every step reads one contiguous slice.
+    dt_t = dt.permute(2, 0, 1)
+    dA = torch.exp(dt_t[..., None] * A32)
+    dBu = (dt_t * u32.permute(2, 0, 1))[..., None] * B.float().permute(2, 0, 1)[:, :, None, :]
+    length = u.shape[-1]
+    h = u32.new_zeros(dA.shape[1:])
+    states: list[Tensor] = [h] * length
+    steps = range(length - 1, -1, -1) if reverse else range(length)
+    for t in steps:
+        h = torch.addcmul(dBu[t], dA[t], h)
+        states[t] = h
+    hs = torch.stack(states, dim=0) if length else dA
+    y = torch.einsum("lbdn,bnl->bdl", hs, C.float())
+    if D is not None:
+        y = y + u32 * D.float()[:, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(dtype_in)
+
+
+def causal_conv1d_ref(
+    x: Tensor, weight: Tensor, bias: Tensor | None, reverse: bool = False, silu: bool = True
+) -> Tensor:
+    """Depthwise conv over the token axis, causal (or anti-causal with ``reverse``), then silu.
+
+    ``x: (batch, dim, length)``, ``weight: (dim, 1, width)`` as nn.Conv1d stores it, or ``(dim, width)``.
+    ``reverse=True`` equals ``flip(conv(flip(x)))``: token t sees tokens t .. t+width-1.
+    """
+    w = weight if weight.dim() == 3 else weight[:, None, :]
+    width = w.shape[-1]
+    if reverse:
+        y = F.conv1d(F.pad(x, (0, width - 1)), w.flip(-1), bias, groups=x.shape[1])
+    else:
+        y = F.conv1d(F.pad(x, (width - 1, 0)), w, bias, groups=x.shape[1])
+    return F.silu(y) if silu else y
