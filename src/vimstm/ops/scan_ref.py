@@ -27,17 +27,18 @@ def selective_scan_ref(
 ) -> Tensor:
     """``y_t = C_t h_t + D u_t`` with ``h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t``, gated by silu(z)."""
     dtype_in = u.dtype
-    u32 = u.float()
-    dt = delta.float()
+    acc = torch.promote_types(dtype_in, torch.float32)  # fp32 math (fp64 stays fp64)
+    u32 = u.to(acc)
+    dt = delta.to(acc)
     if delta_bias is not None:
-        dt = dt + delta_bias.float()[:, None]
+        dt = dt + delta_bias.to(acc)[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    A32 = A.float()
+    A32 = A.to(acc)
     # Time-major (length, batch, dim, state) so that every step reads one contiguous slice.
     dt_t = dt.permute(2, 0, 1)
     dA = torch.exp(dt_t[..., None] * A32)
-    dBu = (dt_t * u32.permute(2, 0, 1))[..., None] * B.float().permute(2, 0, 1)[:, :, None, :]
+    dBu = (dt_t * u32.permute(2, 0, 1))[..., None] * B.to(acc).permute(2, 0, 1)[:, :, None, :]
     length = u.shape[-1]
     h = u32.new_zeros(dA.shape[1:])
     states: list[Tensor] = [h] * length
@@ -46,11 +47,11 @@ def selective_scan_ref(
         h = torch.addcmul(dBu[t], dA[t], h)
         states[t] = h
     hs = torch.stack(states, dim=0) if length else dA
-    y = torch.einsum("lbdn,bnl->bdl", hs, C.float())
+    y = torch.einsum("lbdn,bnl->bdl", hs, C.to(acc))
     if D is not None:
-        y = y + u32 * D.float()[:, None]
+        y = y + u32 * D.to(acc)[:, None]
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(acc))
     return y.to(dtype_in)
 
 

@@ -1,0 +1,74 @@
+"""The ``vimstm`` command line: one sub-command per job.
+
+Each sub-command lives in the module that does the work and exposes
+``register(subparsers) -> None``, which adds its parser and sets ``func`` to a callable
+``func(args) -> int | None``. Errors that are the user's to fix (:class:`VimstmError`) print one
+line and exit with status 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from vimstm import __version__
+from vimstm.errors import VimstmError
+
+COMMAND_MODULES = (
+    "vimstm.engine.evaluate",  # eval
+    "vimstm.engine.benchmark",  # bench
+    "vimstm.engine.sweep",  # sweep
+    "vimstm.engine.train",  # train, finetune
+    "vimstm.viz",  # viz
+    "vimstm.engine.demo",  # demo
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vimstm",
+        description="Vision Mamba with Sequential Token Merging: evaluate, benchmark, train.",
+    )
+    parser.add_argument("--version", action="version", version=f"vimstm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    list_p = sub.add_parser("models", help="list the registered models")
+    list_p.set_defaults(func=_list_models)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # that command is not part of this build
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    from vimstm.models.registry import _SPECS
+
+    for s in _SPECS:
+        print(f"{s.alias:20s} {s.name}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except VimstmError as e:
+        print(f"vimstm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vimstm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation, benchmarking, FLOPs, sweeps and training."""

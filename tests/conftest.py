@@ -1,0 +1,23 @@
+"""Shared pytest fixtures: tiny models that run fast on two CPU cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vimstm
+
+TINY = dict(depth=2, embed_dim=32, img_size=32, patch_size=8, stride=8, num_classes=10)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture
+def tiny_model():
+    """A 2-block, dim-32 ViM on 32x32 images with 16 patch tokens + the class token."""
+    return vimstm.create_model("vim_tiny", scan_backend="reference", **TINY).eval()

@@ -1,0 +1,136 @@
+"""Architecture facts that decide equivalence with hustvl/Vim."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import vimstm
+from vimstm.errors import ConfigError
+from vimstm.models.vim import patch_grid
+from vimstm.ops import causal_conv1d_ref, selective_scan_ref
+
+from conftest import TINY
+
+OFFICIAL_BLOCK_KEYS = {
+    "mixer.A_log", "mixer.D", "mixer.A_b_log", "mixer.D_b", "mixer.in_proj.weight",
+    "mixer.conv1d.weight", "mixer.conv1d.bias", "mixer.x_proj.weight", "mixer.dt_proj.weight",
+    "mixer.dt_proj.bias", "mixer.conv1d_b.weight", "mixer.conv1d_b.bias", "mixer.x_proj_b.weight",
+    "mixer.dt_proj_b.weight", "mixer.dt_proj_b.bias", "mixer.out_proj.weight", "norm.weight",
+}
+
+
+def test_registry_names_aliases_and_timm():
+    names = vimstm.list_models()
+    assert {"vim_tiny", "vim_tiny_stride8", "vim_small", "vim_small_stride8", "vim_base"} <= set(names)
+    full = vimstm.list_models(aliases=False)
+    assert "vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2" in full
+    m = timm.create_model("vim_small", depth=1)
+    assert isinstance(m, vimstm.VisionMamba) and m.embed_dim == 384
+    m = timm.create_model(full[0], depth=1, num_classes=7)
+    assert m.embed_dim == 192 and m.head.out_features == 7
+
+
+@pytest.mark.parametrize("name,dim,tokens", [("vim_tiny", 192, 197), ("vim_small_stride8", 384, 730)])
+def test_shapes_of_released_models(name, dim, tokens):
+    m = vimstm.create_model(name, depth=1)
+    assert m.embed_dim == dim and m.pos_embed.shape == (1, tokens, dim)
+    assert m.layers[0].mixer.d_inner == 2 * dim and m.layers[0].mixer.dt_rank == -(-dim // 16)
+
+
+def test_state_dict_keys_are_official():
+    sd = vimstm.create_model("vim_tiny", depth=2).state_dict()
+    top = {k for k in sd if not k.startswith("layers.")}
+    assert top == {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+                   "head.weight", "head.bias", "norm_f.weight"}
+    for i in range(2):
+        assert {k[len(f"layers.{i}."):] for k in sd if k.startswith(f"layers.{i}.")} == OFFICIAL_BLOCK_KEYS
+    assert sd["layers.0.mixer.A_log"].dtype == torch.float32
+
+
+def test_class_token_is_inserted_in_the_middle(tiny_model):
+    m = tiny_model
+    with torch.no_grad():
+        m.pos_embed.zero_()
+    x = torch.randn(2, 3, 32, 32)
+    tokens, pos = m.embed(x)
+    assert pos == 16 // 2 and tokens.shape[1] == 17
+    torch.testing.assert_close(tokens[:, pos], m.cls_token[0].expand(2, -1))
+    patches = m.patch_embed(x)
+    torch.testing.assert_close(tokens[:, :pos], patches[:, :pos])
+    torch.testing.assert_close(tokens[:, pos + 1 :], patches[:, pos:])
+
+
+def test_logits_are_read_at_the_class_token(tiny_model):
+    m, x = tiny_model, torch.randn(2, 3, 32, 32)
+    feats = {}
+    m.norm_f.register_forward_hook(lambda mod, inp, out: feats.setdefault("all", out))
+    with torch.no_grad():
+        logits = m(x)
+    torch.testing.assert_close(logits, m.head(feats["all"][:, 8]))
+
+
+def test_mixer_equals_official_flip_formulation(tiny_model):
+    """Backward branch = flip, causal conv, scan, flip back (the official bimamba v2 code)."""
+    mix = tiny_model.layers[0].mixer
+    h = torch.randn(2, 17, 32)
+    with torch.no_grad():
+        ours = mix(h)
+        xz = mix.in_proj(h).transpose(1, 2)
+
+        def branch(xz, conv, x_proj, dt_proj, a_log, D):
+            x, z = xz.chunk(2, dim=1)
+            xc = causal_conv1d_ref(x, conv.weight, conv.bias)
+            dbl = x_proj(xc.transpose(1, 2))
+            dt, B, C = dbl.split([mix.dt_rank, mix.d_state, mix.d_state], dim=-1)
+            return selective_scan_ref(xc, dt_proj.weight @ dt.transpose(1, 2), -torch.exp(a_log),
+                                      B.transpose(1, 2), C.transpose(1, 2), D, z, dt_proj.bias)
+
+        f = branch(xz, mix.conv1d, mix.x_proj, mix.dt_proj, mix.A_log, mix.D)
+        b = branch(xz.flip(-1), mix.conv1d_b, mix.x_proj_b, mix.dt_proj_b, mix.A_b_log, mix.D_b)
+        official = mix.out_proj(((f + b.flip(-1)) / 2).transpose(1, 2))
+    torch.testing.assert_close(ours, official, rtol=1e-5, atol=1e-6)
+
+
+def test_residual_stays_fp32_under_low_precision(tiny_model):
+    blk = tiny_model.layers[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden, residual = blk(torch.randn(2, 17, 32, dtype=torch.bfloat16), None)
+        assert residual.dtype == torch.float32 and hidden.dtype == torch.bfloat16
+        _, residual = blk(hidden, residual)
+    assert residual.dtype == torch.float32
+
+
+def test_overrides_and_clear_errors():
+    m = vimstm.create_model("vim_tiny", **TINY, in_chans=1, d_state=4)
+    assert m.patch_embed.proj.in_channels == 1 and m.layers[0].mixer.A_log.shape == (64, 4)
+    assert m(torch.randn(1, 1, 32, 32)).shape == (1, 10)
+    with pytest.raises(ConfigError, match="unknown model"):
+        vimstm.create_model("vim_huge")
+    with pytest.raises(ConfigError, match="unknown option"):
+        vimstm.create_model("vim_tiny", depht=3)
+    with pytest.raises(ConfigError, match="does not fit the patch grid"):
+        vimstm.create_model("vim_tiny", img_size=225, depth=1)
+    with pytest.raises(ConfigError, match="smaller than the patch"):
+        patch_grid(8, 16, 16)
+    with pytest.raises(ConfigError, match="expects 32x32"):
+        m(torch.randn(1, 1, 64, 64))
+
+
+def test_stride8_grid():
+    assert patch_grid(224, 16, 8) == (27, 27)
+    assert patch_grid(32, 2, 2) == (16, 16)
+
+
+def test_drop_path_only_in_training():
+    m = vimstm.create_model("vim_tiny", **TINY, drop_path_rate=0.5)
+    x = torch.randn(4, 3, 32, 32)
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m(x))
+    m.train()
+    torch.manual_seed(1)
+    a = m(x)
+    torch.manual_seed(2)
+    assert not torch.allclose(a, m(x))
