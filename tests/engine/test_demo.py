@@ -1,0 +1,111 @@
+"""``vimstm demo`` with a tiny stand-in for the bundled model (the real one is slow on a CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vimstm import create_model
+from vimstm.cli import main
+from vimstm.engine import demo
+from vimstm.errors import DataError, VimstmError
+
+
+def tiny_cifar_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = create_model("vim_tiny_cifar10", depth=2, embed_dim=32, patch_size=8, stride=8,
+                     d_state=4)
+    return m.eval()
+
+
+def make_test_folder(root: Path, classes: list[str], per_class: int = 2) -> Path:
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for j in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                root / c / f"{j}.png")
+    return root
+
+
+def test_missing_bundled_weights_say_how_to_train(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import vimstm.models.registry as registry
+
+    monkeypatch.setattr(registry, "weights_dir", lambda: tmp_path)
+    with pytest.raises(VimstmError, match=r"scripts/train_cifar10\.sh"):
+        demo.load_bundled()
+    assert main(["demo"]) == 2
+
+
+def test_demo_table_with_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(demo, "load_bundled", lambda device="cpu": tiny_cifar_model())
+    data = make_test_folder(tmp_path / "test", demo.CIFAR10_CLASSES)
+    assert main(["demo", "--data", str(data), "--workers", "0", "--speed-runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluating on 20 of 20 CIFAR-10 test images" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("dense", "stm"))]
+    assert [(r[0], r[1]) for r in rows] == [("dense", "0%"), ("stm", "20%"), ("stm", "40%")]
+    gflops = [float(r[3]) for r in rows]
+    assert gflops[0] > gflops[1] > gflops[2] > 0
+    assert all(0 <= float(r[2]) <= 100 for r in rows) and rows[0][5] == "1.00x"
+
+
+def test_demo_rows_top1_matches_evaluate(tmp_path: Path) -> None:
+    from vimstm.data import open_dataset
+    from vimstm.engine.evaluate import evaluate
+
+    model = tiny_cifar_model()
+    data = make_test_folder(tmp_path / "test", demo.CIFAR10_CLASSES)
+    ds = demo.open_test_data(model, str(data), download=False)
+    rows = demo.demo_rows(model, ds, "stm", [0.4], torch.device("cpu"), "fp32", 8, 0, 1)
+    loader = torch.utils.data.DataLoader(open_dataset(data, transform=ds.transform),
+                                         batch_size=8)
+    assert rows[0]["top1"] == pytest.approx(evaluate(model, loader, progress=False)["top1"])
+    assert rows[1]["method"] == "stm" and rows[1]["gflops"] < rows[0]["gflops"]
+
+
+def test_demo_without_data_reports_speed_and_flops_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(demo, "load_bundled", lambda device="cpu": tiny_cifar_model())
+    assert main(["demo", "--speed-runs", "1", "--ratios", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "reporting speed and FLOPs only" in out
+    assert [line.split()[2] for line in out.splitlines()
+            if line.startswith(("dense", "stm"))] == ["n/a", "n/a"]
+
+
+def test_demo_refuses_data_with_other_classes(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo, "load_bundled", lambda device="cpu": tiny_cifar_model())
+    data = make_test_folder(tmp_path / "test", ["cat", "dog"])
+    with pytest.raises(DataError, match="differ"):
+        demo.open_test_data(tiny_cifar_model(), str(data), download=False)
+    assert main(["demo", "--data", str(data)]) == 2
+
+
+def test_exported_weights_load_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An fp16 export in the weights folder is what create_model(..., pretrained=True) loads."""
+    import vimstm.models.registry as registry
+    from vimstm.engine.train import export_weights
+
+    model = tiny_cifar_model()
+    ckpt = tmp_path / "last.pth"
+    torch.save({"model": model.state_dict(), "model_ema": model.state_dict(), "epoch": 9,
+                "classes": demo.CIFAR10_CLASSES, "args": {"model": "vim_tiny_cifar10"}}, ckpt)
+    monkeypatch.setattr(registry, "weights_dir", lambda: tmp_path)
+    export_weights(ckpt, tmp_path / "vim_tiny_cifar10.safetensors")
+    loaded = create_model("vim_tiny_cifar10", pretrained=True, depth=2, embed_dim=32,
+                          patch_size=8, stride=8, d_state=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=2e-2)
+    w = loaded.layers[0].mixer.in_proj.weight
+    assert w.dtype == torch.float32
+    torch.testing.assert_close(w, model.layers[0].mixer.in_proj.weight.half().float())

@@ -1,0 +1,215 @@
+"""``vimstm train`` / ``finetune`` / ``export`` on tiny models and tiny generated image folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vimstm.cli import build_parser, main
+from vimstm.engine import train as T
+from vimstm.errors import DataError, VimstmError
+from vimstm.models.checkpoint import read_checkpoint
+
+TINY = ["--model", "vim_tiny", "--depth", "2", "--embed-dim", "32", "--img-size", "32",
+        "--patch-size", "8", "--stride", "8", "--d-state", "4"]
+
+
+def make_folder(root: Path, classes: list[str], per_class: int = 8) -> Path:
+    rng = np.random.default_rng(len(classes) * 100 + per_class)
+    for i, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            a[..., i % 3] = 220  # a learnable colour cue per class
+            Image.fromarray(a).save(root / c / f"{j:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("data")
+    return {
+        "train": make_folder(base / "train", ["cat", "dog", "frog"]),
+        "val": make_folder(base / "val", ["cat", "dog", "frog"], per_class=3),
+        "other": make_folder(base / "other", ["cat", "dog", "horse"], per_class=3),
+    }
+
+
+def args_for(command: str, data: dict[str, Path], out: Path, *extra: str) -> argparse.Namespace:
+    argv = [command, *TINY, "--data", str(data["train"]), "--val-data", str(data["val"]),
+            "--batch-size", "8", "--workers", "0", "--output", str(out), "--no-progress",
+            "--warmup-epochs", "1", "--lr", "2e-3", *extra]
+    return build_parser().parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def trained(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-epoch run with EMA, uninterrupted (the reference for the resume test)."""
+    out = tmp_path_factory.mktemp("run") / "full"
+    T.fit(args_for("train", data, out, "--epochs", "2", "--model-ema"))
+    return out
+
+
+def test_train_writes_checkpoint_and_log(trained: Path) -> None:
+    assert (trained / "last.pth").is_file() and (trained / "best.pth").is_file()
+    log = list(T.iter_history(trained))
+    assert [e["epoch"] for e in log] == [0, 1]
+    for key in ("train_loss", "lr", "train_top1", "val_top1", "ema_top1", "images_per_s",
+                "epoch_seconds"):
+        assert key in log[0]
+    ckpt = read_checkpoint(trained / "last.pth")  # weights_only: only tensors and plain data
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 2 * 3  # 24 images / batch 8 = 3 steps
+    assert ckpt["classes"] == ["cat", "dog", "frog"]
+    assert ckpt["args"]["model"] == "vim_tiny" and ckpt["model_ema"] is not None
+    assert len(ckpt["history"]) == 2
+    # the schedule decayed: the last lr is far below the peak
+    assert log[-1]["lr"] < 0.5 * 2e-3
+
+
+def test_resume_after_kill_equals_uninterrupted(
+    trained: Path, data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "killed"
+    real = T._train_one_epoch
+    calls = []
+
+    def dies_in_epoch_2(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "_train_one_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        T.fit(args_for("train", data, out, "--epochs", "2", "--model-ema"))
+    assert read_checkpoint(out / "last.pth")["epoch"] == 0  # only epoch 1 survived
+    monkeypatch.setattr(T, "_train_one_epoch", real)
+    T.fit(args_for("train", data, out, "--epochs", "2", "--model-ema", "--resume", "auto"))
+
+    a, b = read_checkpoint(trained / "last.pth"), read_checkpoint(out / "last.pth")
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"])
+    for key in ("model", "model_ema"):
+        for k in a[key]:
+            torch.testing.assert_close(a[key][k], b[key][k], rtol=0, atol=0, msg=f"{key}.{k}")
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    la, lb = list(T.iter_history(trained)), list(T.iter_history(out))
+    assert [e["train_loss"] for e in la] == [e["train_loss"] for e in lb]
+
+
+def test_unwritable_output_fails_before_training(data: dict[str, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(T, "_fit", lambda *a: pytest.fail("training started"))
+    with pytest.raises(VimstmError, match="cannot write to the output folder"):
+        T.fit(args_for("train", data, blocker / "run", "--epochs", "1"))
+    # through the CLI: one line, exit status 2
+    argv = ["train", *TINY, "--data", str(data["train"]), "--output", str(blocker / "run"),
+            "--epochs", "1", "--workers", "0"]
+    assert main(argv) == 2
+
+
+def test_full_disk_fails_before_training(data: dict[str, Path], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(T.shutil, "disk_usage",
+                        lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(T, "_train_one_epoch", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(VimstmError, match="not enough free disk space"):
+        T.fit(args_for("train", data, tmp_path / "run", "--epochs", "1"))
+
+
+def test_class_mismatch_is_a_clear_error(data: dict[str, Path], trained: Path,
+                                         tmp_path: Path) -> None:
+    # validation classes differ from the training classes
+    a = args_for("train", data, tmp_path / "a", "--epochs", "1")
+    a.val_data = str(data["other"])
+    with pytest.raises(DataError, match="horse"):
+        T.fit(a)
+    # the model's pinned number of classes differs from the data's
+    with pytest.raises(DataError, match="has 5 outputs"):
+        T.fit(args_for("train", data, tmp_path / "b", "--epochs", "1", "--num-classes", "5"))
+    # resuming a run on data with other classes
+    run = tmp_path / "c"
+    shutil.copytree(trained, run)
+    c = args_for("train", data, run, "--epochs", "3", "--resume", "auto")
+    c.data, c.val_data = str(data["other"]), None
+    with pytest.raises(DataError, match="differ from those of checkpoint"):
+        T.fit(c)
+
+
+def test_distill_loss() -> None:
+    s = torch.randn(4, 10)
+    assert T.distill_loss(s, s.clone(), 2.0).abs().item() < 1e-6
+    t = torch.randn(4, 10)
+    kl = torch.nn.functional.kl_div(s.log_softmax(-1), t.softmax(-1), reduction="batchmean")
+    torch.testing.assert_close(T.distill_loss(s, t, 1.0), kl)
+    assert T.distill_loss(s, t, 4.0).item() > 0
+
+
+def test_finetune_with_distillation(data: dict[str, Path], trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ft"
+    a = args_for("finetune", data, out, "--checkpoint", str(trained / "last.pth"),
+                 "--epochs", "1", "--limit-train", "16", "--method", "stm", "--ratio", "0.25")
+    assert a.lr == 2e-3 and a.distill_alpha == pytest.approx(1 / 3)
+    last = T.fit(a)
+    assert last["train_kd"] >= 0 and np.isfinite(last["train_ce"])
+    assert last["tokens_per_block"][0] == 17 and last["tokens_per_block"][-1] == 17 - 4
+    ckpt = read_checkpoint(out / "last.pth")
+    assert ckpt["args"]["method"] == "stm" and ckpt["step"] == 2
+    # the student moved away from the dense weights, the teacher was not saved
+    dense = read_checkpoint(trained / "last.pth")["model"]
+    assert any(not torch.equal(dense[k], v) for k, v in ckpt["model"].items())
+    # R-MeeTo's defaults without overrides
+    d = build_parser().parse_args(["finetune", "--model", "vim_tiny", "--data", "x",
+                                   "--output", "y"])
+    assert (d.lr, d.min_lr, d.epochs, d.warmup_epochs, d.weight_decay) == (2e-5, 1e-6, 30, 0,
+                                                                           0.05)
+
+
+def test_finetune_classes_must_match_checkpoint(data: dict[str, Path], trained: Path,
+                                                tmp_path: Path) -> None:
+    a = args_for("finetune", data, tmp_path / "ft", "--checkpoint", str(trained / "last.pth"),
+                 "--epochs", "1", "--method", "none")
+    a.data, a.val_data = str(data["other"]), None
+    with pytest.raises(DataError, match="horse"):
+        T.fit(a)
+
+
+def test_export_fp16_and_reload(trained: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from vimstm import create_model
+
+    out = tmp_path / "w.safetensors"
+    assert main(["export", str(trained), "-o", str(out)]) == 0
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118
+    assert json.loads(meta["classes"]) == ["cat", "dog", "frog"] and meta["weights"] == "ema"
+    assert dtypes["layers.0.mixer.in_proj.weight"] == torch.float16
+    assert dtypes["layers.0.mixer.A_log"] == torch.float32
+    kw = dict(depth=2, embed_dim=32, img_size=32, patch_size=8, stride=8, d_state=4,
+              num_classes=3)
+    half = create_model("vim_tiny", checkpoint=out, **kw).eval()
+    full = create_model("vim_tiny", checkpoint=trained / "last.pth", use_ema=True, **kw).eval()
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(half(x), full(x), rtol=0, atol=2e-2)
+    with pytest.raises(VimstmError, match="no EMA"):
+        T.export_weights(out, tmp_path / "again.safetensors", use_ema=True)
+
+
+def test_max_minutes_stops_cleanly_after_an_epoch(data: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "timed"
+    T.fit(args_for("train", data, out, "--epochs", "3", "--max-minutes", "1e-4"))
+    assert [e["epoch"] for e in T.iter_history(out)] == [0]
+    assert read_checkpoint(out / "last.pth")["epoch"] == 0
