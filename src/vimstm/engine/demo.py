@@ -139,13 +139,14 @@ def demo_rows(dense: nn.Module, dataset: Any, method: str, ratios: list[float],
               device: torch.device, dtype: str, batch_size: int, workers: int,
               speed_runs: int) -> list[dict[str, Any]]:
     """One row per setting: method, ratio, top1 (or None), gflops, images_per_s, speedup."""
+    from vimstm.data import collate_skip
     from vimstm.engine.evaluate import evaluate
     from vimstm.merge import patch
 
     loader = None
     if dataset is not None:
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                             num_workers=workers,
+                                             num_workers=workers, collate_fn=collate_skip,
                                              pin_memory=device.type == "cuda")
     rows: list[dict[str, Any]] = []
     for ratio in [0.0, *ratios]:
