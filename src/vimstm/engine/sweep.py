@@ -1,0 +1,266 @@
+"""``vimstm sweep``: accuracy, GFLOPs and images/s over merging methods and ratios.
+
+One model is loaded once; for every (method, ratio) it is patched, evaluated on the data set
+(:func:`vimstm.engine.evaluate.evaluate`), counted (:func:`vimstm.engine.flops.count_flops`) and,
+unless ``--no-bench``, timed on random input (:func:`vimstm.engine.benchmark.measure_throughput`),
+then unpatched. The dense model is the first row. Writes ``sweep.csv``, ``sweep.json`` and two
+plots: ``acc_vs_throughput.png`` and ``acc_vs_gflops.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vimstm.errors import ConfigError, VimstmError
+
+FIELDS = (
+    "method", "ratio", "top1", "top5", "images", "gmacs_literature", "gmacs_full",
+    "merge_gmacs", "reduction_literature", "images_per_s", "ms_per_batch", "speedup",
+    "tokens_last_block", "schedule", "options", "error",
+)
+
+
+def run_sweep(
+    model: Any,
+    loader: Iterable | None,
+    methods: Sequence[str],
+    ratios: Sequence[float],
+    options: dict[str, Any] | None = None,
+    device: str = "cpu",
+    amp: str | None = None,
+    bench: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Rows of results: the dense model, then every method x ratio (ratio 0 is the dense row).
+
+    ``options`` maps a method name to its patch options (e.g. ``{"stm": {"protect": 2}}``).
+    ``bench`` holds :func:`measure_throughput` arguments, or None to skip timing; ``loader``
+    None skips accuracy.
+    """
+    from vimstm.engine.flops import count_flops
+    from vimstm.merge import patch, unpatch
+
+    options = options or {}
+    rows: list[dict[str, Any]] = []
+
+    def measure(method: str, ratio: float) -> dict[str, Any]:
+        row: dict[str, Any] = {"method": method, "ratio": ratio, "error": ""}
+        flops = count_flops(model)
+        row.update(
+            gmacs_literature=flops.gmacs_literature, gmacs_full=flops.gmacs_full,
+            merge_gmacs=flops.merge_gmacs, reduction_literature=flops.reduction_literature,
+            tokens_last_block=flops.tokens_per_block[-1],
+            schedule=list(getattr(model.merger, "schedule", []) or []),
+            options=dict(getattr(model.merger, "options", {}) or {}),
+        )
+        if loader is not None:
+            from vimstm.engine.evaluate import evaluate
+
+            res = evaluate(model, loader, device=device, amp=amp, progress=progress)
+            row.update(top1=res["top1"], top5=res["top5"], images=res["images"])
+        if bench is not None:
+            from vimstm.engine.benchmark import measure_throughput
+
+            res = measure_throughput(model, device=device, **bench)
+            row.update(images_per_s=res["images_per_s"], ms_per_batch=res["ms_per_batch"])
+        return row
+
+    unpatch(model)
+    dense = measure("dense", 0.0)
+    rows.append(dense)
+    for method in methods:
+        for ratio in ratios:
+            if ratio == 0:
+                continue
+            try:
+                patch(model, method=method, ratio=ratio, **options.get(method, {}))
+                row = measure(method, ratio)
+            except ConfigError as e:  # e.g. a ratio this method cannot reach on this model
+                row = {"method": method, "ratio": ratio, "error": str(e)}
+            finally:
+                unpatch(model)
+            rows.append(row)
+    base = dense.get("images_per_s")
+    for row in rows:
+        ips = row.get("images_per_s")
+        row["speedup"] = ips / base if ips and base else None
+    return rows
+
+
+def write_outputs(rows: list[dict[str, Any]], out_dir: str | Path, meta: dict[str, Any]) -> dict:
+    """Write sweep.csv, sweep.json and the plots; return the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "sweep.csv", "json": out / "sweep.json"}
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: _csv_value(row.get(k)) for k in FIELDS})
+    tmp = paths["json"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+    os.replace(tmp, paths["json"])
+    paths.update(plot(rows, out))
+    return paths
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return "" if v is None else v
+
+
+def plot(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
+    """Accuracy against images/s and against GFLOPs, one line per method (matplotlib, Agg)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - optional dependency
+        print("vimstm sweep: matplotlib is not installed; skipping the plots (pip install "
+              "vimstm[plot])")
+        return {}
+    ok = [r for r in rows if not r.get("error") and r.get("top1") is not None]
+    dense = next((r for r in ok if r["method"] == "dense"), None)
+    written: dict[str, Path] = {}
+    for key, xlabel, name in (
+        ("images_per_s", "images/s", "acc_vs_throughput.png"),
+        ("gmacs_literature", "GFLOPs (GMACs, literature convention)", "acc_vs_gflops.png"),
+    ):
+        pts = [r for r in ok if r.get(key) is not None and math.isfinite(float(r[key]))]
+        if not pts:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for method in dict.fromkeys(r["method"] for r in pts if r["method"] != "dense"):
+            line = sorted((r for r in pts if r["method"] == method), key=lambda r: r["ratio"])
+            if dense is not None and dense.get(key) is not None:
+                line = [dense, *line]
+            ax.plot([r[key] for r in line], [r["top1"] for r in line], "o-", label=method, ms=4)
+        if dense is not None and dense.get(key) is not None:
+            ax.plot([dense[key]], [dense["top1"]], "k*", ms=12, label="dense")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written[name] = out_dir / name
+        fig.savefig(written[name], dpi=120)
+        plt.close(fig)
+    return written
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--ratios {text!r}: give comma-separated numbers, e.g. 0.1,0.2"
+        ) from None
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="accuracy, GFLOPs and images/s over merging methods and ratios (CSV, JSON, plots)",
+    )
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--checkpoint", default=None, help="weights file (default: bundled weights)")
+    p.add_argument("--data", default=None, help="evaluation data (see `vimstm eval`); "
+                   "without it only GFLOPs and images/s are measured")
+    p.add_argument("--methods", default="stm,tome,rmeeto,prune-top,prune-norm,random",
+                   help="comma-separated methods")
+    p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5", help="comma-separated ratios")
+    p.add_argument("--merge-opt", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                   help="method option (repeatable); prefix METHOD: to give it to one method")
+    p.add_argument("--out", default="sweep_out", help="output folder")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--limit", type=int, default=None, help="evaluate only N images")
+    p.add_argument("--amp", default=None, help="autocast dtype for evaluation (bf16, fp16)")
+    p.add_argument("--no-bench", action="store_true", help="skip the images/s measurement")
+    p.add_argument("--bench-batch", type=int, default=256)
+    p.add_argument("--bench-dtype", default="fp32")
+    p.add_argument("--bench-runs", type=int, default=30)
+    p.add_argument("--scan-backend", default="auto")
+    p.add_argument("--trust-checkpoint", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _method_options(items: list[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    from vimstm.merge import parse_merge_opts
+
+    out: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for item in items:
+        head, _, rest = item.partition(":")
+        if rest and "=" not in head:
+            if head not in out:
+                raise ConfigError(f"--merge-opt {item!r}: {head!r} is not among --methods")
+            out[head].update(parse_merge_opts([rest]))
+        else:
+            for m in methods:
+                out[m].update(parse_merge_opts([item]))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vimstm import create_model
+    from vimstm.merge import METHODS
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+    ratios = _floats(args.ratios)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = create_model(args.model, checkpoint=args.checkpoint, scan_backend=args.scan_backend,
+                         pretrained=args.checkpoint is None and _has_weights(args.model),
+                         trust_checkpoint=args.trust_checkpoint).to(device).eval()
+    loader = None
+    if args.data:
+        from vimstm.data import build_eval_loader
+
+        loader = build_eval_loader(args.data, model, batch_size=args.batch_size,
+                                   workers=args.workers, limit=args.limit)
+    bench = None if args.no_bench else {"batch_size": args.bench_batch,
+                                        "dtype": args.bench_dtype, "runs": args.bench_runs}
+    rows = run_sweep(model, loader, methods, ratios, _method_options(args.merge_opt, methods),
+                     device=device, amp=args.amp, bench=bench, progress=False)
+    meta = {"model": args.model, "checkpoint": args.checkpoint, "data": args.data,
+            "device": device, "limit": args.limit, "bench": bench}
+    paths = write_outputs(rows, args.out, meta)
+    for r in rows:
+        if r.get("error"):
+            print(f"{r['method']:>10s} {r['ratio']:.2f}  skipped: {r['error']}")
+            continue
+        top1 = f"{r['top1']:6.2f}" if r.get("top1") is not None else "   n/a"
+        ips = f"{r['images_per_s']:9.1f}" if r.get("images_per_s") else "      n/a"
+        print(f"{r['method']:>10s} {r['ratio']:.2f}  top1 {top1}  GMACs "
+              f"{r['gmacs_literature']:.3f}  img/s {ips}  tokens(last) {r['tokens_last_block']}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _has_weights(name: str) -> bool:
+    try:
+        from vimstm.models.registry import get_spec, weights_dir
+
+        spec = get_spec(name)
+        return spec.weights is not None and (weights_dir() / spec.weights).exists()
+    except VimstmError:
+        return False

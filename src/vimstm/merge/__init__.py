@@ -1,0 +1,246 @@
+"""Token merging for Vision Mamba: STM and the baselines, as a patch on any vimstm model.
+
+>>> import vimstm
+>>> model = vimstm.create_model("vim_tiny")
+>>> vimstm.patch(model, method="stm", ratio=0.3, protect=2, fading="ssm")
+>>> logits = model(images); model.merge_info["tokens_per_block"]
+
+``patch`` sets ``model.merger`` (a plain object, so the state dict and checkpoints are
+unchanged) and turns on the mixers' SSM recording where the method reads it; ``unpatch`` undoes
+both. Methods: ``stm``, ``tome``, ``rmeeto``, ``prune-top``, ``prune-norm``, ``random`` (see the
+module of each). Schedules: :mod:`vimstm.merge.schedule`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from vimstm.errors import ConfigError
+from vimstm.merge.base import Merger
+from vimstm.merge.bipartite import BipartiteMerger, RMeeToMerger
+from vimstm.merge.prune import PruneMerger, TopPruneMerger
+from vimstm.merge.schedule import check_ratio, even_schedule, from_flops, parse_r
+from vimstm.merge.stm import RandomMerger, STMMerger
+
+_CLASSES: dict[str, type[Merger]] = {
+    "stm": STMMerger,
+    "tome": BipartiteMerger,
+    "rmeeto": RMeeToMerger,
+    "prune-top": TopPruneMerger,
+    "prune-norm": PruneMerger,
+    "random": RandomMerger,
+}
+METHODS: tuple[str, ...] = tuple(_CLASSES)
+DENSE_NAMES = ("none", "dense")
+
+__all__ = [
+    "METHODS",
+    "Merger",
+    "add_merge_args",
+    "build_merger",
+    "parse_merge_opts",
+    "patch",
+    "patch_from_args",
+    "unpatch",
+]
+
+
+def _dims(model: Any) -> tuple[int, int, int]:
+    """(depth, patch tokens, class-token index) of a VisionMamba."""
+    if not hasattr(model, "layers") or not hasattr(model, "patch_embed"):
+        raise ConfigError(f"merging needs a vimstm VisionMamba model, got {type(model).__name__}")
+    m = model.patch_embed.num_patches
+    return len(model.layers), m, m // 2
+
+
+def build_merger(
+    model: Any,
+    method: str = "stm",
+    ratio: float | None = None,
+    r: Any = None,
+    flops: float | None = None,
+    trace_source: bool = False,
+    **options: Any,
+) -> Merger:
+    """The merger ``patch`` would install, with its schedule checked (nothing is changed)."""
+    if method not in _CLASSES:
+        raise ConfigError(f"unknown merging method {method!r}; choose one of {', '.join(METHODS)}")
+    every = options.pop("every", 1)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"every={every!r} must be an int >= 1 (merge after every k-th block)")
+    merger = _CLASSES[method](**options)
+    depth, m, c = _dims(model)
+    given = [k for k, v in (("ratio", ratio), ("r", r), ("flops", flops)) if v is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give only one of ratio, r, flops (got {', '.join(given)})")
+    if not given:
+        raise ConfigError("give a schedule: ratio=FRACTION, r=TOKENS_PER_BLOCK or flops=FRACTION")
+    if ratio is not None:
+        total = round(check_ratio(ratio) * m)
+        schedule = even_schedule(depth, total, every)
+    elif r is not None:
+        if every != 1:
+            raise ConfigError("every= applies to ratio/flops schedules; with r, write the zeros "
+                              "into the list yourself")
+        schedule = parse_r(depth, r)
+    else:
+        from vimstm.engine.flops import count_flops
+
+        def feasible(s: list[int]) -> bool:
+            return _try_schedule(merger, s, "protect" in options, m + 1, c)
+
+        def gmacs(s: list[int]) -> float:
+            if not feasible(s):
+                return float("inf")
+            return count_flops(model, merger=merger).gmacs_literature
+
+        schedule = from_flops(depth, m, float(flops), gmacs, feasible, every)  # type: ignore[arg-type]
+    if sum(schedule) > m - 1:
+        raise ConfigError(f"the schedule removes {sum(schedule)} of {m} patch tokens; keep some")
+    _try_schedule(merger, schedule, "protect" in options, m + 1, c)
+    merger.simulate(m + 1, c)  # raises a clear error if a step cannot be done
+    merger.trace_source = bool(trace_source)
+    merger.every = every  # type: ignore[attr-defined]
+    return merger
+
+
+def _try_schedule(
+    merger: Merger, schedule: list[int], given: bool, tokens: int, cls_index: int
+) -> bool:
+    """Set ``schedule``; whether it can run. Shrinks the *default* protected window if needed.
+
+    The default window (4 tokens per side) was chosen on 196-patch models; on toy models (16
+    patches) it would forbid most ratios, so the largest window <= the default that lets the
+    schedule run is used and recorded in ``merger.options``. A window the user gave is kept.
+    """
+    merger.schedule = schedule
+    default = merger.option_defaults.get("protect")
+    keep = given or default is None
+    windows = [merger.options.get("protect")] if keep else range(default, -1, -1)
+    for w in windows:
+        if w is not None:
+            merger.options["protect"] = w
+        try:
+            merger.simulate(tokens, cls_index)
+            return True
+        except ConfigError:
+            continue
+    if not given and default is not None:
+        merger.options["protect"] = default
+    return False
+
+
+def patch(
+    model: Any,
+    method: str = "stm",
+    ratio: float | None = None,
+    r: Any = None,
+    flops: float | None = None,
+    trace_source: bool = False,
+    **options: Any,
+) -> Any:
+    """Install token merging on ``model`` in place and return it (see the module docstring)."""
+    merger = build_merger(model, method, ratio, r, flops, trace_source, **options)
+    unpatch(model)
+    saved = []
+    for i, layer in enumerate(model.layers):
+        mixer = layer.mixer
+        saved.append((mixer.record_ssm, getattr(mixer, "record_delta_full", False)))
+        step_follows = i < len(merger.schedule) and merger.schedule[i] > 0
+        if merger.needs_ssm and step_follows:
+            mixer.record_ssm = True
+            mixer.record_delta_full = merger.needs_delta_full
+    merger._saved_flags = saved  # type: ignore[attr-defined]
+    model.merger = merger
+    model.merge_info = {}
+    return model
+
+
+def unpatch(model: Any) -> Any:
+    """Remove merging from ``model`` (restores the mixers' recording flags) and return it."""
+    merger = getattr(model, "merger", None)
+    if merger is None:
+        return model
+    for layer, (rec, full) in zip(model.layers, getattr(merger, "_saved_flags", [])):
+        layer.mixer.record_ssm = rec
+        layer.mixer.record_delta_full = full
+        if not rec:
+            layer.mixer.last_ssm = None
+    model.merger = None
+    model.merge_info = {}
+    return model
+
+
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_merge_opts(items: list[str] | None) -> dict[str, Any]:
+    """``["protect=2", "fading=gamma"]`` -> ``{"protect": 2, "fading": "gamma"}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--merge-opt {item!r} must look like KEY=VALUE, e.g. protect=2")
+        out[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return out
+
+
+def _parse_r_arg(text: str | None) -> Any:
+    """``"8"`` -> 8; ``"8,8,4"`` -> [8, 8, 4]; ``"8:-0.5"`` -> (8, -0.5)."""
+    if text is None:
+        return None
+    try:
+        if ":" in text:
+            base, inflect = text.split(":", 1)
+            return (int(base), float(inflect))
+        if "," in text:
+            return [int(v) for v in text.split(",") if v.strip()]
+        return int(text)
+    except ValueError:
+        raise ConfigError(
+            f"--r {text!r}: give an int (8), a list (8,8,4) or r:inflection (8:-0.5)"
+        ) from None
+
+
+def add_merge_args(parser: argparse.ArgumentParser) -> None:
+    """Add --method, --ratio, --r, --flops and --merge-opt to a command's parser."""
+    g = parser.add_argument_group("token merging")
+    g.add_argument("--method", default=None,
+                   help=f"merging method: {', '.join(METHODS)} (default: none, the dense model)")
+    g.add_argument("--ratio", type=float, default=None,
+                   help="fraction of patch tokens removed by the last block, in [0, 0.9)")
+    g.add_argument("--r", default=None,
+                   help="tokens removed after each block: 8, a list 8,8,4, or r:inflection")
+    g.add_argument("--flops", type=float, default=None,
+                   help="fraction of the dense GFLOPs to keep (the schedule is derived)")
+    g.add_argument("--merge-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option, repeatable (e.g. protect=2, fading=gamma, weights=size)")
+
+
+def patch_from_args(model: Any, args: argparse.Namespace) -> Any:
+    """Patch ``model`` from parsed ``add_merge_args`` flags; a no-op without --method."""
+    method = getattr(args, "method", None)
+    if method is None or method in DENSE_NAMES:
+        return model
+    return patch(
+        model,
+        method=method,
+        ratio=getattr(args, "ratio", None),
+        r=_parse_r_arg(getattr(args, "r", None)),
+        flops=getattr(args, "flops", None),
+        **parse_merge_opts(getattr(args, "merge_opt", None)),
+    )

@@ -1,0 +1,152 @@
+"""The merger protocol that :class:`~vimstm.models.vim.VisionMamba` calls between blocks.
+
+A merger decides, for every sample, where each token goes (``dest``: its slot in the shorter
+sequence, or a trash slot when it is dropped) and with which weight (``wn``: weights that sum
+to one inside each group). :func:`apply_merge` then forms every new token as the weighted sum
+of its group, with one ``scatter_add`` into a fresh buffer per tensor, so the same plan merges
+hidden_states, the fp32 residual, the token sizes and the traced source identically, stays
+differentiable, and costs no host synchronisation (all counts are known from the schedule).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from vimstm.errors import ConfigError
+
+
+def apply_merge(x: Tensor, dest: Tensor, wn: Tensor | None, new_len: int, trash: bool) -> Tensor:
+    """``out[b, dest[b, t]] += wn[b, t] * x[b, t]``; slot ``new_len`` (trash) is cut off."""
+    b, _, d = x.shape
+    src = x if wn is None else x * wn.to(x.dtype).unsqueeze(-1)
+    out = x.new_zeros(b, new_len + int(trash), d)  # fresh buffer: in-place add is autograd-safe
+    out.scatter_add_(1, dest.unsqueeze(-1).expand(-1, -1, d), src)
+    return out[:, :new_len] if trash else out
+
+
+def group_normalize(dest: Tensor, w: Tensor, new_len: int) -> Tensor:
+    """Weights ``w`` (batch, tokens) divided by their group's sum."""
+    total = w.new_zeros(w.shape[0], new_len + 1).scatter_add_(1, dest, w)
+    return w / total.gather(1, dest).clamp_min(1e-12)
+
+
+def split_sides(tokens: int, cls_index: int, r: int) -> tuple[int, int]:
+    """Balanced removals (left, right) of the class token; the odd one goes to the longer side."""
+    n_left, n_right = cls_index, tokens - 1 - cls_index
+    half, odd = divmod(r, 2)
+    r_left = half + (odd if n_left > n_right else 0)
+    return r_left, r - r_left
+
+
+class Merger:
+    """Base class: schedule bookkeeping and the ``begin/step/end`` hooks.
+
+    Subclasses implement :meth:`plan` (the merge of one step) and the closed-form
+    :meth:`cap`, :meth:`next_cls` and :meth:`merge_macs` that schedules and FLOPs use.
+    """
+
+    name = "base"
+    needs_ssm = False  # record the previous block's SSM statistics
+    needs_delta_full = False
+    keeps_order = True
+    option_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.option_defaults))
+        if unknown:
+            allowed = ", ".join(sorted(self.option_defaults)) or "none"
+            raise ConfigError(
+                f"unknown option(s) {unknown} for method {self.name!r}; allowed: {allowed}"
+            )
+        self.options = {**self.option_defaults, **options}
+        self.schedule: list[int] = []
+        self.trace_source = False
+        self._check_options()
+
+    def _check_options(self) -> None:
+        """Validate ``self.options`` (subclasses)."""
+
+    # -- closed form ------------------------------------------------------------------
+    def cap(self, tokens: int, cls_index: int, r: int) -> bool:
+        """Whether ``r`` tokens can be removed from ``tokens`` (class token at ``cls_index``)."""
+        raise NotImplementedError
+
+    def next_cls(self, tokens: int, cls_index: int, r: int) -> int:
+        """The class token's index after removing ``r`` tokens."""
+        raise NotImplementedError
+
+    def merge_macs(self, tokens: int, r: int, dim: int, d_state: int, d_inner: int) -> float:
+        """Multiply-accumulates of one merge step (per image)."""
+        return 2.0 * tokens * dim  # applying the plan to hidden_states and residual
+
+    def simulate(self, tokens: int, cls_index: int) -> tuple[list[int], list[int]]:
+        """Tokens and class-token index entering each block; ConfigError if a step can't run."""
+        toks, clss = [tokens], [cls_index]
+        for i, r in enumerate(self.schedule):
+            if r and not self.cap(tokens, cls_index, r):
+                raise ConfigError(
+                    f"method {self.name!r} cannot remove {r} tokens after block {i} (from "
+                    f"{tokens} tokens, {self.options}); lower the ratio/r, or shift removals "
+                    "to earlier blocks, e.g. r=(r, -0.5)"
+                )
+            cls_index = self.next_cls(tokens, cls_index, r) if r else cls_index
+            tokens -= r
+            toks.append(tokens)
+            clss.append(cls_index)
+        return toks, clss
+
+    # -- hooks called by VisionMamba.forward_features -----------------------------------
+    def begin(self, model: Any, hidden: Tensor, state: Any) -> Any:
+        b, t, _ = hidden.shape
+        state.size = hidden.new_ones(b, t, 1, dtype=torch.float32)
+        if self.trace_source:
+            eye = torch.eye(t, device=hidden.device, dtype=torch.float32)
+            state.source = eye.unsqueeze(0).expand(b, t, t)
+        self._tokens = [t]
+        self._cls = [state.cls_index]
+        return state
+
+    def step(self, model: Any, i: int, hidden: Tensor, residual: Tensor, state: Any):
+        r = self.schedule[i - 1] if i - 1 < len(self.schedule) else 0
+        t = hidden.shape[1]
+        if r > 0:
+            ssm = model.layers[i - 1].mixer.last_ssm if self.needs_ssm else None
+            with torch.no_grad():
+                dest, wn, new_cls, trash = self.plan(hidden, residual, state, ssm, r)
+            new_len = t - r
+            hidden = apply_merge(hidden, dest, wn, new_len, trash)
+            residual = apply_merge(residual, dest, wn, new_len, trash)
+            state.size = apply_merge(state.size, dest, None, new_len, trash)
+            if state.source is not None:
+                state.source = apply_merge(state.source, dest, None, new_len, trash)
+            state.cls_index = new_cls
+        self._tokens.append(hidden.shape[1])
+        self._cls.append(state.cls_index)
+        return hidden, residual, state
+
+    def end(self, model: Any, hidden: Tensor, state: Any) -> None:
+        info: dict[str, Any] = {
+            "method": self.name,
+            "tokens_per_block": list(self._tokens),
+            "cls_index_per_block": list(self._cls),
+            "size": state.size,
+        }
+        if state.source is not None:
+            info["source"] = state.source
+        model.merge_info = info
+
+    def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
+        """Return ``(dest, wn, new_cls_index, trash)`` for removing ``r`` tokens."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{type(self).__name__}({opts})"
+
+
+def block_input(hidden: Tensor, residual: Tensor) -> Tensor:
+    """What the next block normalises and reads: residual + mixer output, in fp32."""
+    return residual + hidden.float()

@@ -1,0 +1,33 @@
+"""vimstm sweep over methods and ratios on a tiny synthetic data set."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import torch
+
+from vimstm.engine.sweep import run_sweep, write_outputs
+
+
+def test_sweep_writes_csv_json_and_plots(tiny_model, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    loader = [(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g))
+              for _ in range(2)]
+    bench = {"batch_size": 2, "runs": 1, "warmup": 0}
+    rows = run_sweep(tiny_model, loader, ["stm", "tome"], [0.0, 0.25, 0.85], bench=bench)
+    assert [(r["method"], r["ratio"]) for r in rows] == [
+        ("dense", 0.0), ("stm", 0.25), ("stm", 0.85), ("tome", 0.25), ("tome", 0.85)]
+    stm = rows[1]
+    assert not stm["error"] and stm["images"] == 8 and stm["tokens_last_block"] == 17 - 4
+    assert stm["gmacs_literature"] < rows[0]["gmacs_literature"]
+    assert rows[2]["error"]  # 85% in one step is more than adjacent pairing can do
+    assert tiny_model.merger is None
+    paths = write_outputs(rows, tmp_path, {"model": "tiny"})
+    with open(paths["csv"]) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 5 and table[1]["method"] == "stm"
+    data = json.loads(paths["json"].read_text())
+    assert data["meta"]["model"] == "tiny" and len(data["rows"]) == 5
+    for name in ("acc_vs_throughput.png", "acc_vs_gflops.png"):
+        assert (tmp_path / name).stat().st_size > 1000
