@@ -43,8 +43,9 @@ def selective_scan_ref(
     h = u32.new_zeros(dA.shape[1:])
     states: list[Tensor] = [h] * length
     steps = range(length - 1, -1, -1) if reverse else range(length)
+    dA_t, dBu_t = dA.unbind(0), dBu.unbind(0)  # one autograd node, not one per step (O(L) bwd)
     for t in steps:
-        h = torch.addcmul(dBu[t], dA[t], h)
+        h = torch.addcmul(dBu_t[t], dA_t[t], h)
         states[t] = h
     hs = torch.stack(states, dim=0) if length else dA
     y = torch.einsum("lbdn,bnl->bdl", hs, C.to(acc))
