@@ -22,7 +22,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vimstm.errors import ConfigError
-from vimstm.ops import causal_conv1d, selective_scan
+from vimstm.ops import causal_conv1d, resolve_backend, selective_scan
+
+
+def _fused_norm(backend: str, x: Tensor) -> bool:
+    """Whether the Triton add+RMSNorm serves this inference step (Triton backend on CUDA)."""
+    return x.is_cuda and resolve_backend(backend, "cuda") == "triton"
+
+
+def add_rmsnorm_triton(
+    x: Tensor, residual: Tensor | None, weight: Tensor, eps: float, out_dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    from vimstm.ops.triton_norm import add_rmsnorm_triton as fn
+
+    return fn(x, residual, weight, eps, out_dtype)
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -107,6 +120,8 @@ class SSMStats:
     log_decay_bwd: Tensor
     delta_fwd: Tensor  # (batch, length): Δ averaged over channels
     delta_bwd: Tensor
+    importance: Tensor | None = None  # (batch, length): mean_d relu(y_fwd + y_bwd), as ToP-ViM
+    delta_full: Tensor | None = None  # (batch, length, 2*d_inner) Δ of both directions, on request
 
 
 class Mamba(nn.Module):
@@ -132,6 +147,7 @@ class Mamba(nn.Module):
         self.if_divide_out = if_divide_out
         self.scan_backend = scan_backend
         self.record_ssm = False
+        self.record_delta_full = False  # also keep the per-channel Δ in last_ssm (merging option)
         self.last_ssm: SSMStats | None = None
         di, r, n = self.d_inner, self.dt_rank, d_state
 
@@ -158,7 +174,10 @@ class Mamba(nn.Module):
             p._no_weight_decay = True  # type: ignore[attr-defined]
         self.out_proj = nn.Linear(di, d_model, bias=False)
 
-    def _branch(self, x: Tensor, z: Tensor, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def _branch(
+        self, x: Tensor, z: Tensor, reverse: bool, acc: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One scan direction; with ``acc`` (Triton only) returns ``(acc + y) * scale`` fused."""
         s = "_b" if reverse else ""
         conv: nn.Conv1d = getattr(self, "conv1d" + s)
         x_proj: nn.Linear = getattr(self, "x_proj" + s)
@@ -169,6 +188,15 @@ class Mamba(nn.Module):
         x_dbl = F.linear(xc.transpose(1, 2), x_proj.weight)  # (b, l, r + 2n)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = (dt @ dt_proj.weight.t().to(dt.dtype)).transpose(1, 2)  # (b, d, l), bias in scan
+        if acc is not None:
+            from vimstm.ops.triton_scan import selective_scan_triton
+
+            y = selective_scan_triton(
+                xc, delta, A, B.transpose(1, 2), C.transpose(1, 2), D, z,
+                delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse,
+                out_add=acc, out_scale=0.5 if self.if_divide_out else 1.0,
+            )
+            return y, B, delta
         y = selective_scan(
             xc, delta, A, B.transpose(1, 2), C.transpose(1, 2), D, z,
             delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse,
@@ -181,23 +209,27 @@ class Mamba(nn.Module):
         x, z = xz.chunk(2, dim=1)
         y_f, B_f, dl_f = self._branch(x, z, reverse=False)
         y_b, B_b, dl_b = self._branch(x, z, reverse=True)
-        if self.record_ssm:
-            self.last_ssm = self._stats(B_f, B_b, dl_f, dl_b)
         y = y_f + y_b
+        if self.record_ssm:
+            self.last_ssm = self._stats(B_f, B_b, dl_f, dl_b, y)
         if self.if_divide_out:
             y = y / 2
         return self.out_proj(y.transpose(1, 2))
 
     @torch.no_grad()
-    def _stats(self, B_f: Tensor, B_b: Tensor, dl_f: Tensor, dl_b: Tensor) -> SSMStats:
-        def decay(delta: Tensor, bias: Tensor, a_log: Tensor) -> tuple[Tensor, Tensor]:
+    def _stats(
+        self, B_f: Tensor, B_b: Tensor, dl_f: Tensor, dl_b: Tensor, y: Tensor
+    ) -> SSMStats:
+        def decay(delta: Tensor, bias: Tensor, a_log: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             d = F.softplus(delta.float() + bias.float()[:, None])  # (b, d, l)
             a_mean = -torch.exp(a_log.float()).mean(-1)  # (d,)
-            return (d * a_mean[:, None]).mean(1), d.mean(1)
+            return (d * a_mean[:, None]).mean(1), d.mean(1), d
 
-        lf, df = decay(dl_f, self.dt_proj.bias, self.A_log)
-        lb, db = decay(dl_b, self.dt_proj_b.bias, self.A_b_log)
-        return SSMStats(B_f.float(), B_b.float(), lf, lb, df, db)
+        lf, df, full_f = decay(dl_f, self.dt_proj.bias, self.A_log)
+        lb, db, full_b = decay(dl_b, self.dt_proj_b.bias, self.A_b_log)
+        imp = y.float().clamp(min=0).mean(1)
+        full = torch.cat((full_f, full_b), 1).transpose(1, 2) if self.record_delta_full else None
+        return SSMStats(B_f.float(), B_b.float(), lf, lb, df, db, imp, full)
 
 
 class Block(nn.Module):
@@ -210,6 +242,11 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, hidden_states: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
+        if not torch.is_grad_enabled() and _fused_norm(self.mixer.scan_backend, hidden_states):
+            hidden, residual = add_rmsnorm_triton(
+                hidden_states, residual, self.norm.weight, self.norm.eps, hidden_states.dtype
+            )
+            return self.mixer(hidden), residual
         if residual is None:
             residual = hidden_states.float()
         else:

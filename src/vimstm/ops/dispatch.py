@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from functools import lru_cache
+from functools import cache
 
 from torch import Tensor
 
@@ -23,7 +23,7 @@ from vimstm.ops.scan_ref import causal_conv1d_ref, selective_scan_ref
 BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
@@ -78,7 +78,9 @@ def selective_scan(
 
         return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     if impl == "mamba_ssm":
-        return _selective_scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+        return _selective_scan_mamba_ssm(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse
+        )
     return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
 

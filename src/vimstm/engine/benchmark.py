@@ -1,0 +1,248 @@
+"""Throughput of a whole model (``vimstm bench``), following ToMe's benchmark protocol.
+
+Random input, ``torch.no_grad()``, eval mode, a warm-up, device synchronisation around every
+timed run, the median images/s over the timed runs, and the peak device memory. With ``--method``
+the dense and the merged model are measured in the same process, one after the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vimstm.errors import ConfigError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is visible; "
+                          "use --device cpu")
+    return dev
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def measure_throughput(
+    model: nn.Module,
+    batch_size: int = 256,
+    img_size: int | None = None,
+    dtype: str = "fp32",
+    device: str | torch.device = "cuda",
+    warmup: int = 10,
+    runs: int = 30,
+    cuda_graph: bool = False,
+) -> dict[str, Any]:
+    """Median images/s of ``model`` on random input (fp16/bf16 run under autocast).
+
+    Returns images_per_s, ms_per_batch (median), peak_mem_mb, dtype, batch_size, device_name,
+    runs, and cuda_graph (whether a CUDA graph was replayed).
+    """
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if batch_size < 1 or runs < 1 or warmup < 0:
+        raise ConfigError("batch_size and runs must be >= 1 and warmup >= 0")
+    dev = _device(device)
+    if img_size is None:
+        img_size = int(model.patch_embed.img_size[0])  # type: ignore[union-attr, index]
+    in_chans = int(model.patch_embed.proj.in_channels)  # type: ignore[union-attr]
+    model = model.to(dev).eval()
+    x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev)
+    amp_dtype = DTYPES[dtype]
+    use_amp = amp_dtype != torch.float32
+
+    def step() -> torch.Tensor:
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+            return model(x)
+
+    graph = None
+    with torch.no_grad():
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+        for _ in range(max(warmup, 1 if cuda_graph else 0)):
+            step()
+        _sync(dev)
+        if cuda_graph:
+            if dev.type != "cuda":
+                raise ConfigError("--cuda-graph needs a CUDA device")
+            graph = torch.cuda.CUDAGraph()
+            stream = torch.cuda.Stream(dev)
+            stream.wait_stream(torch.cuda.current_stream(dev))
+            try:
+                with torch.cuda.stream(stream):
+                    step()
+                    with torch.cuda.graph(graph, stream=stream):
+                        step()
+            except RuntimeError as e:  # a host sync or CPU work inside the forward
+                raise ConfigError(
+                    "this model's forward cannot be captured in a CUDA graph (it synchronises "
+                    f"with the host: {str(e).splitlines()[0][:120]}); run without --cuda-graph"
+                ) from None
+            torch.cuda.current_stream(dev).wait_stream(stream)
+            _sync(dev)
+            run_once = graph.replay
+        else:
+            run_once = step  # type: ignore[assignment]
+        times = []
+        for _ in range(runs):
+            _sync(dev)
+            t0 = time.perf_counter()
+            run_once()
+            _sync(dev)
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else float("nan")
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return {
+        "images_per_s": batch_size / med,
+        "ms_per_batch": med * 1e3,
+        "peak_mem_mb": peak,
+        "dtype": dtype,
+        "batch_size": batch_size,
+        "device_name": name,
+        "runs": runs,
+        "cuda_graph": graph is not None,
+    }
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``bench`` command."""
+    p = subparsers.add_parser(
+        "bench", help="measure images/s of a model (dense, or dense vs merged with --method)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default="vim_tiny", help="registered model name or alias")
+    p.add_argument("--checkpoint", default=None, help="weights (speed does not depend on them)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
+                   help="fp16/bf16 run the model under autocast")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--scan-backend", default="auto",
+                   choices=("auto", "reference", "triton", "mamba_ssm"))
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="capture the forward once and time graph replays (CUDA only)")
+    p.add_argument("--tf32", action="store_true",
+                   help="allow TF32 matrix products in fp32 runs (off: true fp32)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+    try:
+        from vimstm.merge import add_merge_args
+    except ImportError:  # merging not part of this build
+        pass
+    else:
+        add_merge_args(p)
+    p.set_defaults(func=run)
+
+
+def _merge_active(args: argparse.Namespace) -> bool:
+    return getattr(args, "method", None) not in (None, "none", "dense")
+
+
+def _gflops(model: nn.Module) -> float | None:
+    try:
+        from vimstm.engine.flops import count_flops
+    except ImportError:
+        return None
+    try:
+        return float(count_flops(model).gmacs_full)
+    except Exception:  # the FLOP counter must not break a speed measurement
+        return None
+
+
+def _tokens_per_block(model: nn.Module, args: argparse.Namespace, dev: torch.device) -> list[int]:
+    img = args.img_size or int(model.patch_embed.img_size[0])  # type: ignore[union-attr, index]
+    x = torch.randn(1, int(model.patch_embed.proj.in_channels), img, img, device=dev)
+    with torch.no_grad():
+        model(x)
+    return list(getattr(model, "merge_info", {}).get("tokens_per_block", []))
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The bench command that reproduces this run, every option spelled out."""
+    parts = ["vimstm", "bench"]
+    for key, value in sorted(vars(args).items()):
+        if key in ("func", "command") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                parts += [flag, shlex.quote(str(v))]
+        else:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vimstm.models.registry import create_model
+
+    dev = _device(args.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(args.tf32)
+    overrides = {"img_size": args.img_size} if args.img_size else {}
+    model = create_model(args.model, checkpoint=args.checkpoint, scan_backend=args.scan_backend,
+                         **overrides)
+    from vimstm.ops import resolve_backend
+
+    backend = resolve_backend(args.scan_backend, dev.type)
+    print("command:", _command_line(args))
+    kw = dict(batch_size=args.batch_size, img_size=args.img_size, dtype=args.dtype, device=dev,
+              warmup=args.warmup, runs=args.runs, cuda_graph=args.cuda_graph)
+    results: dict[str, Any] = {"model": args.model, "scan_backend": backend, "tf32": args.tf32}
+    variants = [("dense", model)]
+    if _merge_active(args):
+        import copy
+
+        from vimstm.merge import patch_from_args
+
+        merged = patch_from_args(copy.deepcopy(model), args)
+        variants.append((str(args.method), merged))
+    rows = []
+    for label, m in variants:
+        m = m.to(dev)
+        r = measure_throughput(m, **kw)  # type: ignore[arg-type]
+        r["gmacs"] = _gflops(m)
+        if label != "dense":
+            r["tokens_per_block"] = _tokens_per_block(m, args, dev)
+        results[label] = r
+        rows.append((label, r))
+        m.cpu()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    first = rows[0][1]
+    print(f"device: {first['device_name']}  dtype: {args.dtype}  batch: {args.batch_size}  "
+          f"scan: {backend}  cuda_graph: {first['cuda_graph']}  tf32: {args.tf32}")
+    print(f"{'model':12s} {'GMACs':>8s} {'images/s':>10s} {'ms/batch':>9s} {'peak MB':>9s} "
+          f"{'speed-up':>8s}")
+    base = rows[0][1]["images_per_s"]
+    for label, r in rows:
+        g = f"{r['gmacs']:.2f}" if r.get("gmacs") is not None else "-"
+        print(f"{label:12s} {g:>8s} {r['images_per_s']:10.1f} {r['ms_per_batch']:9.2f} "
+              f"{r['peak_mem_mb']:9.0f} {r['images_per_s'] / base:7.2f}x")
+        if "tokens_per_block" in r:
+            print(f"  tokens per block: {r['tokens_per_block']}")
+    if len(rows) > 1:
+        results["speedup"] = rows[1][1]["images_per_s"] / base
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2))
+    return 0

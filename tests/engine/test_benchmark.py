@@ -1,0 +1,61 @@
+"""``measure_throughput`` and ``vimstm bench`` on the CPU with tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import vimstm
+from vimstm.cli import main
+from vimstm.engine.benchmark import measure_throughput
+from vimstm.errors import ConfigError
+
+TINY = dict(depth=2, embed_dim=32, img_size=32, patch_size=8, stride=8, num_classes=10)
+
+
+def test_measure_throughput_keys_and_values():
+    model = vimstm.create_model("vim_tiny", scan_backend="reference", **TINY)
+    r = measure_throughput(model, batch_size=2, dtype="bf16", device="cpu", warmup=1, runs=3)
+    assert r["images_per_s"] > 0 and r["ms_per_batch"] > 0
+    assert abs(r["images_per_s"] * r["ms_per_batch"] / 1e3 - 2) < 1e-6
+    assert r["dtype"] == "bf16" and r["batch_size"] == 2 and r["device_name"] == "cpu"
+    assert not model.training
+
+
+@pytest.mark.parametrize("kw", [dict(dtype="fp8"), dict(runs=0), dict(cuda_graph=True)])
+def test_measure_throughput_rejects_bad_options(kw):
+    model = vimstm.create_model("vim_tiny", scan_backend="reference", **TINY)
+    with pytest.raises(ConfigError):
+        measure_throughput(model, batch_size=1, device="cpu", warmup=0, **{"runs": 1, **kw})
+
+
+def test_bench_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    rc = main(["bench", "--model", "vim_tiny", "--device", "cpu", "--img-size", "32",
+               "--batch-size", "1", "--warmup", "0", "--runs", "1", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["scan_backend"] == "reference" and data["dense"]["images_per_s"] > 0
+    printed = capsys.readouterr().out
+    assert "command: vimstm bench" in printed and "images/s" in printed
+
+
+def test_bench_cli_bad_dtype_is_a_clean_error():
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--device", "cpu", "--dtype", "fp64"])
+    assert e.value.code == 2
+
+
+def test_bench_cli_dense_vs_merged(tmp_path, capsys):
+    pytest.importorskip("vimstm.merge")
+    out = tmp_path / "m.json"
+    rc = main(["bench", "--model", "vim_tiny", "--device", "cpu", "--img-size", "48",
+               "--batch-size", "1", "--warmup", "0", "--runs", "1", "--method", "stm",
+               "--ratio", "0.3", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    tokens = data["stm"]["tokens_per_block"]
+    assert tokens[0] == 10 and tokens[-1] < tokens[0]
+    assert data["speedup"] > 0
+    assert "tokens per block" in capsys.readouterr().out
