@@ -39,7 +39,22 @@ def test_missing_bundled_weights_say_how_to_train(tmp_path: Path,
     monkeypatch.setattr(registry, "weights_dir", lambda: tmp_path)
     with pytest.raises(VimstmError, match=r"scripts/train_cifar10\.sh"):
         demo.load_bundled()
-    assert main(["demo"]) == 2
+    assert main(["demo", "--require-weights"]) == 2
+
+
+def test_missing_weights_fall_back_to_speed_and_flops(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import vimstm.models.registry as registry
+
+    monkeypatch.setattr(registry, "weights_dir", lambda: tmp_path)
+    monkeypatch.setattr(demo, "untrained_model", lambda device="cpu": tiny_cifar_model())
+    data = make_test_folder(tmp_path / "test", demo.CIFAR10_CLASSES)
+    assert main(["demo", "--data", str(data), "--speed-runs", "1", "--ratios", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "random weights" in out and "reporting speed and FLOPs only" in out
+    assert [line.split()[2] for line in out.splitlines()
+            if line.startswith(("dense", "stm"))] == ["n/a", "n/a"]
 
 
 def test_demo_table_with_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -50,6 +50,9 @@ def register(subparsers: Any) -> None:
                         "the CPU, where the reference scan is slow)")
     p.add_argument("--speed-runs", type=int, default=None,
                    help="timed batches per speed measurement (default 30 on CUDA, 3 on the CPU)")
+    p.add_argument("--require-weights", action="store_true",
+                   help="fail when the bundled weights are missing instead of falling back to "
+                        "speed and FLOPs of the untrained architecture")
     p.set_defaults(func=run)
 
 
@@ -65,6 +68,14 @@ def load_bundled(device: torch.device | str = "cpu") -> nn.Module:
             f"`vimstm export RUN/last.pth -o {path}`), or reinstall vimstm"
         )
     return create_model(MODEL, pretrained=True).to(device).eval()
+
+
+def untrained_model(device: torch.device | str = "cpu") -> nn.Module:
+    """The bundled model's architecture with random weights (speed and FLOPs only)."""
+    from vimstm.models.registry import create_model
+
+    torch.manual_seed(0)
+    return create_model(MODEL).to(device).eval()
 
 
 def cache_dir(given: str | None = None) -> Path:
@@ -189,7 +200,17 @@ def run(args: argparse.Namespace) -> int:
     runs = args.speed_runs or (3 if cpu else 30)
     limit = args.limit if args.limit is not None else (CPU_LIMIT if cpu else None)
     batch = min(args.batch_size, CPU_SPEED_BATCH) if cpu else args.batch_size
-    model = load_bundled(device)
+    try:
+        model = load_bundled(device)
+    except VimstmError as e:
+        if args.require_weights:
+            raise
+        print(f"NOTE: {e}.\nFalling back to the untrained {MODEL} architecture (random "
+              "weights): the table reports speed and FLOPs only, no accuracy.")
+        model = untrained_model(device)
+        args.data, args.download = None, False
+        if cpu and args.speed_runs is None:
+            batch, runs = 2, 2
     dataset = open_test_data(model, args.data, args.download, args.cache_dir)
     if dataset is None:
         print("no test data given (--data DIR_OR_TAR or --download): reporting speed and FLOPs "
