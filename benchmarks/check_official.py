@@ -29,7 +29,9 @@ def install_cpu_stand_ins() -> None:
     def conv_fwd(x, weight, bias, *args):
         silu = args[-1] if args else True
         w = weight.shape[-1]
-        y = F.conv1d(x, weight[:, None, :], bias, padding=w - 1, groups=x.shape[1])[..., : x.shape[-1]]
+        y = F.conv1d(x, weight[:, None, :], bias, padding=w - 1, groups=x.shape[1])[
+            ..., : x.shape[-1]
+        ]
         return F.silu(y) if silu else y
 
     def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
@@ -64,10 +66,12 @@ def load_official(repo: Path, real_kernels: bool):
     if not real_kernels:
         from mamba_ssm.ops.triton.layer_norm import rms_norm_ref  # type: ignore
 
-        def rms_norm_fn(x, weight, bias, residual=None, prenorm=False, residual_in_fp32=False,
-                        eps=1e-6, **_):
-            out = rms_norm_ref(x, weight, bias, residual=residual, eps=eps, prenorm=prenorm,
-                               upcast=True)
+        def rms_norm_fn(
+            x, weight, bias, residual=None, prenorm=False, residual_in_fp32=False, eps=1e-6, **_
+        ):
+            out = rms_norm_ref(
+                x, weight, bias, residual=residual, eps=eps, prenorm=prenorm, upcast=True
+            )
             if prenorm:
                 y, res = out
                 return y.to(x.dtype), res.float() if residual_in_fp32 else res
@@ -78,10 +82,15 @@ def load_official(repo: Path, real_kernels: bool):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--vim-repo", type=Path, required=True)
-    ap.add_argument("--models", nargs="+", default=["vim_tiny", "vim_small", "vim_base",
-                                                    "vim_tiny_stride8", "vim_small_stride8"])
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        default=["vim_tiny", "vim_small", "vim_base", "vim_tiny_stride8", "vim_small_stride8"],
+    )
     ap.add_argument("--depth", type=int, default=None, help="fewer blocks for a quick check")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--device", default="cpu")
@@ -95,11 +104,22 @@ def main() -> None:
         over = {"depth": args.depth} if args.depth else {}
         if args.depth:  # the registered functions fix depth=24: build the same class directly
             ref = official.VisionMamba(
-                patch_size=16, stride=spec.kwargs.get("stride", 16), embed_dim=spec.kwargs["embed_dim"],
-                depth=args.depth, rms_norm=True, residual_in_fp32=True, fused_add_norm=True,
-                final_pool_type="mean", if_abs_pos_embed=True, if_rope=False,
-                if_rope_residual=False, bimamba_type="v2", if_cls_token=True, if_divide_out=True,
-                use_middle_cls_token=True)
+                patch_size=16,
+                stride=spec.kwargs.get("stride", 16),
+                embed_dim=spec.kwargs["embed_dim"],
+                depth=args.depth,
+                rms_norm=True,
+                residual_in_fp32=True,
+                fused_add_norm=True,
+                final_pool_type="mean",
+                if_abs_pos_embed=True,
+                if_rope=False,
+                if_rope_residual=False,
+                bimamba_type="v2",
+                if_cls_token=True,
+                if_divide_out=True,
+                use_middle_cls_token=True,
+            )
         else:
             ref = getattr(official, spec.name)()
         ref = ref.to(args.device).eval()
@@ -114,8 +134,11 @@ def main() -> None:
         d = (a - b).abs().max().item()
         worst = max(worst, d)
         tokens = ours.pos_embed.shape[1]
-        print(f"{name:20s} depth {len(ours.layers):2d} tokens {tokens:4d} max|dlogit| {d:.3e} "
-              f"(logit scale {a.abs().max().item():.2f})", flush=True)
+        print(
+            f"{name:20s} depth {len(ours.layers):2d} tokens {tokens:4d} max|dlogit| {d:.3e} "
+            f"(logit scale {a.abs().max().item():.2f})",
+            flush=True,
+        )
     print(f"worst max|dlogit| {worst:.3e}: {'PASS' if worst < 1e-4 else 'FAIL'} (< 1e-4)")
     sys.exit(0 if worst < 1e-4 else 1)
 

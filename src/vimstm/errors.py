@@ -1,4 +1,4 @@
-"""Errors that vimstm reports to users as one clear message (the CLI prints them without a trace)."""
+"""Errors that vimstm reports to users as one clear message (the CLI prints no trace)."""
 
 from __future__ import annotations
 

@@ -10,10 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 import vimstm
+from conftest import TINY
 from vimstm.errors import CheckpointError
 from vimstm.models.checkpoint import atomic_save, interpolate_pos_embed, read_checkpoint
-
-from conftest import TINY
 
 
 class NotAllowed:  # a class that a safe unpickler must refuse
@@ -44,8 +43,13 @@ def test_training_checkpoint_with_namespace_and_ema(tmp_path, src):
     opt = torch.optim.AdamW(src.parameters())
     src(torch.randn(1, 3, 32, 32)).sum().backward()
     opt.step()
-    ckpt = {"model": src.state_dict(), "model_ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "epoch": 3, "args": argparse.Namespace(model="vim_tiny", lr=5e-4, data_path="/x")}
+    ckpt = {
+        "model": src.state_dict(),
+        "model_ema": ema.state_dict(),
+        "optimizer": opt.state_dict(),
+        "epoch": 3,
+        "args": argparse.Namespace(model="vim_tiny", lr=5e-4, data_path="/x"),
+    }
     p = tmp_path / "checkpoint.pth"
     torch.save(ckpt, p)
     x = torch.randn(2, 3, 32, 32)
@@ -59,8 +63,9 @@ def test_plain_state_dict_with_ddp_prefix_and_safetensors(tmp_path, src):
     x = torch.randn(2, 3, 32, 32)
     p = tmp_path / "plain.pt"
     torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, p)
-    torch.testing.assert_close(_logits(vimstm.create_model("vim_tiny", checkpoint=p, **TINY), x),
-                               _logits(src, x))
+    torch.testing.assert_close(
+        _logits(vimstm.create_model("vim_tiny", checkpoint=p, **TINY), x), _logits(src, x)
+    )
     p = tmp_path / "w.safetensors"
     save_file({k: v.half().contiguous() for k, v in src.state_dict().items()}, p)
     m = vimstm.create_model("vim_tiny", checkpoint=p, **TINY)

@@ -7,32 +7,51 @@ import timm
 import torch
 
 import vimstm
+from conftest import TINY
 from vimstm.errors import ConfigError
 from vimstm.models.vim import patch_grid
 from vimstm.ops import causal_conv1d_ref, selective_scan_ref
 
-from conftest import TINY
-
 OFFICIAL_BLOCK_KEYS = {
-    "mixer.A_log", "mixer.D", "mixer.A_b_log", "mixer.D_b", "mixer.in_proj.weight",
-    "mixer.conv1d.weight", "mixer.conv1d.bias", "mixer.x_proj.weight", "mixer.dt_proj.weight",
-    "mixer.dt_proj.bias", "mixer.conv1d_b.weight", "mixer.conv1d_b.bias", "mixer.x_proj_b.weight",
-    "mixer.dt_proj_b.weight", "mixer.dt_proj_b.bias", "mixer.out_proj.weight", "norm.weight",
+    "mixer.A_log",
+    "mixer.D",
+    "mixer.A_b_log",
+    "mixer.D_b",
+    "mixer.in_proj.weight",
+    "mixer.conv1d.weight",
+    "mixer.conv1d.bias",
+    "mixer.x_proj.weight",
+    "mixer.dt_proj.weight",
+    "mixer.dt_proj.bias",
+    "mixer.conv1d_b.weight",
+    "mixer.conv1d_b.bias",
+    "mixer.x_proj_b.weight",
+    "mixer.dt_proj_b.weight",
+    "mixer.dt_proj_b.bias",
+    "mixer.out_proj.weight",
+    "norm.weight",
 }
 
 
 def test_registry_names_aliases_and_timm():
     names = vimstm.list_models()
-    assert {"vim_tiny", "vim_tiny_stride8", "vim_small", "vim_small_stride8", "vim_base"} <= set(names)
+    assert {"vim_tiny", "vim_tiny_stride8", "vim_small", "vim_small_stride8", "vim_base"} <= set(
+        names
+    )
     full = vimstm.list_models(aliases=False)
-    assert "vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2" in full
+    assert (
+        "vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2"
+        in full
+    )
     m = timm.create_model("vim_small", depth=1)
     assert isinstance(m, vimstm.VisionMamba) and m.embed_dim == 384
     m = timm.create_model(full[0], depth=1, num_classes=7)
     assert m.embed_dim == 192 and m.head.out_features == 7
 
 
-@pytest.mark.parametrize("name,dim,tokens", [("vim_tiny", 192, 197), ("vim_small_stride8", 384, 730)])
+@pytest.mark.parametrize(
+    "name,dim,tokens", [("vim_tiny", 192, 197), ("vim_small_stride8", 384, 730)]
+)
 def test_shapes_of_released_models(name, dim, tokens):
     m = vimstm.create_model(name, depth=1)
     assert m.embed_dim == dim and m.pos_embed.shape == (1, tokens, dim)
@@ -42,10 +61,19 @@ def test_shapes_of_released_models(name, dim, tokens):
 def test_state_dict_keys_are_official():
     sd = vimstm.create_model("vim_tiny", depth=2).state_dict()
     top = {k for k in sd if not k.startswith("layers.")}
-    assert top == {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
-                   "head.weight", "head.bias", "norm_f.weight"}
+    assert top == {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "head.weight",
+        "head.bias",
+        "norm_f.weight",
+    }
     for i in range(2):
-        assert {k[len(f"layers.{i}."):] for k in sd if k.startswith(f"layers.{i}.")} == OFFICIAL_BLOCK_KEYS
+        assert {
+            k[len(f"layers.{i}.") :] for k in sd if k.startswith(f"layers.{i}.")
+        } == OFFICIAL_BLOCK_KEYS
     assert sd["layers.0.mixer.A_log"].dtype == torch.float32
 
 
@@ -84,8 +112,16 @@ def test_mixer_equals_official_flip_formulation(tiny_model):
             xc = causal_conv1d_ref(x, conv.weight, conv.bias)
             dbl = x_proj(xc.transpose(1, 2))
             dt, B, C = dbl.split([mix.dt_rank, mix.d_state, mix.d_state], dim=-1)
-            return selective_scan_ref(xc, dt_proj.weight @ dt.transpose(1, 2), -torch.exp(a_log),
-                                      B.transpose(1, 2), C.transpose(1, 2), D, z, dt_proj.bias)
+            return selective_scan_ref(
+                xc,
+                dt_proj.weight @ dt.transpose(1, 2),
+                -torch.exp(a_log),
+                B.transpose(1, 2),
+                C.transpose(1, 2),
+                D,
+                z,
+                dt_proj.bias,
+            )
 
         f = branch(xz, mix.conv1d, mix.x_proj, mix.dt_proj, mix.A_log, mix.D)
         b = branch(xz.flip(-1), mix.conv1d_b, mix.x_proj_b, mix.dt_proj_b, mix.A_b_log, mix.D_b)

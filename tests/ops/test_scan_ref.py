@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vimstm.ops import causal_conv1d_ref, resolve_backend, selective_scan, selective_scan_ref
 from vimstm.errors import ConfigError
+from vimstm.ops import causal_conv1d_ref, resolve_backend, selective_scan, selective_scan_ref
 
 
 def naive_scan(u, delta, A, B, C, D, z, bias):
@@ -30,8 +30,13 @@ def make_inputs(b=2, d=3, n=4, L=9, dtype=torch.float32):
     g = torch.Generator().manual_seed(1)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     return dict(
-        u=r(b, d, L).to(dtype), delta=r(b, d, L).to(dtype), A=-torch.rand(d, n, generator=g) - 0.1,
-        B=r(b, n, L).to(dtype), C=r(b, n, L).to(dtype), D=r(d), z=r(b, d, L).to(dtype),
+        u=r(b, d, L).to(dtype),
+        delta=r(b, d, L).to(dtype),
+        A=-torch.rand(d, n, generator=g) - 0.1,
+        B=r(b, n, L).to(dtype),
+        C=r(b, n, L).to(dtype),
+        D=r(d),
+        z=r(b, d, L).to(dtype),
         delta_bias=r(d) * 0.1,
     )
 
@@ -60,8 +65,10 @@ def test_low_precision_inputs_keep_dtype_and_fp32_math():
 
 
 def test_scan_gradients_match_finite_differences():
-    i = {k: v.double().requires_grad_(k in ("u", "delta", "B", "C", "z")) for k, v in
-         make_inputs(b=1, d=2, n=2, L=5).items()}
+    i = {
+        k: v.double().requires_grad_(k in ("u", "delta", "B", "C", "z"))
+        for k, v in make_inputs(b=1, d=2, n=2, L=5).items()
+    }
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
     assert torch.autograd.gradcheck(
         lambda *a: selective_scan_ref(*a, reverse=True), tuple(i[k] for k in names)

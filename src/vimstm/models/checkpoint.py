@@ -41,8 +41,10 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
         try:
             return load_file(str(p))
         except Exception as e:
-            raise CheckpointError(f"cannot read safetensors file {p}: {e}; it may be truncated "
-                                  "or corrupt, download it again") from None
+            raise CheckpointError(
+                f"cannot read safetensors file {p}: {e}; it may be truncated "
+                "or corrupt, download it again"
+            ) from None
     try:
         if trust:
             return torch.load(p, map_location="cpu", weights_only=False)
@@ -52,8 +54,9 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
         msg = str(e).split("\n")
         detail = next((m for m in msg if "GLOBAL" in m or "Unsupported" in m), msg[0])
         raise CheckpointError(
-            f"checkpoint {p} holds Python objects that are not allowed by default ({detail.strip()}). "
-            "Only load it if you trust its source, with trust_checkpoint=True (CLI: --trust-checkpoint)"
+            f"checkpoint {p} holds Python objects that are not allowed by default "
+            f"({detail.strip()}). Only load it if you trust its source, with "
+            "trust_checkpoint=True (CLI: --trust-checkpoint)"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(
@@ -73,7 +76,8 @@ def extract_state_dict(obj: Any, use_ema: bool = False) -> dict[str, Tensor]:
                 break
         else:
             raise CheckpointError(
-                f"use_ema was asked for but the checkpoint has no EMA weights (keys: {sorted(obj)[:10]})"
+                "use_ema was asked for but the checkpoint has no EMA weights "
+                f"(keys: {sorted(obj)[:10]})"
             )
     else:
         sd = obj
@@ -88,7 +92,7 @@ def extract_state_dict(obj: Any, use_ema: bool = False) -> dict[str, Tensor]:
     for k, v in tensors.items():
         for prefix in ("module.", "_orig_mod."):
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     return out
 
@@ -112,8 +116,10 @@ def describe_state_dict(sd: Mapping[str, Tensor]) -> str:
         if kw.get("embed_dim") == dim and depth == kw.get("depth", 24):
             fits.append(s.alias)
     guess = f"; it fits {' or '.join(fits)}" if fits else ""
-    return (f"embed_dim {dim}, depth {depth}, patch {patch[0]}, {tokens} tokens "
-            f"(with the class token), d_state {d_state}, {classes} classes{guess}")
+    return (
+        f"embed_dim {dim}, depth {depth}, patch {patch[0]}, {tokens} tokens "
+        f"(with the class token), d_state {d_state}, {classes} classes{guess}"
+    )
 
 
 def interpolate_pos_embed(pos: Tensor, new_tokens: int, new_grid: tuple[int, int]) -> Tensor:
@@ -124,9 +130,11 @@ def interpolate_pos_embed(pos: Tensor, new_tokens: int, new_grid: tuple[int, int
     (The official fine-tuning code keeps row 0, which is a patch row for middle-class models.)
     """
     m_old = pos.shape[1] - 1
-    side = int(round(m_old**0.5))
+    side = round(m_old**0.5)
     if side * side != m_old:
-        raise CheckpointError(f"cannot interpolate a position embedding of {m_old} patches: not square")
+        raise CheckpointError(
+            f"cannot interpolate a position embedding of {m_old} patches: not square"
+        )
     c_old = m_old // 2
     cls_row = pos[:, c_old : c_old + 1]
     patches = torch.cat((pos[:, :c_old], pos[:, c_old + 1 :]), dim=1)
@@ -153,7 +161,8 @@ def load_state_dict_checked(model: nn.Module, sd: Mapping[str, Tensor], source: 
     unexpected = sorted(set(sd) - set(own))
     shapes = sorted(
         f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(sd) & set(own) if sd[k].shape != own[k].shape
+        for k in set(sd) & set(own)
+        if sd[k].shape != own[k].shape
     )
     if missing or unexpected or shapes:
         name = getattr(model, "vimstm_name", type(model).__name__)

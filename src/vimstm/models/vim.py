@@ -159,7 +159,8 @@ class Mamba(nn.Module):
             dt_proj = nn.Linear(r, di, bias=True)
             std = r**-0.5
             nn.init.uniform_(dt_proj.weight, -std, std)
-            dt = torch.exp(torch.rand(di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            log_dt = torch.rand(di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+            dt = torch.exp(log_dt)
             dt = dt.clamp(min=dt_init_floor)
             with torch.no_grad():
                 dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
@@ -327,9 +328,9 @@ class VisionMamba(nn.Module):
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
         for m in self.modules():
-            if isinstance(m, nn.Linear) and m.bias is not None and m is not self.head:
-                if not getattr(m.bias, "_no_reinit", False):
-                    nn.init.zeros_(m.bias)
+            is_linear = isinstance(m, nn.Linear) and m.bias is not None and m is not self.head
+            if is_linear and not getattr(m.bias, "_no_reinit", False):
+                nn.init.zeros_(m.bias)
             if isinstance(m, Mamba):
                 nn.init.kaiming_uniform_(m.out_proj.weight, a=math.sqrt(5))
                 with torch.no_grad():

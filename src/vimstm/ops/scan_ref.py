@@ -25,7 +25,7 @@ def selective_scan_ref(
     delta_softplus: bool = True,
     reverse: bool = False,
 ) -> Tensor:
-    """``y_t = C_t h_t + D u_t`` with ``h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t``, gated by silu(z)."""
+    """``y_t = C_t h_t + D u_t``, ``h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t``, gated by silu(z)."""
     dtype_in = u.dtype
     acc = torch.promote_types(dtype_in, torch.float32)  # fp32 math (fp64 stays fp64)
     u32 = u.to(acc)
@@ -61,7 +61,8 @@ def causal_conv1d_ref(
 ) -> Tensor:
     """Depthwise conv over the token axis, causal (or anti-causal with ``reverse``), then silu.
 
-    ``x: (batch, dim, length)``, ``weight: (dim, 1, width)`` as nn.Conv1d stores it, or ``(dim, width)``.
+    ``x: (batch, dim, length)``; ``weight: (dim, 1, width)`` as nn.Conv1d stores it, or
+    ``(dim, width)``.
     ``reverse=True`` equals ``flip(conv(flip(x)))``: token t sees tokens t .. t+width-1.
     """
     w = weight if weight.dim() == 3 else weight[:, None, :]
