@@ -18,7 +18,7 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
 test: setup lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 demo: setup
 	$(BIN)/vimstm demo
