@@ -25,7 +25,8 @@ from vimstm.data import (
 )
 from vimstm.errors import DataError
 
-SAMPLE = Path("/work/shared/data/imagenet-sample")
+# The project's shared data lives beside the checkout (../shared), also in CI.
+SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "imagenet-sample"
 needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason="imagenet-sample not available")
 
 
