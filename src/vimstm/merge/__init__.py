@@ -146,11 +146,13 @@ def patch(
     saved = []
     for i, layer in enumerate(model.layers):
         mixer = layer.mixer
-        saved.append((mixer.record_ssm, getattr(mixer, "record_delta_full", False)))
+        saved.append((mixer.record_ssm, getattr(mixer, "record_delta_full", False),
+                      getattr(mixer, "record_parts", None)))
         step_follows = i < len(merger.schedule) and merger.schedule[i] > 0
         if merger.needs_ssm and step_follows:
             mixer.record_ssm = True
             mixer.record_delta_full = merger.needs_delta_full
+            mixer.record_parts = tuple(merger.ssm_parts)  # only what the method reads
     merger._saved_flags = saved  # type: ignore[attr-defined]
     model.merger = merger
     model.merge_info = {}
@@ -162,9 +164,10 @@ def unpatch(model: Any) -> Any:
     merger = getattr(model, "merger", None)
     if merger is None:
         return model
-    for layer, (rec, full) in zip(model.layers, getattr(merger, "_saved_flags", [])):
+    for layer, (rec, full, parts) in zip(model.layers, getattr(merger, "_saved_flags", [])):
         layer.mixer.record_ssm = rec
         layer.mixer.record_delta_full = full
+        layer.mixer.record_parts = parts
         if not rec:
             layer.mixer.last_ssm = None
     model.merger = None

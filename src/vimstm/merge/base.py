@@ -19,7 +19,16 @@ from vimstm.errors import ConfigError
 
 
 def apply_merge(x: Tensor, dest: Tensor, wn: Tensor | None, new_len: int, trash: bool) -> Tensor:
-    """``out[b, dest[b, t]] += wn[b, t] * x[b, t]``; slot ``new_len`` (trash) is cut off."""
+    """``out[b, dest[b, t]] += wn[b, t] * x[b, t]``; slot ``new_len`` (trash) is cut off.
+
+    Three kernels (weight, zero buffer, scatter_add), no host synchronisation; ``x`` may be
+    (batch, tokens) or (batch, tokens, channels).
+    """
+    if x.dim() == 2:
+        src = x if wn is None else x * wn.to(x.dtype)
+        out = x.new_zeros(x.shape[0], new_len + int(trash))
+        out.scatter_add_(1, dest, src)
+        return out[:, :new_len] if trash else out
     b, _, d = x.shape
     src = x if wn is None else x * wn.to(x.dtype).unsqueeze(-1)
     out = x.new_zeros(b, new_len + int(trash), d)  # fresh buffer: in-place add is autograd-safe
@@ -30,13 +39,13 @@ def apply_merge(x: Tensor, dest: Tensor, wn: Tensor | None, new_len: int, trash:
 def group_normalize(dest: Tensor, w: Tensor, new_len: int) -> Tensor:
     """Weights ``w`` (batch, tokens) divided by their group's sum."""
     total = w.new_zeros(w.shape[0], new_len + 1).scatter_add_(1, dest, w)
-    return w / total.gather(1, dest).clamp_min(1e-12)
+    return w / total.gather(1, dest).clamp_min_(1e-12)
 
 
 def split_sides(tokens: int, cls_index: int, r: int) -> tuple[int, int]:
     """Balanced removals (left, right) of the class token; the odd one goes to the longer side."""
     n_left, n_right = cls_index, tokens - 1 - cls_index
-    half, odd = divmod(r, 2)
+    half, odd = r // 2, r % 2  # (not divmod: torch.compile traces // and % on symbolic ints)
     r_left = half + (odd if n_left > n_right else 0)
     return r_left, r - r_left
 
@@ -50,6 +59,7 @@ class Merger:
 
     name = "base"
     needs_ssm = False  # record the previous block's SSM statistics
+    ssm_parts: tuple[str, ...] = ("B", "decay", "importance")  # what of them (SSM_PARTS)
     needs_delta_full = False
     keeps_order = True
     option_defaults: ClassVar[dict[str, Any]] = {}
@@ -62,6 +72,7 @@ class Merger:
                 f"unknown option(s) {unknown} for method {self.name!r}; allowed: {allowed}"
             )
         self.options = {**self.option_defaults, **options}
+        self._cache: dict[Any, Any] = {}  # index tensors per (shape, device), built once
         self.schedule: list[int] = []
         self.trace_source = False
         self._check_options()
@@ -99,9 +110,19 @@ class Merger:
         return toks, clss
 
     # -- hooks called by VisionMamba.forward_features -----------------------------------
+    def cached(self, key: Any, build: Any) -> Any:
+        """``build()`` once per ``key`` (index tensors of a step's shape, on its device)."""
+        out = self._cache.get(key)
+        if out is None:
+            out = self._cache[key] = build()
+        return out
+
     def begin(self, model: Any, hidden: Tensor, state: Any) -> Any:
         b, t, _ = hidden.shape
-        state.size = hidden.new_ones(b, t, 1, dtype=torch.float32)
+        # token sizes (batch, tokens) fp32; one expand of a cached row, no fill kernel per call
+        dev = hidden.device
+        ones = self.cached(("ones", t, dev), lambda: torch.ones(1, t, device=dev))
+        state.size = ones.expand(b, t)
         if self.trace_source:
             eye = torch.eye(t, device=hidden.device, dtype=torch.float32)
             state.source = eye.unsqueeze(0).expand(b, t, t)
@@ -114,7 +135,9 @@ class Merger:
         t = hidden.shape[1]
         if r > 0:
             ssm = model.layers[i - 1].mixer.last_ssm if self.needs_ssm else None
-            with torch.no_grad():
+            # the plan is index and weight bookkeeping: no autograd, and no autocast (its few
+            # matrix products must stay fp32; similarities read the block input as it is)
+            with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
                 dest, wn, new_cls, trash = self.plan(hidden, residual, state, ssm, r)
             new_len = t - r
             hidden = apply_merge(hidden, dest, wn, new_len, trash)
@@ -132,7 +155,7 @@ class Merger:
             "method": self.name,
             "tokens_per_block": list(self._tokens),
             "cls_index_per_block": list(self._cls),
-            "size": state.size,
+            "size": state.size.unsqueeze(-1),
         }
         if state.source is not None:
             info["source"] = state.source

@@ -37,6 +37,7 @@ class BipartiteMerger(Merger):
                 f"{self.name} option similarity={self.options['similarity']!r}: choose 'x' or 'b'"
             )
         self.needs_ssm = self.options["similarity"] == "b"
+        self.ssm_parts = ("B",)
 
     def cap(self, tokens: int, cls_index: int, r: int) -> bool:
         return r <= (tokens - 1) // 2
@@ -48,46 +49,55 @@ class BipartiteMerger(Merger):
         feat = dim if self.options["similarity"] == "x" else 2 * d_state
         return tokens * feat + (tokens / 2) ** 2 * feat + 2.0 * tokens * dim
 
-    def _ranks(self, keep_a: Tensor, n_a: int, n_b: int) -> tuple[Tensor, Tensor]:
-        """New patch ranks of the kept A tokens and of the B tokens."""
-        rank_a = keep_a.long().cumsum(1) - 1
-        n_unm = n_a - self._r
-        rank_b = n_unm + torch.arange(n_b, device=keep_a.device).unsqueeze(0)
-        return rank_a, rank_b.expand(keep_a.shape[0], n_b)
+    def _ranks(self, keep_a: Tensor, lay: dict[str, Tensor]) -> Tensor:
+        """New patch ranks of the A tokens (the kept ones; merged ones are overwritten)."""
+        return keep_a.long().cumsum(1) - 1
+
+    def _rank_b(self, keep_a: Tensor, lay: dict[str, Tensor]) -> Tensor:
+        """New patch ranks of the B tokens: after the n_a - r unmerged A tokens."""
+        return lay["rank_b"].expand(keep_a.shape[0], -1)
+
+    def _layout(self, t: int, c: int, r: int, dev: torch.device) -> dict[str, Any]:
+        def build() -> dict[str, Any]:
+            patch_pos = torch.cat((torch.arange(c), torch.arange(c + 1, t)))
+            n_a, n_b = (t - 1 + 1) // 2, (t - 1) // 2
+            out = {
+                "patch_pos": patch_pos,
+                "pos_a": patch_pos[::2].clone(), "pos_b": patch_pos[1::2].clone(),
+                "rank_b": (n_a - r + torch.arange(n_b)).unsqueeze(0),
+                "odd": torch.arange(n_a + n_b) % 2 == 1,
+                "cls": torch.full((1, 1), self.next_cls(t, c, r)),
+            }
+            return {k: v.to(dev) for k, v in out.items()}
+
+        return self.cached(("layout", t, c, r, str(dev)), build)
 
     def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
         b, t, _ = hidden.shape
         c = state.cls_index
-        dev = hidden.device
-        self._r = r
+        lay = self._layout(t, c, r, hidden.device)
         if self.options["similarity"] == "x":
             f = block_input(hidden, residual)
         else:
             f = torch.cat((ssm.B_fwd, ssm.B_bwd), -1)
-        patch_pos = torch.cat((torch.arange(c, device=dev), torch.arange(c + 1, t, device=dev)))
-        f = f[:, patch_pos].float()
-        f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        fa, fb = f[:, ::2], f[:, 1::2]
-        n_a, n_b = fa.shape[1], fb.shape[1]
-        scores = fa @ fb.transpose(1, 2)
-        node_max, node_idx = scores.max(dim=-1)
-        order = node_max.argsort(dim=-1, descending=True)
-        src = order[:, :r]
-        keep_a = torch.ones(b, n_a, dtype=torch.bool, device=dev).scatter_(1, src, False)
-        rank_a, rank_b = self._ranks(keep_a, n_a, n_b)
-        dst = node_idx.gather(1, src)
-        rank_a.scatter_(1, src, rank_b.gather(1, dst))  # merged A goes with its B
-        new_patches = t - 1 - r
+        # A (even patches) and B (odd patches), class token left out; cosine similarity
+        fa, fb = f.index_select(1, lay["pos_a"]), f.index_select(1, lay["pos_b"])
+        fa = fa / torch.linalg.vector_norm(fa, dim=-1, keepdim=True).clamp_min_(1e-6)
+        fb = fb / torch.linalg.vector_norm(fb, dim=-1, keepdim=True).clamp_min_(1e-6)
+        node_max, node_idx = (fa @ fb.transpose(1, 2)).max(dim=-1)
+        src = node_max.topk(r, dim=-1).indices  # the r most similar A tokens
+        keep_a = torch.ones_like(node_max, dtype=torch.bool).scatter_(1, src, False)
+        rank_a = self._ranks(keep_a, lay)
+        rank_b = self._rank_b(keep_a, lay)
+        rank_a = rank_a.scatter(1, src, rank_b.gather(1, node_idx.gather(1, src)))
         new_c = self.next_cls(t, c, r)
-        patch_rank = torch.empty(b, t - 1, dtype=torch.long, device=dev)
-        patch_rank[:, ::2] = rank_a
-        patch_rank[:, 1::2] = rank_b
+        # interleave back (A, B, A, B, ...) and make room for the class token at new_c
+        patch_rank = torch.stack((rank_a[:, : rank_b.shape[1]], rank_b), 2).flatten(1)
+        if rank_a.shape[1] > rank_b.shape[1]:
+            patch_rank = torch.cat((patch_rank, rank_a[:, -1:]), 1)
         patch_dest = patch_rank + (patch_rank >= new_c).long()
-        dest = torch.full((b, t), new_c, dtype=torch.long, device=dev)
-        dest[:, patch_pos] = patch_dest
-        del new_patches
-        size = state.size.squeeze(-1)
-        wn = group_normalize(dest, size, t - r)
+        dest = torch.cat((patch_dest[:, :c], lay["cls"].expand(b, 1), patch_dest[:, c:]), 1)
+        wn = group_normalize(dest, state.size, t - r)
         return dest, wn, new_c, False
 
 
@@ -98,10 +108,13 @@ class RMeeToMerger(BipartiteMerger):
     def next_cls(self, tokens: int, cls_index: int, r: int) -> int:
         return cls_index * (tokens - r) // tokens
 
-    def _ranks(self, keep_a: Tensor, n_a: int, n_b: int) -> tuple[Tensor, Tensor]:
+    def _ranks(self, keep_a: Tensor, lay: dict[str, Tensor]) -> Tensor:
         """Original order: a patch's rank counts the kept patches before it."""
-        b = keep_a.shape[0]
-        keep = torch.ones(b, n_a + n_b, dtype=torch.long, device=keep_a.device)
-        keep[:, ::2] = keep_a.long()
-        rank = keep.cumsum(1) - 1
-        return rank[:, ::2], rank[:, 1::2]
+        keep = torch.ones(keep_a.shape[0], lay["odd"].shape[0], dtype=torch.long,
+                          device=keep_a.device)
+        keep[:, ::2] = keep_a
+        self._rank = keep.cumsum(1) - 1
+        return self._rank[:, ::2]
+
+    def _rank_b(self, keep_a: Tensor, lay: dict[str, Tensor]) -> Tensor:
+        return self._rank[:, 1::2]

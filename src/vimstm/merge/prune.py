@@ -49,35 +49,53 @@ class PruneMerger(Merger):
     def _score(self, hidden: Tensor, residual: Tensor, ssm: Any) -> Tensor:
         return block_input(hidden, residual).norm(dim=-1)
 
+    def _layout(self, t: int, c: int, r: int, dev: torch.device) -> dict[str, Tensor]:
+        def build() -> dict[str, Tensor]:
+            pos = torch.arange(t).unsqueeze(0)
+            r_left, r_right = split_sides(t, c, r)
+            new_c = self.next_cls(t, c, r)
+            out = {
+                "is_cls": pos == c,
+                "not_left": pos >= c,  # masked out when picking the left removals
+                "not_right": pos <= c,
+                "take_left": torch.arange(r_left),
+                "take_right": torch.arange(r_right),
+                "new_c": torch.full((1, 1), new_c),
+            }
+            return {k: v.to(dev) for k, v in out.items()}
+
+        return self.cached(("layout", t, c, r, str(dev)), build)
+
     def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
-        b, t, _ = hidden.shape
+        t = hidden.shape[1]
         c = state.cls_index
-        dev = hidden.device
-        pos = torch.arange(t, device=dev).unsqueeze(0)
-        score = self._score(hidden, residual, ssm).float().masked_fill(pos == c, math.inf)
+        lay = self._layout(t, c, r, hidden.device)
+        score = self._score(hidden, residual, ssm).float().masked_fill(lay["is_cls"], math.inf)
         if self.options["balance"]:
             r_left, r_right = split_sides(t, c, r)
-            left = score.masked_fill(pos > c, math.inf).argsort(1)[:, :r_left]
-            right = score.masked_fill(pos < c, math.inf).argsort(1)[:, :r_right]
-            drop_idx = torch.cat((left, right), 1)
+            both = torch.stack((score.masked_fill(lay["not_left"], math.inf),
+                                score.masked_fill(lay["not_right"], math.inf)), 1)
+            low = both.topk(max(r_left, r_right), dim=-1, largest=False).indices
+            drop_idx = torch.cat((low[:, 0, :r_left], low[:, 1, :r_right]), 1)
         else:
-            drop_idx = score.argsort(1)[:, :r]
-        drop = torch.zeros(b, t, dtype=torch.bool, device=dev).scatter_(1, drop_idx, True)
-        keep = ~drop
+            drop_idx = score.topk(r, dim=1, largest=False).indices
+        keep = torch.ones_like(score, dtype=torch.bool).scatter_(1, drop_idx, False)
         new_len = t - r
         new_c = self.next_cls(t, c, r)
-        rank = keep.long().cumsum(1) - 1
-        if not self.options["balance"]:  # patches in order, class token moved to new_c
-            is_cls = pos == c
-            patch_rank = (keep & ~is_cls).long().cumsum(1) - 1
-            rank = torch.where(is_cls, new_c, patch_rank + (patch_rank >= new_c).long())
-        dest = torch.where(keep, rank, new_len)
+        if self.options["balance"]:
+            rank = keep.long().cumsum(1) - 1
+        else:  # patches in order, class token moved to new_c
+            patch_rank = (keep & ~lay["is_cls"]).long().cumsum(1) - 1
+            rank = torch.where(lay["is_cls"], lay["new_c"],
+                               patch_rank + (patch_rank >= new_c).long())
+        dest = rank.masked_fill(~keep, new_len)
         return dest, keep.float(), new_c, True
 
 
 class TopPruneMerger(PruneMerger):
     name = "prune-top"
     needs_ssm = True
+    ssm_parts = ("importance",)
 
     def merge_macs(self, tokens: int, r: int, dim: int, d_state: int, d_inner: int) -> float:
         return tokens * d_inner + 2.0 * tokens * dim

@@ -49,10 +49,18 @@ from vimstm.errors import ConfigError
 from vimstm.merge.base import Merger, block_input, split_sides
 
 _BIG = 1e4  # cost of an impossible side (finite, so the run prefix sums stay exact)
+# which (direction, token of the pair) gets the one-step decay: forward/left, backward/right
+_DIR_MASK = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(1, 2, 1, 2)
 
 
 class AdjacentMerger(Merger):
-    """Balanced, non-overlapping merging of scan-adjacent pairs (shared by STM and random)."""
+    """Balanced, non-overlapping merging of scan-adjacent pairs (shared by STM and random).
+
+    A step is a fixed number of device ops: every index tensor of a (tokens, class index, r)
+    is built once and cached on the merger, and nothing reads device data back to the host.
+    """
+
+    fading_kind = "none"
 
     def _protect(self) -> int:
         return int(self.options.get("protect", 0))
@@ -67,98 +75,98 @@ class AdjacentMerger(Merger):
     def next_cls(self, tokens: int, cls_index: int, r: int) -> int:
         return cls_index - split_sides(tokens, cls_index, r)[0]
 
-    def _layout(self, tokens: int, c: int, device: torch.device) -> dict[str, Tensor]:
-        """Index tensors of the A tokens of both sides (cached per shape)."""
-        key = (tokens, c, self._protect(), str(device))
-        cache = self.__dict__.setdefault("_layouts", {})
-        if key in cache:
-            return cache[key]
+    def _layout(self, tokens: int, c: int, r: int, device: torch.device) -> dict[str, Any]:
+        """Index tensors of the A tokens of both sides (cached per shape and device)."""
+        key = ("layout", tokens, c, r, self._protect(), self.fading_kind, str(device))
+        return self.cached(key, lambda: self._build_layout(tokens, c, r, device))
+
+    def _build_layout(self, tokens: int, c: int, r: int, device: torch.device) -> dict[str, Any]:
         w = self._protect()
         n = (max(c - w, 0), max(tokens - 1 - c - w, 0))  # mergeable tokens per side
         n_a = max(max(n) // 2, 1)
-        m = torch.arange(n_a)
-        j = 2 * m + 1  # local index of A tokens, counted from the far end
-        g_a, g_bl, g_br, e_l, e_r, valid, valid_r = [], [], [], [], [], [], []
-        for side in (0, 1):
-            if side == 0:  # left: global = local
-                ga, gbl, gbr = j, j - 1, j + 1
-                el, er = j - 1, j  # edge t joins tokens t and t+1
-            else:  # right: global = tokens-1-local
-                ga = tokens - 1 - j
-                gbl, gbr = ga + 1, ga - 1
-                el, er = ga, ga - 1
-            ok = j < n[side]
-            ok_r = (j + 1) < n[side]
-            clamp_t = lambda v: v.clamp(0, tokens - 1)  # noqa: E731
-            g_a.append(clamp_t(ga))
-            g_bl.append(clamp_t(gbl))
-            g_br.append(clamp_t(gbr))
-            e_l.append(el.clamp(0, max(tokens - 2, 0)))
-            e_r.append(er.clamp(0, max(tokens - 2, 0)))
-            valid.append(ok)
-            valid_r.append(ok_r)
-        out = {
-            "g_a": torch.stack(g_a), "g_bl": torch.stack(g_bl), "g_br": torch.stack(g_br),
-            "e_l": torch.stack(e_l), "e_r": torch.stack(e_r),
-            "valid": torch.stack(valid), "valid_r": torch.stack(valid_r),
+        j = 2 * torch.arange(n_a) + 1  # local index of A tokens, counted from the far end
+        t_hi, e_hi = tokens - 1, max(tokens - 2, 0)
+        # side 0 (left of the class token): global = local; edge e joins tokens e and e+1
+        ga0, ga1 = j, tokens - 1 - j
+        g_a = torch.stack((ga0, ga1)).clamp(0, t_hi)  # (2, n_a)
+        g_bl = torch.stack((ga0 - 1, ga1 + 1)).clamp(0, t_hi)
+        g_br = torch.stack((ga0 + 1, ga1 - 1)).clamp(0, t_hi)
+        e_l = torch.stack((ga0 - 1, ga1)).clamp(0, e_hi)
+        e_r = torch.stack((ga0, ga1 - 1)).clamp(0, e_hi)
+        edges = torch.stack((e_l, e_r))  # (2 [left/right partner], 2 [side], n_a)
+        # whether the A token is the left token of that edge
+        a_left = torch.tensor([[False, True], [True, False]]).view(2, 2, 1).expand(2, 2, n_a)
+        nn = torch.tensor(n).view(2, 1)
+        valid, valid_r = j < nn, (j + 1) < nn
+        r_left, r_right = split_sides(tokens, c, r)
+        take = torch.arange(n_a) < torch.tensor([r_left, r_right]).view(2, 1)
+        bad = torch.stack((torch.zeros_like(valid_r), ~valid_r))  # right partner impossible
+        out: dict[str, Any] = {
+            "n_a": n_a,
+            "g_a": g_a, "g_bl": g_bl, "g_br": g_br,
+            "edges": edges.flatten(),
+            "a_left": a_left.clone(),
+            "invalid": ~valid,
+            "bad_side": bad,
+            "take": take,
+            "tri": _tri_masks(n_a),
+            "side1": torch.tensor([False, True]).view(2, 1),  # right side: partners mirrored
+            "pos": torch.arange(tokens, dtype=torch.float32).unsqueeze(0),
+            "g_a3": g_a.flatten().view(1, 1, -1).expand(1, 3, -1).clone(),
         }
-        out = {k: v.to(device) for k, v in out.items()}
-        out["n_a"] = n_a  # type: ignore[assignment]
-        cache[key] = out
-        return out
+        fade = self._fade_matrix(tokens, c, g_a, e_l, e_r)
+        if fade is not None:
+            out["fade"] = fade
+        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in out.items()}
 
-    def _costs(
-        self, hidden: Tensor, residual: Tensor, c: int, ssm: Any, lay: dict[str, Tensor]
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(cost_left, cost_right, rank score) per A token, each (batch, 2, n_a)."""
+    def _fade_matrix(self, t: int, c: int, g_a: Tensor, e_l: Tensor, e_r: Tensor):
+        """Linear map from per-token log-fades to (own, left pair - own, right pair - own)."""
+        return None
+
+    def _costs(self, hidden: Tensor, residual: Tensor, ssm: Any, lay: dict[str, Any]):
+        """(costs (batch, 2 [left/right], 2 [side], n_a), rank score (batch, 2, n_a))."""
         raise NotImplementedError
 
-    def _weights(
-        self, state: Any, ssm: Any, g_a: Tensor, g_p: Tensor, hidden: Tensor
-    ) -> Tensor:
-        """Weight of each A token inside its pair (batch, 2*n_a); the partner gets 1 - α."""
-        size = state.size.squeeze(-1)
-        s_a, s_p = size.gather(1, g_a), size.gather(1, g_p)
-        return s_a / (s_a + s_p)
+    def _edge_alpha(self, state: Any, ssm: Any) -> Tensor:
+        """Weight of the left token of every adjacent pair (batch, tokens - 1)."""
+        su = state.size.unfold(1, 2, 1)
+        return su[..., 0] / su.sum(-1)
 
     def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
         b, t, _ = hidden.shape
         c = state.cls_index
-        r_left, r_right = split_sides(t, c, r)
-        lay = self._layout(t, c, hidden.device)
-        n_a: int = lay["n_a"]  # type: ignore[assignment]
-        cost_l, cost_r, score = self._costs(hidden, residual, c, ssm, lay)
-        valid = lay["valid"].unsqueeze(0)
-        score = score.masked_fill(~valid, math.inf)
-        cost_r = torch.where(lay["valid_r"].unsqueeze(0), cost_r, _BIG).clamp(max=_BIG)
-        cost_l = cost_l.clamp(max=_BIG)
+        lay = self._layout(t, c, r, hidden.device)
+        n_a = lay["n_a"]
+        cost, score = self._costs(hidden, residual, ssm, lay)
+        score = score.masked_fill(lay["invalid"], math.inf)
+        cost = cost.clamp(max=_BIG).masked_fill(lay["bad_side"], _BIG)
 
         # the r_side A tokens of lowest score on each side
         order = score.argsort(dim=-1)
-        ar = torch.arange(n_a, device=hidden.device)
-        take = torch.stack((ar < r_left, ar < r_right)).unsqueeze(0)  # no host-to-device copy
-        sel = torch.zeros_like(take.expand(b, 2, n_a)).scatter_(-1, order, take.expand(b, 2, n_a))
+        take = lay["take"].expand(b, 2, n_a)
+        sel = torch.zeros_like(take).scatter_(-1, order, take)
 
         # sides: runs of adjacent chosen A tokens take L..LR..R with the cheapest split
-        go_left = _resolve_sides(sel, cost_l, cost_r)
+        go_left = _resolve_sides(sel, cost[:, 0], cost[:, 1], lay["tri"])
 
-        g_a = lay["g_a"].unsqueeze(0).expand(b, 2, n_a).reshape(b, -1)
-        g_p = torch.where(go_left, lay["g_bl"].unsqueeze(0), lay["g_br"].unsqueeze(0))
-        g_p = g_p.reshape(b, -1)
-        self_ = sel.reshape(b, -1)
-        removed = torch.zeros(b, t, dtype=torch.int32, device=hidden.device)
-        removed = removed.scatter_add_(1, g_a, self_.int()) > 0
-        keep_rank = (~removed).long().cumsum(1) - 1
-        offset = torch.zeros(b, t, dtype=torch.long, device=hidden.device)
-        offset.scatter_add_(1, g_a, (g_p - g_a) * self_.long())
-        partner = torch.arange(t, device=hidden.device).unsqueeze(0) + offset
-        dest = keep_rank.gather(1, partner)
+        # pair weight of each A token for either partner, then for the chosen one
+        ea = self._edge_alpha(state, ssm).index_select(1, lay["edges"]).view(b, 2, 2, n_a)
+        ea = torch.where(lay["a_left"], ea, 1.0 - ea)
+        alpha = torch.where(go_left, ea[:, 0], ea[:, 1])
 
-        alpha = self._weights(state, ssm, g_a, g_p, hidden).float()
-        sf = self_.float()
-        wn = torch.ones(b, t, device=hidden.device)
-        wn.scatter_add_(1, g_a, (alpha - 1.0) * sf).scatter_add_(1, g_p, -alpha * sf)
-        return dest, wn, c - r_left, False
+        # per token: removed, merged into the next token, own weight (A), partner weight
+        g_p = torch.where(go_left, lay["g_bl"], lay["g_br"]).view(b, 1, -1)
+        idx = torch.cat((lay["g_a3"].expand(b, 3, -1), g_p), 1)
+        sf, gl = sel.float(), go_left.float()
+        al = alpha * sf
+        after = torch.where(lay["side1"], gl, sf - gl)  # merged into the token after it
+        vals = torch.stack((sf, after, al, al), 1).view(b, 4, -1)
+        tok = hidden.new_zeros(b, 4, t, dtype=torch.float32).scatter_add_(2, idx, vals)
+        removed, right, own, partner = tok.unbind(1)
+        # a kept token moves left by the removals before it; a removed one joins its partner
+        dest = (lay["pos"] - removed.cumsum(1) + right).long()
+        wn = (own + 1.0) - removed - partner
+        return dest, wn, c - split_sides(t, c, r)[0], False
 
     def merge_macs(self, tokens: int, r: int, dim: int, d_state: int, d_inner: int) -> float:
         feat = {"x": dim, "b": 4 * d_state, "delta": 4 * d_inner}.get(
@@ -168,38 +176,41 @@ class AdjacentMerger(Merger):
         return tokens * (2.0 * feat + 4.0 * d_state + 2.0 * dim)
 
 
-def _resolve_sides(sel: Tensor, cost_l: Tensor, cost_r: Tensor) -> Tensor:
+def _tri_masks(n: int, device: Any = None) -> Tensor:
+    """(2, n, n) bool: ``[0][k, j] = j < k`` and ``[1][k, j] = j > k``."""
+    ones = torch.ones(n, n, dtype=torch.bool, device=device)
+    return torch.stack((ones.tril(-1), ones.triu(1)))
+
+
+def _resolve_sides(
+    sel: Tensor, cost_l: Tensor, cost_r: Tensor, tri: Tensor | None = None
+) -> Tensor:
     """For chosen A tokens, True where it merges left; no two pick the same B token.
 
     A run of chosen A tokens a_k0..a_k1 (consecutive, so a_k and a_k+1 share the B between
     them) must choose sides L..L R..R; the split q (last L) minimises
     ``sum_{k<=q} cost_l + sum_{k>q} cost_r``, i.e. ``H(q) = sum_{k0<=k<=q} (cost_l - cost_r)``
-    against 0 for "all R".
+    against 0 for "all R" (ties go to the earlier split, "all R" first).
+
+    With ``cum`` the running sum of ``cost_l - cost_r`` over chosen tokens and ``cx`` its
+    exclusive version, a_k goes left iff the run's minimum of ``cum`` from k on is below the
+    minimum of ``cx`` up to k (which covers "all R" and every earlier split). Both minima are
+    masked reductions over an (n, n) grid per row: a fixed number of ops, no host sync.
+    ``tri`` is ``_tri_masks(n)`` on the device (cached by the caller).
     """
-    rows = sel.shape[0] * sel.shape[1]
     n = sel.shape[-1]
-    s = sel.reshape(rows, n)
-    d = torch.where(s, cost_l.reshape(rows, n) - cost_r.reshape(rows, n), 0.0)
-    prev = F.pad(s[:, :-1], (1, 0), value=False)
-    start = s & ~prev
-    run = start.long().cumsum(1)  # run id per row (0 before the first run)
-    gid = run + torch.arange(rows, device=s.device).unsqueeze(1) * (n + 1)
-    dummy = rows * (n + 1)
-    cum = d.cumsum(1)
-    base = torch.zeros(dummy + 1, dtype=d.dtype, device=s.device)
-    base.scatter_(0, torch.where(start, gid, dummy).flatten(), (cum - d).flatten())
-    h = cum - base[gid]
-    idx_sel = torch.where(s, gid, dummy).flatten()
-    h_min = torch.zeros(dummy + 1, dtype=d.dtype, device=s.device)
-    h_min.scatter_reduce_(0, idx_sel, torch.where(s, h, math.inf).flatten(), "amin")
-    hm = h_min[gid]
-    k = torch.arange(n, device=s.device).expand(rows, n)
-    cand = torch.where(s & (h == hm) & (hm < 0), k, n)
-    q = torch.full((dummy + 1,), n, dtype=torch.long, device=s.device)
-    q.scatter_reduce_(0, idx_sel, cand.flatten(), "amin")
-    qg = q[gid]
-    go_left = s & (k <= qg) & (qg < n)  # q = n: no split below 0, the run goes all right
-    return go_left.view_as(sel)
+    dl = (cost_l - cost_r) * sel
+    cum = dl.cumsum(-1)
+    cx = cum - dl
+    prev = F.pad(sel[..., :-1], (1, 0))
+    run = (sel & ~prev).cumsum(-1)  # run id of every position
+    # other[k, j]: j is not a chosen token of k's run
+    other = (run.unsqueeze(-1) != run.unsqueeze(-2)) | ~sel.unsqueeze(-2)
+    if tri is None:
+        tri = _tri_masks(n, sel.device)
+    later = cum.unsqueeze(-2).masked_fill(other | tri[0], math.inf).amin(-1)  # j >= k
+    earlier = cx.unsqueeze(-2).masked_fill(other | tri[1], math.inf).amin(-1)  # j <= k
+    return sel & (later < earlier)
 
 
 class STMMerger(AdjacentMerger):
@@ -230,82 +241,91 @@ class STMMerger(AdjacentMerger):
         self.needs_ssm = (o["fading"] == "ssm" or o["weights"] == "b"
                           or o["similarity"] in ("b", "delta"))
         self.needs_delta_full = o["similarity"] == "delta"
+        self.fading_kind = o["fading"]
+        parts = set()
+        if o["weights"] == "b" or o["similarity"] == "b":
+            parts.add("B")
+        if o["weights"] == "b" or o["fading"] == "ssm":
+            parts.add("decay")
+        self.ssm_parts = tuple(sorted(parts))
 
-    def _features(self, hidden: Tensor, residual: Tensor, ssm: Any) -> Tensor:
+    def _dissimilarity(self, hidden: Tensor, residual: Tensor, ssm: Any) -> Tensor:
+        """``1 - cos`` of every adjacent pair (batch, tokens - 1): edge e joins e and e+1."""
         sim = self.options["similarity"]
         if sim == "x":
-            return block_input(hidden, residual)
-        if sim == "b":
-            return torch.cat((ssm.B_fwd, ssm.B_bwd), -1)
-        if ssm.delta_full is None:
-            raise ConfigError(
-                "similarity='delta' needs the mixers' record_delta_full (set by patch)"
-            )
-        return ssm.delta_full
+            f = block_input(hidden, residual)
+        elif sim == "b":
+            f = torch.cat((ssm.B_fwd, ssm.B_bwd), -1)
+        else:
+            if ssm.delta_full is None:
+                raise ConfigError(
+                    "similarity='delta' needs the mixers' record_delta_full (set by patch)"
+                )
+            f = ssm.delta_full
+        norm = torch.linalg.vector_norm(f, dim=-1, dtype=torch.float32).clamp_min_(1e-6)
+        dot = (f[:, :-1] * f[:, 1:]).sum(-1, dtype=torch.float32)
+        return (1.0 - dot / (norm[:, :-1] * norm[:, 1:])).clamp_min_(0.0)
 
-    def _log_fade(self, ssm: Any, t: int, c: int, device: torch.device) -> Tensor | None:
-        """Log of each token's decay on the class token, (batch or 1, tokens)."""
-        fading = self.options["fading"]
-        pos = torch.arange(t, device=device)
-        if fading == "none":
+    def _fade_matrix(self, t: int, c: int, g_a: Tensor, e_l: Tensor, e_r: Tensor):
+        """Map from the log-decays to each A token's (log fade, pair fades relative to it).
+
+        The log fade of token u on the class token is ``sum_{u<q<=c} log_decay_fwd[q]`` left of
+        it and ``sum_{c<=q<u} log_decay_bwd[q]`` right of it (``|u - c| log gamma`` for
+        ``fading="gamma"``): linear in the (batch, 2*tokens) log-decays, so the A tokens' own
+        and pair values come out of one matrix product with this (2*tokens, 3*2*n_a) matrix.
+        """
+        kind = self.fading_kind
+        if kind == "none":
             return None
-        if fading == "gamma":
-            return ((pos - c).abs().float() * math.log(self.options["gamma"])).unsqueeze(0)
-        cf = ssm.log_decay_fwd.cumsum(1)
-        cb_ex = ssm.log_decay_bwd.cumsum(1) - ssm.log_decay_bwd
-        left = cf[:, c : c + 1] - cf  # sum_{q=t+1..c} for t < c
-        right = cb_ex - cb_ex[:, c : c + 1]  # sum_{q=c..t-1} for t > c
-        return torch.where(pos < c, left, right)
+        u = torch.arange(t)
+        q = u.view(-1, 1)
+        if kind == "gamma":
+            m = ((u - c).abs().double() * math.log(self.options["gamma"])).view(1, t)
+        else:
+            m_f = ((u < c) & (q > u) & (q <= c)).double()  # (q, u)
+            m_b = ((u > c) & (q >= c) & (q < u)).double()
+            m = torch.cat((m_f, m_b), 0)  # (2t, t)
+        own = m[:, g_a]
+        pair_l = 0.5 * (m[:, e_l] + m[:, e_l + 1]) - own
+        pair_r = 0.5 * (m[:, e_r] + m[:, e_r + 1]) - own
+        return torch.stack((own, pair_l, pair_r), 1).flatten(1).float()  # (2t or 1, 6 n_a)
 
-    def _costs(self, hidden, residual, c, ssm, lay):
-        t = hidden.shape[1]
-        f = self._features(hidden, residual, ssm).float()
-        f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        dis = (1.0 - (f[:, :-1] * f[:, 1:]).sum(-1)).clamp_min(0.0)  # (b, t-1): edge t|t+1
-        b = dis.shape[0]
-        e_l = lay["e_l"].flatten()
-        e_r = lay["e_r"].flatten()
-        shape = (b, *lay["e_l"].shape)
-        d_l, d_r = dis[:, e_l].view(shape), dis[:, e_r].view(shape)
-        lf = self._log_fade(ssm, t, c, hidden.device)
-        if lf is None:
-            return d_l, d_r, (d_l.minimum(d_r) + 1e-6).log()
-        lf = lf.expand(b, t)
-        pair = 0.5 * (lf[:, :-1] + lf[:, 1:])  # (b, t-1)
-        la = lf[:, lay["g_a"].flatten()].view(shape)
-        c_l = d_l * (pair[:, e_l].view(shape) - la).exp()  # relative to the A token's own fade
-        c_r = d_r * (pair[:, e_r].view(shape) - la).exp()
-        score = (c_l.minimum(c_r) + 1e-6).log() + la  # absolute: log(dissimilarity x fade)
-        return c_l, c_r, score
+    def _costs(self, hidden, residual, ssm, lay):
+        b = hidden.shape[0]
+        n_a = lay["n_a"]
+        dis = self._dissimilarity(hidden, residual, ssm)
+        d = dis.index_select(1, lay["edges"]).view(b, 2, 2, n_a)
+        if self.fading_kind == "none":
+            return d, (d.amin(1) + 1e-6).log()
+        if self.fading_kind == "gamma":
+            fade = lay["fade"].view(1, 3, 2, n_a)
+        else:
+            ld = ssm.tok[:, 2:].flatten(1) if ssm.tok is not None else torch.cat(
+                (ssm.log_decay_fwd, ssm.log_decay_bwd), 1)
+            fade = (ld @ lay["fade"]).view(b, 3, 2, n_a)
+        cost = d * fade[:, 1:].exp()  # relative to the A token's own fade
+        score = (cost.amin(1) + 1e-6).log() + fade[:, 0]  # absolute: log(dissimilarity x fade)
+        return cost, score
 
-    def _weights(self, state, ssm, g_a, g_p, hidden):
+    def _edge_alpha(self, state, ssm):
         if self.options["weights"] == "size":
-            return super()._weights(state, ssm, g_a, g_p, hidden)
-        # least-squares weights of every adjacent pair (t, t+1), then one gather per A token;
-        # with B̄ = (B_t + B_t+1)/2: <B_t, B̄> = (|B_t|^2 + B_t.B_t+1)/2
-        size = state.size.squeeze(-1)
-        w_l = w_r = None
-        for bmat, delta, ld, fwd in (
-            (ssm.B_fwd, ssm.delta_fwd, ssm.log_decay_fwd, True),
-            (ssm.B_bwd, ssm.delta_bwd, ssm.log_decay_bwd, False),
-        ):
-            sq = bmat.square().sum(-1)
-            cross = (bmat[:, :-1] * bmat[:, 1:]).sum(-1)
-            left = delta[:, :-1] * (sq[:, :-1] + cross).clamp_min(0)
-            right = delta[:, 1:] * (sq[:, 1:] + cross).clamp_min(0)
-            # the scan's earlier token decays by one step of the later one
-            if fwd:
-                left = left * ld[:, 1:].exp()
-            else:
-                right = right * ld[:, :-1].exp()
-            w_l = left if w_l is None else w_l + left
-            w_r = right if w_r is None else w_r + right
-        w_l = w_l * size[:, :-1] + 1e-12
-        w_r = w_r * size[:, 1:] + 1e-12
-        alpha_left = w_l / (w_l + w_r)  # (b, t-1): weight of the left token of each pair
-        a_is_left = g_a < g_p
-        alpha = alpha_left.gather(1, torch.minimum(g_a, g_p))
-        return torch.where(a_is_left, alpha, 1.0 - alpha)
+            return super()._edge_alpha(state, ssm)
+        # least-squares weights of every adjacent pair (e, e+1) in both scan directions; with
+        # B̄ = (B_e + B_e+1)/2: <B_s, B̄> ∝ |B_s|^2 + B_e.B_e+1 (the common 1/2 cancels)
+        bm = torch.stack((ssm.B_fwd, ssm.B_bwd), 1)  # (b, 2 dirs, t, N)
+        sq = bm.square().sum(-1)  # (b, 2, t)
+        cross = (bm[:, :, :-1] * bm[:, :, 1:]).sum(-1)  # (b, 2, t-1)
+        tok = ssm.tok if ssm.tok is not None else torch.stack(
+            (ssm.delta_fwd, ssm.delta_bwd, ssm.log_decay_fwd, ssm.log_decay_bwd), 1)
+        delta, ld = tok[:, :2], tok[:, 2:]
+        # (b, 2 dirs, t-1, 2 [left, right token]): Δ_s max(<B_s, B̄>, 0)
+        w = delta.unfold(-1, 2, 1) * (sq.unfold(-1, 2, 1) + cross.unsqueeze(-1)).clamp_min(0)
+        # the scan's earlier token decays by one step of the later one: forward, the left
+        # token by exp(ld_fwd[e+1]); backward, the right token by exp(ld_bwd[e])
+        dmask = self.cached(("dir_mask", ld.device), lambda: _DIR_MASK.to(ld.device))
+        w = w * (ld.unfold(-1, 2, 1).flip(-1) * dmask).exp()
+        w = w.sum(1) * state.size.unfold(1, 2, 1) + 1e-12  # (b, t-1, 2)
+        return w[..., 0] / w.sum(-1)
 
 
 class RandomMerger(AdjacentMerger):
@@ -321,13 +341,17 @@ class RandomMerger(AdjacentMerger):
         seed = self.options["seed"]
         self._gen_seed = None if seed is None else int(seed)
 
-    def _costs(self, hidden, residual, c, ssm, lay):
-        shape = (hidden.shape[0], *lay["e_l"].shape)
-        gen = None
-        if self._gen_seed is not None:
-            gen = torch.Generator(device=hidden.device).manual_seed(self._gen_seed)
-        u = torch.rand((3, *shape), device=hidden.device, generator=gen)
-        return u[0], u[1], u[2]
+    def _costs(self, hidden, residual, ssm, lay):
+        shape = (3, hidden.shape[0], 2, lay["n_a"])
+        if self._gen_seed is None:
+            u = torch.rand(shape, device=hidden.device)
+        else:  # the same draw at every step of this shape: made once, then cached
+            def draw() -> Tensor:
+                gen = torch.Generator(device=hidden.device).manual_seed(self._gen_seed)
+                return torch.rand(shape, device=hidden.device, generator=gen)
+
+            u = self.cached(("rand", shape, str(hidden.device)), draw)
+        return u[:2].transpose(0, 1), u[2]
 
     def merge_macs(self, tokens: int, r: int, dim: int, d_state: int, d_inner: int) -> float:
         return 2.0 * tokens * dim

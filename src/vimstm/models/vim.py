@@ -112,16 +112,25 @@ class PatchEmbed(nn.Module):
 
 @dataclass
 class SSMStats:
-    """What a mixer records for merging: per-direction B (batch, length, state) and Δ·mean(A)."""
+    """What a mixer records for merging: per-direction B (batch, length, state) and Δ·mean(A).
 
-    B_fwd: Tensor
-    B_bwd: Tensor
-    log_decay_fwd: Tensor  # (batch, length): mean over channels of Δ_t · mean_n(A), ≤ 0
-    log_decay_bwd: Tensor
-    delta_fwd: Tensor  # (batch, length): Δ averaged over channels
-    delta_bwd: Tensor
+    Only the parts in the mixer's ``record_parts`` are computed (``None``: all of them); the
+    others are ``None``. ``tok`` holds ``(delta_fwd, delta_bwd, log_decay_fwd, log_decay_bwd)``
+    stacked as (batch, 4, length) fp32; the per-direction fields are views of it.
+    """
+
+    B_fwd: Tensor | None
+    B_bwd: Tensor | None
+    log_decay_fwd: Tensor | None  # (batch, length): mean over channels of Δ_t · mean_n(A), ≤ 0
+    log_decay_bwd: Tensor | None
+    delta_fwd: Tensor | None  # (batch, length): Δ averaged over channels
+    delta_bwd: Tensor | None
     importance: Tensor | None = None  # (batch, length): mean_d relu(y_fwd + y_bwd), as ToP-ViM
     delta_full: Tensor | None = None  # (batch, length, 2*d_inner) Δ of both directions, on request
+    tok: Tensor | None = None  # (batch, 4, length): delta_fwd, delta_bwd, log_decay_fwd/bwd
+
+
+SSM_PARTS = ("B", "decay", "importance")
 
 
 class Mamba(nn.Module):
@@ -148,6 +157,8 @@ class Mamba(nn.Module):
         self.scan_backend = scan_backend
         self.record_ssm = False
         self.record_delta_full = False  # also keep the per-channel Δ in last_ssm (merging option)
+        self.record_parts: tuple[str, ...] | None = None  # subset of SSM_PARTS; None: all
+        self._decay_w: tuple[Any, Tensor] | None = None  # cached channel weights of _stats
         self.last_ssm: SSMStats | None = None
         di, r, n = self.d_inner, self.dt_rank, d_state
 
@@ -217,20 +228,42 @@ class Mamba(nn.Module):
             y = y / 2
         return self.out_proj(y.transpose(1, 2))
 
+    def _decay_weights(self, dtype: torch.dtype) -> Tensor:
+        """(2 directions, 2, d_inner): rows 1/d (mean Δ) and mean_n(A)/d (mean Δ·mean(A))."""
+        a, b = self.A_log, self.A_b_log
+        key = (id(a), id(b), a._version, b._version, a.device, a.dtype, dtype)
+        if self._decay_w is None or self._decay_w[0] != key:
+            a_mean = -torch.exp(torch.stack((self.A_log, self.A_b_log)).float()).mean(-1)
+            w = torch.stack((torch.ones_like(a_mean), a_mean), 1) / self.d_inner
+            self._decay_w = (key, w.to(dtype))
+        return self._decay_w[1]
+
     @torch.no_grad()
     def _stats(
         self, B_f: Tensor, B_b: Tensor, dl_f: Tensor, dl_b: Tensor, y: Tensor
     ) -> SSMStats:
-        def decay(delta: Tensor, bias: Tensor, a_log: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            d = F.softplus(delta.float() + bias.float()[:, None])  # (b, d, l)
-            a_mean = -torch.exp(a_log.float()).mean(-1)  # (d,)
-            return (d * a_mean[:, None]).mean(1), d.mean(1), d
-
-        lf, df, full_f = decay(dl_f, self.dt_proj.bias, self.A_log)
-        lb, db, full_b = decay(dl_b, self.dt_proj_b.bias, self.A_b_log)
-        imp = y.float().clamp(min=0).mean(1)
-        full = torch.cat((full_f, full_b), 1).transpose(1, 2) if self.record_delta_full else None
-        return SSMStats(B_f.float(), B_b.float(), lf, lb, df, db, imp, full)
+        parts = SSM_PARTS if self.record_parts is None else self.record_parts
+        B_fwd = B_b_ = tok = imp = full = None
+        if "B" in parts:
+            B_fwd, B_b_ = B_f.float(), B_b.float()
+        if "decay" in parts or self.record_delta_full:
+            w = self._decay_weights(dl_f.dtype)
+            outs, fulls = [], []
+            for k, (delta, proj) in enumerate(((dl_f, self.dt_proj), (dl_b, self.dt_proj_b))):
+                d = F.softplus(delta + proj.bias.to(delta.dtype)[:, None])  # (b, d, l)
+                if self.record_delta_full:
+                    fulls.append(d.float())
+                with torch.autocast(d.device.type, enabled=False):
+                    outs.append(torch.matmul(w[k], d))  # (b, 2, l): mean Δ, mean Δ·mean(A)
+            # (b, 4, l): delta_fwd, delta_bwd, log_decay_fwd, log_decay_bwd
+            tok = torch.stack(outs, 2).flatten(1, 2).float()
+            if self.record_delta_full:
+                full = torch.cat(fulls, 1).transpose(1, 2)
+        if "importance" in parts:
+            imp = torch.mean(y.clamp_min(0), 1, dtype=torch.float32)
+        if tok is None:
+            return SSMStats(B_fwd, B_b_, None, None, None, None, imp, full)
+        return SSMStats(B_fwd, B_b_, tok[:, 2], tok[:, 3], tok[:, 0], tok[:, 1], imp, full, tok)
 
 
 class Block(nn.Module):
@@ -261,7 +294,7 @@ class TokenState:
     """Bookkeeping that travels with the token sequence between blocks (used by merging)."""
 
     cls_index: int
-    size: Tensor | None = None  # (batch, tokens, 1): how many original tokens each one holds
+    size: Tensor | None = None  # (batch, tokens) fp32: how many original tokens each one holds
     source: Tensor | None = None  # (batch, tokens, original tokens) 0/1, only when traced
     extra: dict[str, Any] = field(default_factory=dict)
 
