@@ -13,7 +13,7 @@ done
 step 70 python3 -m vimstm.cli bench --model vim_tiny --dtype fp16 --batch-size 256 --warmup 5 --runs 20 --method stm --flops 0.6 --cuda-graph --json "$O/bench_tiny_fp16_stm_graph.json"
 step 80 python3 -m vimstm.cli bench --model vim_small --dtype fp16 --batch-size 256 --warmup 5 --runs 20 --method stm --flops 0.6 --json "$O/bench_small_fp16_stm.json"
 # 2) Merge overhead of every method at ratios 0.2/0.4 with op and sync counts.
-step 120 python3 benchmarks/merge_overhead.py --model vim_tiny --batch-size 256 --dtype fp16 --runs 10 --json "$O/merge_overhead.json"
+step 90 python3 benchmarks/merge_overhead.py --model vim_tiny --batch-size 256 --dtype fp16 --runs 10 --ratios 0.4 --no-counts --json "$O/merge_overhead.json"
 # 3) Resume on the GPU (a 10-minute call hung after resuming a run last session): tiny run.
 python3 - <<'PY'
 import numpy as np
