@@ -170,3 +170,20 @@ def test_drop_path_only_in_training():
     a = m(x)
     torch.manual_seed(2)
     assert not torch.allclose(a, m(x))
+
+
+def test_ssm_stats_survive_cuda_autocast_fp32_softplus(monkeypatch):
+    """CUDA autocast runs softplus in fp32 on fp16 inputs; the recorded stats must cope."""
+    import torch.nn.functional as F
+
+    import vimstm.models.vim as vim_mod
+
+    real = F.softplus
+    monkeypatch.setattr(vim_mod.F, "softplus", lambda x, *a, **k: real(x.float(), *a, **k))
+    m = vimstm.create_model("vim_tiny", **TINY).eval().half()
+    vimstm.patch(m, method="stm", ratio=0.3)
+    with torch.no_grad():
+        out = m(torch.randn(2, 3, 32, 32).half())
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    stats = m.layers[0].mixer.last_ssm
+    assert stats is not None and stats.log_decay_fwd.dtype == torch.float32

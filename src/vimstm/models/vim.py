@@ -254,7 +254,7 @@ class Mamba(nn.Module):
                 if self.record_delta_full:
                     fulls.append(d.float())
                 with torch.autocast(d.device.type, enabled=False):
-                    outs.append(torch.matmul(w[k], d))  # (b, 2, l): mean Δ, mean Δ·mean(A)
+                    outs.append(torch.matmul(w[k].to(d.dtype), d))  # (b, 2, l): mean Δ, Δ·A
             # (b, 4, l): delta_fwd, delta_bwd, log_decay_fwd, log_decay_bwd
             tok = torch.stack(outs, 2).flatten(1, 2).float()
             if self.record_delta_full:
