@@ -213,3 +213,14 @@ def test_max_minutes_stops_cleanly_after_an_epoch(data: dict[str, Path], tmp_pat
     T.fit(args_for("train", data, out, "--epochs", "3", "--max-minutes", "1e-4"))
     assert [e["epoch"] for e in T.iter_history(out)] == [0]
     assert read_checkpoint(out / "last.pth")["epoch"] == 0
+
+
+def test_limit_val_keeps_every_class(data: dict[str, Path], tmp_path: Path) -> None:
+    """Class-sorted validation data: --limit-val must not keep only the first class."""
+    from vimstm.models.registry import get_spec
+
+    args = args_for("train", data, tmp_path / "out", "--limit-val", "3")
+    spec = get_spec(args.model)
+    _, val, _ = T._open_data(args, {"mean": spec.mean, "std": spec.std}, 32)
+    assert len(val) == 3
+    assert sorted(val.dataset.targets[i] for i in val.indices) == [0, 1, 2]

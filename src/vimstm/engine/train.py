@@ -447,7 +447,8 @@ def _open_data(args: argparse.Namespace, model_cfg: dict[str, Any], img_size: in
             img_size, crop_pct=crop, mean=mean, std=std))
         check_classes(val.classes, classes, None, f"the training data ({args.data})")
         if args.limit_val:
-            val = torch.utils.data.Subset(val, list(range(min(args.limit_val, len(val)))))
+            n = min(args.limit_val, len(val))  # evenly spread: class-sorted data keeps all classes
+            val = torch.utils.data.Subset(val, [i * len(val) // n for i in range(n)])
     return train, val, classes
 
 
