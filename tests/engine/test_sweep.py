@@ -31,3 +31,32 @@ def test_sweep_writes_csv_json_and_plots(tiny_model, tmp_path):
     assert data["meta"]["model"] == "tiny" and len(data["rows"]) == 5
     for name in ("acc_vs_throughput.png", "acc_vs_gflops.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_sweep_cli_takes_architecture_overrides(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    import vimstm
+    from vimstm.cli import main
+    from vimstm.models.checkpoint import atomic_save
+
+    arch = dict(depth=2, embed_dim=32, patch_size=8, stride=8, num_classes=3)
+    ckpt = atomic_save({"model": vimstm.create_model("vim_tiny_cifar10", **arch).state_dict()},
+                       tmp_path / "w.pth")
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for j in range(2):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / c / f"{j}.png")
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in arch.items()]
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--model", "vim_tiny_cifar10", "--checkpoint", str(ckpt), *flags,
+                 "--data", str(tmp_path / "data"), "--methods", "stm", "--ratios", "0.25",
+                 "--no-bench", "--workers", "0", "--out", str(out)]) == 0
+    rows = json.loads((out / "sweep.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert {r["method"] for r in rows} >= {"stm"} and len(rows) >= 2

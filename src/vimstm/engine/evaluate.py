@@ -161,9 +161,7 @@ def register(subparsers: Any) -> None:
                    "(sorted folder names), or a file with one class per line; default: "
                    "imagenet when every folder is an ImageNet-1k wnid, else folders")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    arch = p.add_argument_group("architecture overrides (for checkpoints of non-registered shapes)")
-    for name in ARCH_OPTIONS:
-        arch.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+    add_arch_args(p)
     try:
         from vimstm.merge import add_merge_args
     except ImportError:  # merging not part of this build
@@ -173,12 +171,23 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def add_arch_args(p: argparse.ArgumentParser) -> None:
+    """``--depth --embed-dim --num-classes --patch-size --stride --d-state`` overrides."""
+    arch = p.add_argument_group("architecture overrides (for checkpoints of non-registered shapes)")
+    for name in ARCH_OPTIONS:
+        arch.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+
+
+def arch_overrides(args: argparse.Namespace) -> dict[str, int]:
+    """The overrides given on the command line (see :func:`add_arch_args`)."""
+    return {k: v for k in ARCH_OPTIONS if (v := getattr(args, k, None)) is not None}
+
+
 def _build_model(args: argparse.Namespace) -> nn.Module:
     from vimstm.models.registry import create_model, get_spec
 
     spec = get_spec(args.model)
-    overrides = {k: getattr(args, k, None) for k in ARCH_OPTIONS}
-    overrides["img_size"] = args.img_size
+    overrides: dict[str, Any] = {**arch_overrides(args), "img_size": args.img_size}
     pretrained = args.checkpoint is None
     if pretrained and spec.weights is None:
         raise ConfigError(f"model {args.model!r} has no bundled weights; pass --checkpoint FILE "

@@ -197,6 +197,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--bench-runs", type=int, default=30)
     p.add_argument("--scan-backend", default="auto")
     p.add_argument("--trust-checkpoint", action="store_true")
+    from vimstm.engine.evaluate import add_arch_args
+
+    add_arch_args(p)
     p.set_defaults(func=run)
 
 
@@ -228,9 +231,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
     ratios = _floats(args.ratios)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from vimstm.engine.evaluate import arch_overrides
+
     model = create_model(args.model, checkpoint=args.checkpoint, scan_backend=args.scan_backend,
                          pretrained=args.checkpoint is None and _has_weights(args.model),
-                         trust_checkpoint=args.trust_checkpoint).to(device).eval()
+                         trust_checkpoint=args.trust_checkpoint,
+                         **arch_overrides(args)).to(device).eval()
     loader = None
     if args.data:
         from vimstm.data import build_eval_loader
