@@ -503,6 +503,7 @@ def _conv_bwd_kernel(
     x_base = x_ptr + pid_b * s_x_b + offs_d[:, None] * s_x_d
     g_base = g_ptr + pid_b * s_g_b + offs_d[:, None] * s_g_d
     dx = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+    g_own = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)  # dpre at this program's positions
     for k in tl.static_range(W):
         # output position t that reads input s through tap k
         if REVERSE:
@@ -527,28 +528,14 @@ def _conv_bwd_kernel(
             sg = tl.sigmoid(pre)
             gv = gv * sg * (1.0 + pre * (1.0 - sg))
         gv = tl.where(mt, gv, 0.0)
+        if k == W - 1:  # tap W-1 reads position t = s itself: keep it for dw and db
+            g_own = gv
         wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
         dx += wk[:, None] * gv
     # weight and bias gradients over the output positions this program owns
     offs_t = offs_s
     mt = mask_d[:, None] & (offs_t < L)[None, :]
-    pre = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-    if HAS_BIAS:
-        pre += bias[:, None]
-    for j in tl.static_range(W):
-        if REVERSE:
-            src = offs_t + (W - 1 - j)
-        else:
-            src = offs_t - (W - 1 - j)
-        m = mt & ((src >= 0) & (src < L))[None, :]
-        xv = tl.load(x_base + src[None, :] * s_x_l, mask=m, other=0.0).to(tl.float32)
-        wj = tl.load(w_ptr + offs_d * W + j, mask=mask_d, other=0.0).to(tl.float32)
-        pre += wj[:, None] * xv
-    gv = tl.load(g_base + offs_t[None, :] * s_g_l, mask=mt, other=0.0).to(tl.float32)
-    if SILU:
-        sg = tl.sigmoid(pre)
-        gv = gv * sg * (1.0 + pre * (1.0 - sg))
-    gv = tl.where(mt, gv, 0.0)
+    gv = g_own
     row = (pid_b * tl.num_programs(2) + pid_l) * DIM * W
     for j in tl.static_range(W):
         if REVERSE:
