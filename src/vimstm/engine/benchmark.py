@@ -141,12 +141,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tf32", action="store_true",
                    help="allow TF32 matrix products in fp32 runs (off: true fp32)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
-    try:
-        from vimstm.merge import add_merge_args
-    except ImportError:  # merging not part of this build
-        pass
-    else:
-        add_merge_args(p)
+    from vimstm.merge import add_merge_args
+
+    add_merge_args(p)
     p.set_defaults(func=run)
 
 
@@ -155,10 +152,8 @@ def _merge_active(args: argparse.Namespace) -> bool:
 
 
 def _gflops(model: nn.Module) -> float | None:
-    try:
-        from vimstm.engine.flops import count_flops
-    except ImportError:
-        return None
+    from vimstm.engine.flops import count_flops
+
     try:
         return float(count_flops(model).gmacs_full)
     except Exception:  # the FLOP counter must not break a speed measurement

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -116,33 +115,16 @@ def open_test_data(model: nn.Module, data: str | None, download: bool,
 
 def _speed(model: nn.Module, batch: int, dtype: str, device: torch.device, runs: int) -> float:
     """Median images/s on random input (:func:`vimstm.engine.benchmark.measure_throughput`)."""
-    try:
-        from vimstm.engine.benchmark import measure_throughput
-    except ImportError:
-        measure_throughput = None
-    if measure_throughput is not None:
-        r = measure_throughput(model, batch_size=batch, dtype=dtype, device=device,
-                               warmup=max(1, runs // 3), runs=runs)
-        return float(r["images_per_s"])
-    x = torch.randn(batch, 3, *model.patch_embed.img_size, device=device)  # type: ignore[misc]
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
-    times = []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32,
-                                                enabled=amp is not None):
-        for _ in range(runs + 1):
-            t0 = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
-    return batch / sorted(times[1:])[len(times[1:]) // 2]
+    from vimstm.engine.benchmark import measure_throughput
+
+    r = measure_throughput(model, batch_size=batch, dtype=dtype, device=device,
+                           warmup=max(1, runs // 3), runs=runs)
+    return float(r["images_per_s"])
 
 
-def _gflops(model: nn.Module) -> float | None:
-    try:
-        from vimstm.engine.flops import count_flops
-    except ImportError:
-        return None
+def _gflops(model: nn.Module) -> float:
+    from vimstm.engine.flops import count_flops
+
     return float(count_flops(model).gmacs_literature)
 
 

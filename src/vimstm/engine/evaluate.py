@@ -162,12 +162,9 @@ def register(subparsers: Any) -> None:
                    "imagenet when every folder is an ImageNet-1k wnid, else folders")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_arch_args(p)
-    try:
-        from vimstm.merge import add_merge_args
-    except ImportError:  # merging not part of this build
-        pass
-    else:
-        add_merge_args(p)
+    from vimstm.merge import add_merge_args
+
+    add_merge_args(p)
     p.set_defaults(func=run)
 
 

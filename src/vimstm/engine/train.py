@@ -89,7 +89,9 @@ def register(subparsers: Any) -> None:
                    help="weight α of the distillation term (1/3: R-MeeTo's 1.0 CE + 0.5 KL)")
     f.add_argument("--distill-temp", type=float, default=FINETUNE_DEFAULTS["distill_temp"],
                    help="distillation temperature T (default 1)")
-    _add_merge_args(f)
+    from vimstm.merge import add_merge_args
+
+    add_merge_args(f)
     f.set_defaults(func=run_finetune, finetune=True)
 
     e = subparsers.add_parser(
@@ -104,11 +106,6 @@ def register(subparsers: Any) -> None:
     e.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
     e.set_defaults(func=run_export)
 
-
-def _add_merge_args(parser: argparse.ArgumentParser) -> None:
-    from vimstm.merge import add_merge_args
-
-    add_merge_args(parser)
 
 
 def _add_common_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:

@@ -98,8 +98,8 @@ def build_merger(
         schedule = from_flops(depth, m, float(flops), gmacs, feasible, every)  # type: ignore[arg-type]
     if sum(schedule) > m - 1:
         raise ConfigError(f"the schedule removes {sum(schedule)} of {m} patch tokens; keep some")
-    _try_schedule(merger, schedule, "protect" in options, m + 1, c)
-    merger.simulate(m + 1, c)  # raises a clear error if a step cannot be done
+    if not _try_schedule(merger, schedule, "protect" in options, m + 1, c):
+        merger.simulate(m + 1, c)  # fails again, raising the clear error of the step at fault
     merger.trace_source = bool(trace_source)
     merger.every = every  # type: ignore[attr-defined]
     return merger
