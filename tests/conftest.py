@@ -21,3 +21,13 @@ def _seed_and_threads():
 def tiny_model():
     """A 2-block, dim-32 ViM on 32x32 images with 16 patch tokens + the class token."""
     return vimstm.create_model("vim_tiny", scan_backend="reference", **TINY).eval()
+
+
+SMALL = dict(depth=4, embed_dim=32, img_size=32, patch_size=4, stride=4, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """A 4-block, dim-32 ViM with 64 patch tokens + the class token (one per test module)."""
+    torch.manual_seed(0)
+    return vimstm.create_model("vim_tiny", scan_backend="reference", **SMALL).eval()
