@@ -99,14 +99,11 @@ def causal_conv1d(
 def _selective_scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # type: ignore
 
-    if reverse:
-        flip = [lambda t: t.flip(-1) if t is not None else None][0]
-        out = selective_scan_fn(
-            flip(u).contiguous(), flip(delta).contiguous(), A, flip(B).contiguous(),
-            flip(C).contiguous(), D, flip(z).contiguous() if z is not None else None,
-            delta_bias=delta_bias, delta_softplus=delta_softplus,
-        )
-        return out.flip(-1)
-    return selective_scan_fn(
-        u, delta, A, B, C, D, z, delta_bias=delta_bias, delta_softplus=delta_softplus
+    def order(t: Tensor | None) -> Tensor | None:  # mamba_ssm scans forward only: flip copies
+        return None if t is None else (t.flip(-1).contiguous() if reverse else t)
+
+    out = selective_scan_fn(
+        order(u), order(delta), A, order(B), order(C), D, order(z),
+        delta_bias=delta_bias, delta_softplus=delta_softplus,
     )
+    return out.flip(-1) if reverse else out
