@@ -186,10 +186,8 @@ class Mamba(nn.Module):
             p._no_weight_decay = True  # type: ignore[attr-defined]
         self.out_proj = nn.Linear(di, d_model, bias=False)
 
-    def _branch(
-        self, x: Tensor, z: Tensor, reverse: bool, acc: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One scan direction; with ``acc`` (Triton only) returns ``(acc + y) * scale`` fused."""
+    def _branch(self, x: Tensor, z: Tensor, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """One scan direction: its output, its B (b, l, n) and its Δ before the bias (b, d, l)."""
         s = "_b" if reverse else ""
         conv: nn.Conv1d = getattr(self, "conv1d" + s)
         x_proj: nn.Linear = getattr(self, "x_proj" + s)
@@ -200,15 +198,6 @@ class Mamba(nn.Module):
         x_dbl = F.linear(xc.transpose(1, 2), x_proj.weight)  # (b, l, r + 2n)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = (dt @ dt_proj.weight.t().to(dt.dtype)).transpose(1, 2)  # (b, d, l), bias in scan
-        if acc is not None:
-            from vimstm.ops.triton_scan import selective_scan_triton
-
-            y = selective_scan_triton(
-                xc, delta, A, B.transpose(1, 2), C.transpose(1, 2), D, z,
-                delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse,
-                out_add=acc, out_scale=0.5 if self.if_divide_out else 1.0,
-            )
-            return y, B, delta
         y = selective_scan(
             xc, delta, A, B.transpose(1, 2), C.transpose(1, 2), D, z,
             delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse,
