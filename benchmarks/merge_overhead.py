@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--scan-backend", default="auto")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--ratios", nargs="+", type=float, default=[0.2, 0.4])
+    p.add_argument("--ratios", nargs="*", type=float, default=[0.2, 0.4])
+    p.add_argument("--flops", nargs="*", type=float, default=[],
+                   help="also schedules that keep these fractions of the dense GMACs")
+    p.add_argument("--every", nargs="+", type=int, default=[1],
+                   help="merge after every k-th block only (one row per k)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--cuda-graph", action="store_true", help="replay a CUDA graph (CUDA only)")
@@ -108,17 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     amp = DTYPES[args.dtype] if args.dtype != "fp32" else None
     img = int(model.patch_embed.img_size[0])
     probe = torch.randn(min(args.batch_size, 2), 3, img, img, device=dev)
+    img_tokens = model.patch_embed.num_patches + 1
     print(f"# {args.model} depth {len(model.layers)}, batch {args.batch_size}, {args.dtype}, "
           f"{args.device} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}),"
           f" torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("# " + " ".join([sys.executable.split("/")[-1], *sys.argv]))
 
-    def measure(name: str, ratio: float) -> dict:
+    def measure(name: str, ratio: float, sched: str = "", every: int = 1) -> dict:
         rep = count_flops(model)
         thr = measure_throughput(model, batch_size=args.batch_size, dtype=args.dtype,
                                  device=dev, warmup=args.warmup, runs=args.runs,
                                  cuda_graph=args.cuda_graph)
-        row = {"method": name, "ratio": ratio, "gmacs": rep.gmacs_literature,
+        row = {"method": name, "ratio": ratio, "schedule": sched or f"ratio={ratio}",
+               "every": every, "cuda_graph": args.cuda_graph, "gmacs": rep.gmacs_literature,
                "tokens_per_block": list(rep.tokens_per_block),
                "images_per_s": thr["images_per_s"], "ms_per_batch": thr["ms_per_batch"]}
         xb = torch.randn(args.batch_size, 3, img, img, device=dev)
@@ -145,18 +151,23 @@ def main(argv: list[str] | None = None) -> int:
     # kernel selection) that would otherwise land on the dense row
     measure_throughput(model, batch_size=args.batch_size, dtype=args.dtype, device=dev,
                        warmup=args.warmup, runs=1)
-    rows = [measure("dense", 0.0)]
+    rows = [measure("dense", 0.0, "dense")]
     dense = rows[0]
+    targets = [("ratio", v) for v in args.ratios] + [("flops", v) for v in args.flops]
     for method in args.methods:
-        for ratio in args.ratios:
-            opts = {"seed": 0} if method == "random" else {}
-            patch(model, method=method, ratio=ratio, **opts)
-            try:
-                rows.append(measure(method, ratio))
-            finally:
-                unpatch(model)
+        for kind, value in targets:
+            for every in args.every:
+                opts = {"seed": 0} if method == "random" else {}
+                patch(model, method=method, every=every, **{kind: value}, **opts)
+                try:
+                    toks = model.merger.simulate(img_tokens, img_tokens // 2)[0]
+                    ratio = round(1 - (toks[-1] - 1) / (img_tokens - 1), 3)
+                    rows.append(measure(method, ratio, f"{kind}={value}", every))
+                finally:
+                    unpatch(model)
 
-    head = (f"{'method':10s} {'ratio':>5s} {'tokens/block':>16s} {'GMACs':>7s} {'img/s':>9s} "
+    head = (f"{'method':10s} {'schedule':>10s} {'k':>2s} {'ratio':>5s} {'tokens/block':>16s} "
+            f"{'GMACs':>7s} {'img/s':>9s} "
             f"{'speedup':>7s} {'flops x':>7s} {'eff':>5s} {'merge ms':>8s} {'stats ms':>8s} "
             f"{'merge k/step':>12s} "
             f"{'stats k/call':>12s} {'syncs':>5s} {'host':>4s} {'h2d':>4s}")
@@ -168,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         counts = ("" if args.no_counts else
                   f" {r['merge_kernels_per_step']:12.1f} {r['stats_kernels_per_call']:12.1f} "
                   f"{r['syncs']:5d} {r['host_tensors']:4d} {r['h2d_copies']:4d}")
-        print(f"{r['method']:10s} {r['ratio']:5.2f} {_tokens(r['tokens_per_block']):>16s} "
+        print(f"{r['method']:10s} {r.get('schedule', ''):>10s} {r.get('every', 1):2d} "
+              f"{r['ratio']:5.2f} {_tokens(r['tokens_per_block']):>16s} "
               f"{r['gmacs']:7.3f} {r['images_per_s']:9.1f} {speed:6.2f}x {fx:6.2f}x "
               f"{speed / fx:5.2f} {r['merge_ms']:8.2f} {r['stats_ms']:8.2f}" + counts)
     if args.json:

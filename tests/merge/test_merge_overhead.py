@@ -9,8 +9,9 @@ from vimstm.merge import METHODS, patch, unpatch
 from vimstm.merge.opcount import count_ops
 
 # kernels (non-view aten ops) per merge step; the pre-optimisation code took 189 for stm,
-# 124 for random, 43 for tome/rmeeto and 27-29 for pruning on this model
-CEILING = {"stm": 90, "random": 60, "tome": 42, "rmeeto": 42, "prune-top": 24, "prune-norm": 26}
+# 124 for random, 43 for tome/rmeeto and 27-29 for pruning on this model. The pair-gather apply
+# (stm, random, pruning) spends ~10 small index kernels to avoid atomics and strided outputs.
+CEILING = {"stm": 100, "random": 68, "tome": 42, "rmeeto": 42, "prune-top": 36, "prune-norm": 38}
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,12 @@ to one inside each group). :func:`apply_merge` then forms every new token as the
 of its group, with one ``scatter_add`` into a fresh buffer per tensor, so the same plan merges
 hidden_states, the fp32 residual, the token sizes and the traced source identically, stays
 differentiable, and costs no host synchronisation (all counts are known from the schedule).
+
+Methods whose groups are at most two tokens and keep the token order (STM, random, pruning)
+set ``pair_groups``: their plan is turned into, per new slot, its first and last token and the
+last one's weight (:func:`pair_plan`), and every tensor is merged by two row gathers and one
+``lerp`` (:func:`apply_pairs`), which writes contiguous outputs with no atomics. Bipartite
+merging (groups of any size) keeps the ``scatter_add`` path.
 """
 
 from __future__ import annotations
@@ -36,6 +42,55 @@ def apply_merge(x: Tensor, dest: Tensor, wn: Tensor | None, new_len: int, trash:
     return out[:, :new_len] if trash else out
 
 
+def pair_plan(
+    dest: Tensor, wn: Tensor, new_len: int, sorted_dest: bool, grid: tuple[Tensor, Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(first, last, weight of last, is-pair) per new slot, each (batch * new_len, 1).
+
+    Valid for plans whose groups are one token or two (consecutive in the sorted order) and
+    whose weights sum to one per group; dropped tokens (``dest == new_len``) are left out.
+    ``first`` and ``last`` are flat row indices into ``(batch * tokens)``; ``grid`` is
+    :func:`pair_grid`'s (slot numbers, row offsets) for this shape.
+    """
+    slots, base = grid
+    if sorted_dest:
+        order, sd = None, dest
+    else:
+        sd, order = dest.sort(dim=1, stable=True)
+    lo = torch.searchsorted(sd, slots)
+    hi = torch.searchsorted(sd, slots, right=True) - 1
+    if order is not None:
+        lo, hi = order.gather(1, lo), order.gather(1, hi)
+    w_last = wn.gather(1, hi).view(-1, 1)
+    is_pair = (hi != lo).view(-1, 1)
+    return (lo + base).view(-1), (hi + base).view(-1), w_last, is_pair
+
+
+def pair_grid(b: int, t: int, new_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Slot numbers (b, new_len) and flat row offsets (b, 1) that :func:`pair_plan` uses."""
+    slots = torch.arange(new_len, device=device).expand(b, new_len).contiguous()
+    return slots, (torch.arange(b, device=device) * t).unsqueeze(1)
+
+
+def apply_pairs(x: Tensor, first: Tensor, last: Tensor, w_last: Tensor) -> Tensor:
+    """``x[first] + w_last * (x[last] - x[first])`` per slot (a lone token: an exact copy).
+
+    For token sizes and traced sources pass ``w_last`` = :func:`pair_plan`'s is-pair mask:
+    the pair is then summed, a lone token counted once. ``x`` is (batch, tokens) or
+    (batch, tokens, channels); the output is contiguous.
+    """
+    b = x.shape[0]
+    n = first.shape[0] // b
+    rows = x.reshape(b * x.shape[1], -1)
+    a = rows.index_select(0, first)
+    z = rows.index_select(0, last)
+    if w_last.dtype == torch.bool:
+        out = torch.where(w_last, a + z, a)
+    else:
+        out = torch.lerp(a, z, w_last.to(x.dtype))
+    return out.view(b, n, *x.shape[2:])
+
+
 def group_normalize(dest: Tensor, w: Tensor, new_len: int) -> Tensor:
     """Weights ``w`` (batch, tokens) divided by their group's sum."""
     total = w.new_zeros(w.shape[0], new_len + 1).scatter_add_(1, dest, w)
@@ -62,6 +117,8 @@ class Merger:
     ssm_parts: tuple[str, ...] = ("B", "decay", "importance")  # what of them (SSM_PARTS)
     needs_delta_full = False
     keeps_order = True
+    pair_groups = False  # groups of <= 2 tokens in order: merged by gathers (apply_pairs)
+    sorted_dest = False  # plan's dest is non-decreasing (no sort needed for pair_plan)
     option_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
@@ -140,11 +197,24 @@ class Merger:
             with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
                 dest, wn, new_cls, trash = self.plan(hidden, residual, state, ssm, r)
             new_len = t - r
-            hidden = apply_merge(hidden, dest, wn, new_len, trash)
-            residual = apply_merge(residual, dest, wn, new_len, trash)
-            state.size = apply_merge(state.size, dest, None, new_len, trash)
-            if state.source is not None:
-                state.source = apply_merge(state.source, dest, None, new_len, trash)
+            if self.pair_groups:
+                b, dev = hidden.shape[0], hidden.device
+                grid = self.cached(("pair_grid", b, t, new_len, dev),
+                                   lambda: pair_grid(b, t, new_len, dev))
+                with torch.no_grad():
+                    first, last, w_last, is_pair = pair_plan(
+                        dest, wn, new_len, self.sorted_dest, grid)
+                hidden = apply_pairs(hidden, first, last, w_last)
+                residual = apply_pairs(residual, first, last, w_last)
+                state.size = apply_pairs(state.size, first, last, is_pair)
+                if state.source is not None:
+                    state.source = apply_pairs(state.source, first, last, is_pair)
+            else:
+                hidden = apply_merge(hidden, dest, wn, new_len, trash)
+                residual = apply_merge(residual, dest, wn, new_len, trash)
+                state.size = apply_merge(state.size, dest, None, new_len, trash)
+                if state.source is not None:
+                    state.source = apply_merge(state.source, dest, None, new_len, trash)
             state.cls_index = new_cls
         self._tokens.append(hidden.shape[1])
         self._cls.append(state.cls_index)

@@ -26,6 +26,7 @@ from vimstm.merge.base import Merger, block_input, split_sides
 
 class PruneMerger(Merger):
     name = "prune-norm"
+    pair_groups = True  # groups of one token (dropped ones go to the trash slot)
     option_defaults: ClassVar[dict[str, Any]] = {"balance": True}
 
     def _check_options(self) -> None:

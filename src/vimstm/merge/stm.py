@@ -61,6 +61,8 @@ class AdjacentMerger(Merger):
     """
 
     fading_kind = "none"
+    pair_groups = True
+    sorted_dest = True
 
     def _protect(self) -> int:
         return int(self.options.get("protect", 0))
