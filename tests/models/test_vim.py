@@ -187,3 +187,20 @@ def test_ssm_stats_survive_cuda_autocast_fp32_softplus(monkeypatch):
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     stats = m.layers[0].mixer.last_ssm
     assert stats is not None and stats.log_decay_fwd.dtype == torch.float32
+
+
+def test_ssm_stats_from_the_scan_equal_the_direct_computation():
+    """The Δ statistics handed out by the scan (dispatch) match the mixer's own computation."""
+    m = vimstm.create_model("vim_tiny", **TINY).eval()
+    mixer = m.layers[1].mixer
+    mixer.record_ssm = True
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        m(x)
+        fused = mixer.last_ssm.tok.clone()
+        mixer.record_delta_full = True  # takes the direct path (it needs the full Δ anyway)
+        m(x)
+    direct = mixer.last_ssm.tok
+    assert mixer.last_ssm.delta_full is not None
+    assert torch.allclose(fused, direct, atol=1e-6, rtol=1e-5)
+    assert (fused[:, 2:] <= 0).all() and (fused[:, :2] > 0).all()  # log-decays, mean Δ

@@ -23,7 +23,7 @@ from vimstm.ops import (
     triton_norm,
     triton_scan,
 )
-from vimstm.ops.scan_ref import causal_conv1d_ref, selective_scan_ref
+from vimstm.ops.scan_ref import causal_conv1d_ref, scan_token_stats, selective_scan_ref
 
 TINY = dict(depth=2, embed_dim=32, img_size=32, patch_size=8, stride=8, num_classes=10)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -70,6 +70,21 @@ def test_scan_matches_reference(L, dtype, reverse):
     for name, a, b in zip(names, gout2, gref):
         assert a.dtype == b.dtype, name
         assert _rel(a, b) < max(tol, 1e-4), name
+
+
+@pytest.mark.parametrize("dtype,reverse", [("fp32", False), ("fp16", True)])
+def test_fused_token_stats(dtype, reverse, monkeypatch):
+    """The scan's fused per-token Δ statistics equal the PyTorch ones, for both kernels."""
+    ins = _inputs(21, DTYPES[dtype], channels_last=True, b=2, d=19)  # d not a BLOCK_D multiple
+    u, delta, A, B, C, D, z, bias = (t.detach() for t in ins)
+    want = scan_token_stats(delta, A, bias)
+    for kind in ("seq", "chunk"):
+        monkeypatch.setattr(triton_scan, "FWD_KERNEL", kind)
+        got = torch.full((2, 2, 21), float("nan"))
+        out = triton_scan.selective_scan_triton(u, delta, A, B, C, D, z, bias, True, reverse,
+                                                stats_out=got)
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), kind
+        assert _rel(out, selective_scan_ref(u, delta, A, B, C, D, z, bias, True, reverse)) < 2e-2
 
 
 def test_scan_without_optional_inputs_and_chunk_kernel(monkeypatch):

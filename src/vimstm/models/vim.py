@@ -186,8 +186,14 @@ class Mamba(nn.Module):
             p._no_weight_decay = True  # type: ignore[attr-defined]
         self.out_proj = nn.Linear(di, d_model, bias=False)
 
-    def _branch(self, x: Tensor, z: Tensor, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """One scan direction: its output, its B (b, l, n) and its Δ before the bias (b, d, l)."""
+    def _branch(
+        self, x: Tensor, z: Tensor, reverse: bool, stats: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One scan direction: its output, its B (b, l, n) and its Δ before the bias (b, d, l).
+
+        ``stats`` (b, 2, l) fp32, if given, receives the per-token channel means of Δ and
+        Δ·mean_n(A) (fused into the Triton scan).
+        """
         s = "_b" if reverse else ""
         conv: nn.Conv1d = getattr(self, "conv1d" + s)
         x_proj: nn.Linear = getattr(self, "x_proj" + s)
@@ -201,18 +207,23 @@ class Mamba(nn.Module):
         y = selective_scan(
             xc, delta, A, B.transpose(1, 2), C.transpose(1, 2), D, z,
             delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse,
-            backend=self.scan_backend,
+            backend=self.scan_backend, stats_out=stats,
         )
         return y, B, delta
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2*d_inner, l)
         x, z = xz.chunk(2, dim=1)
-        y_f, B_f, dl_f = self._branch(x, z, reverse=False)
-        y_b, B_b, dl_b = self._branch(x, z, reverse=True)
+        tok = None
+        if self.record_ssm and not self.record_delta_full and (
+            self.record_parts is None or "decay" in self.record_parts
+        ):  # the Δ statistics come out of the scan itself: (b, 2 [mean Δ, Δ·A], 2 dirs, l)
+            tok = torch.empty(x.shape[0], 2, 2, x.shape[2], device=x.device, dtype=torch.float32)
+        y_f, B_f, dl_f = self._branch(x, z, False, None if tok is None else tok[:, :, 0])
+        y_b, B_b, dl_b = self._branch(x, z, True, None if tok is None else tok[:, :, 1])
         y = y_f + y_b
         if self.record_ssm:
-            self.last_ssm = self._stats(B_f, B_b, dl_f, dl_b, y)
+            self.last_ssm = self._stats(B_f, B_b, dl_f, dl_b, y, tok)
         if self.if_divide_out:
             y = y / 2
         return self.out_proj(y.transpose(1, 2))
@@ -229,13 +240,16 @@ class Mamba(nn.Module):
 
     @torch.no_grad()
     def _stats(
-        self, B_f: Tensor, B_b: Tensor, dl_f: Tensor, dl_b: Tensor, y: Tensor
+        self, B_f: Tensor, B_b: Tensor, dl_f: Tensor, dl_b: Tensor, y: Tensor,
+        fused: Tensor | None = None,
     ) -> SSMStats:
         parts = SSM_PARTS if self.record_parts is None else self.record_parts
         B_fwd = B_b_ = tok = imp = full = None
         if "B" in parts:
             B_fwd, B_b_ = B_f.float(), B_b.float()
-        if "decay" in parts or self.record_delta_full:
+        if fused is not None:  # from the scan: (b, 2, 2, l) -> (b, 4, l) in the order below
+            tok = fused.flatten(1, 2)
+        elif "decay" in parts or self.record_delta_full:
             w = self._decay_weights(dl_f.dtype)
             outs, fulls = [], []
             for k, (delta, proj) in enumerate(((dl_f, self.dt_proj), (dl_b, self.dt_proj_b))):

@@ -15,10 +15,11 @@ import importlib.util
 import os
 from functools import cache
 
+import torch
 from torch import Tensor
 
 from vimstm.errors import ConfigError
-from vimstm.ops.scan_ref import causal_conv1d_ref, selective_scan_ref
+from vimstm.ops.scan_ref import causal_conv1d_ref, scan_token_stats, selective_scan_ref
 
 BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
 
@@ -70,13 +71,22 @@ def selective_scan(
     delta_softplus: bool = True,
     reverse: bool = False,
     backend: str = "auto",
+    stats_out: Tensor | None = None,
 ) -> Tensor:
-    """Selective scan with the layouts of :func:`vimstm.ops.scan_ref.selective_scan_ref`."""
+    """Selective scan with the layouts of :func:`vimstm.ops.scan_ref.selective_scan_ref`.
+
+    ``stats_out`` (b, 2, l) fp32, if given, receives :func:`~vimstm.ops.scan_ref.scan_token_stats`
+    (fused into the Triton kernel; computed separately by the other backends).
+    """
     impl = resolve_backend(backend, u.device.type)
     if impl == "triton":
         from vimstm.ops.triton_scan import selective_scan_triton
 
-        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
+                                     stats_out=stats_out)
+    if stats_out is not None:
+        with torch.no_grad():
+            stats_out.copy_(scan_token_stats(delta, A, delta_bias, delta_softplus))
     if impl == "mamba_ssm":
         return _selective_scan_mamba_ssm(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse

@@ -72,3 +72,15 @@ def causal_conv1d_ref(
     else:
         y = F.conv1d(F.pad(x, (width - 1, 0)), w, bias, groups=x.shape[1])
     return F.silu(y) if silu else y
+
+
+def scan_token_stats(delta: Tensor, A: Tensor, delta_bias: Tensor | None,
+                     softplus: bool = True) -> Tensor:
+    """(b, 2, l) fp32: per token, the channel means of Δ and of Δ·mean_n(A) (PyTorch)."""
+    dt = delta.float()
+    if delta_bias is not None:
+        dt = dt + delta_bias.float()[:, None]
+    if softplus:
+        dt = F.softplus(dt)
+    w = torch.stack((torch.ones(A.shape[0], device=A.device), A.float().mean(-1))) / A.shape[0]
+    return torch.matmul(w, dt)

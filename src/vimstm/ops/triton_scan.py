@@ -28,6 +28,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from vimstm.ops.scan_ref import scan_token_stats
+
 # Tile sizes, tuned on an H100 (benchmarks/gpu_run.py sweeps them; see BENCHMARKS.md).
 FWD_KERNEL = "seq"  # "seq": one token per step; "chunk": associative scan over T tokens
 SEQ_BLOCK_D, SEQ_WARPS, SEQ_UNROLL = 16, 1, 1
@@ -130,7 +132,7 @@ def _scan_fwd_kernel(
 @triton.jit(do_not_specialize=["L", "s_u_b", "s_dt_b", "s_B_b", "s_C_b", "s_z_b", "s_o_b", "s_a_b"])
 def _scan_fwd_seq_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, st_ptr, add_ptr, scale,
-    L, DIM, NSTATE,
+    stats_ptr, L, DIM, NSTATE,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
     s_B_b, s_B_n, s_B_l,
@@ -141,9 +143,13 @@ def _scan_fwd_seq_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr, HAS_ADD: tl.constexpr,
-    UNROLL: tl.constexpr,
+    UNROLL: tl.constexpr, STATS: tl.constexpr,
 ):
-    """One token per step, the (BLOCK_D, n) state in registers; saves it every T tokens."""
+    """One token per step, the (BLOCK_D, n) state in registers; saves it every T tokens.
+
+    With ``STATS`` it also writes, per token, this program's channel sums of Δ and of
+    Δ·mean_n(A) to ``stats_ptr`` (b, programs along d, 2, L): what token merging reads.
+    """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -167,6 +173,9 @@ def _scan_fwd_seq_kernel(
     nchunks = tl.cdiv(L, T)
     st_base = st_ptr + ((pid_b * nchunks) * (DIM * NSTATE)
                         + offs_d[:, None] * NSTATE + offs_n[None, :])
+    if STATS:
+        a_mean = tl.sum(A.to(tl.float32), axis=1) / NSTATE
+        sp = stats_ptr + (pid_b * tl.num_programs(1) + pid_d) * 2 * L
     h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
     for i in tl.range(0, L, loop_unroll_factor=UNROLL):
         if REVERSE:
@@ -179,6 +188,10 @@ def _scan_fwd_seq_kernel(
             dt = dt + bias
         if SOFTPLUS:
             dt = _softplus(dt)
+        if STATS:
+            dm = tl.where(mask_d, dt, 0.0)
+            tl.store(sp + t, tl.sum(dm, axis=0))
+            tl.store(sp + L + t, tl.sum(dm * a_mean, axis=0))
         Bt = tl.load(B_p + t * s_B_l, mask=mask_n, other=0.0).to(tl.float32)
         Ct = tl.load(C_p + t * s_C_l, mask=mask_n, other=0.0).to(tl.float32)
         a = tl.exp2(dt[:, None] * A2)
@@ -344,7 +357,7 @@ def _s(x: Tensor | None) -> tuple[int, int, int]:
 
 
 def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, save, add=None,
-                  scale=1.0):
+                  scale=1.0, stats=None):
     b, d, length = u.shape
     n = A.shape[1]
     out = _like_layout(u)
@@ -361,25 +374,38 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, save, 
     block_d = SEQ_BLOCK_D if seq else FWD_BLOCK_D
     kernel = _scan_fwd_seq_kernel if seq else _scan_fwd_kernel
     grid = (b, triton.cdiv(d, block_d))
+    extra = {}
+    if seq:
+        extra = {"UNROLL": SEQ_UNROLL, "STATS": stats is not None}
+        if stats is not None:
+            partial = torch.empty(b, grid[1], 2, length, device=u.device, dtype=torch.float32)
+    lead = (partial,) if seq and stats is not None else ((u,) if seq else ())
     kernel[grid](
         u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u, out, states,
-        add if add is not None else u, float(scale),
+        add if add is not None else u, float(scale), *lead,
         length, d, n,
         *_s(u), *_s(delta), *_s(B), *_s(C), *_s(z), *_s(out), *_s(add),
         N=triton.next_power_of_2(n), BLOCK_D=block_d, T=t_save, HAS_ADD=add is not None,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(softplus), REVERSE=bool(reverse), SAVE=bool(save),
-        num_warps=SEQ_WARPS if seq else FWD_WARPS, **({"UNROLL": SEQ_UNROLL} if seq else {}),
+        num_warps=SEQ_WARPS if seq else FWD_WARPS, **extra,
     )
+    if stats is not None:
+        if seq:
+            torch.sum(partial, 1, out=stats)
+            stats.div_(d)
+        else:  # the chunked forward has no fused statistics: the same numbers in PyTorch
+            stats.copy_(scan_token_stats(delta, A, delta_bias, softplus))
     return out, (states if save else None)
 
 
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, save, add, scale):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, save, add, scale,
+                stats):
         out, states = _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, save,
-                                    add, scale)
+                                    add, scale, stats)
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
             ctx.flags = (softplus, reverse, add is not None, scale)
@@ -418,7 +444,8 @@ class _SelectiveScan(torch.autograd.Function):
         dA = dAp.sum(0).to(A.dtype)
         dD = dDp.sum(0).to(D.dtype) if D is not None else None
         dbias = ddt.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
-        return du, ddt.to(delta.dtype), dA, dB, dC, dD, dz, dbias, None, None, None, dadd, None
+        return (du, ddt.to(delta.dtype), dA, dB, dC, dD, dz, dbias, None, None, None, dadd, None,
+                None)
 
 
 def selective_scan_triton(
@@ -434,11 +461,14 @@ def selective_scan_triton(
     reverse: bool = False,
     out_add: Tensor | None = None,
     out_scale: float = 1.0,
+    stats_out: Tensor | None = None,
 ) -> Tensor:
     """Selective scan (see :func:`vimstm.ops.scan_ref.selective_scan_ref`) in Triton.
 
     With ``out_add`` (same shape), returns ``(scan + out_add) * out_scale`` computed in fp32 inside
-    the kernel: the mixer adds its two directions this way without another pass.
+    the kernel: the mixer adds its two directions this way without another pass. With
+    ``stats_out`` (b, 2, l) fp32, also fills it with :func:`scan_token_stats` (the channel means
+    of Δ and Δ·mean_n(A) per token), computed in the same pass.
     """
     A = A.contiguous()
     tensors = (u, delta, A, B, C, D, z, delta_bias, out_add)
@@ -448,7 +478,7 @@ def selective_scan_triton(
     if out_add is not None and out_add.shape != u.shape:
         raise ValueError(f"out_add has shape {tuple(out_add.shape)}, expected {tuple(u.shape)}")
     return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
-                                save, out_add, out_scale)
+                                save, out_add, out_scale, stats_out)
 
 
 # -- depthwise causal conv1d + silu ---------------------------------------------------------
