@@ -169,3 +169,39 @@ def test_auto_picks_triton_on_cuda_only():
     assert resolve_backend("auto", "cuda") == "triton"
     assert resolve_backend("auto", "cpu") == "reference"
 
+
+
+@pytest.mark.parametrize("d,with_res", [(32, True), (300, True), (7, False)])
+def test_adjacent_dissimilarity(d, with_res):
+    """The fused merge similarity equals its PyTorch definition (fp16 hidden, fp32 residual)."""
+    from vimstm.ops.scan_ref import adjacent_dissimilarity_ref
+    from vimstm.ops.triton_merge import adjacent_dissimilarity_triton
+
+    g = torch.Generator().manual_seed(d)
+    h = torch.randn(2, 37, d, generator=g).half()
+    res = torch.randn(2, 37, d, generator=g) if with_res else None
+    h[1, 5] = h[1, 6]  # identical neighbours: dissimilarity 0 (clamped, never negative)
+    if res is not None:
+        res[1, 5] = res[1, 6]
+    got = adjacent_dissimilarity_triton(h, res)
+    want = adjacent_dissimilarity_ref(h, res)
+    assert got.shape == (2, 36) and got.dtype == torch.float32
+    assert torch.allclose(got, want, atol=1e-5)
+    assert got[1, 5].item() < 1e-5 and (got >= 0).all()
+
+
+def test_stm_patched_model_same_with_fused_kernels():
+    """STM with the Triton kernels (fused Δ statistics and similarity) merges as the PyTorch path."""
+    import vimstm
+
+    model = create_model("vim_tiny", scan_backend="reference", **TINY).eval()
+    vimstm.patch(model, method="stm", r=[4, 0])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        ref_tokens = list(model.merge_info["tokens_per_block"])
+        model.set_scan_backend("triton")
+        out = model(x)
+    assert model.merger.kernels == "triton"
+    assert model.merge_info["tokens_per_block"] == ref_tokens == [17, 13]
+    assert (out - ref).abs().max().item() < 1e-4

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from vimstm.errors import ConfigError
+from vimstm.ops.dispatch import resolve_backend
 
 
 def apply_merge(x: Tensor, dest: Tensor, wn: Tensor | None, new_len: int, trash: bool) -> Tensor:
@@ -117,6 +118,7 @@ class Merger:
     ssm_parts: tuple[str, ...] = ("B", "decay", "importance")  # what of them (SSM_PARTS)
     needs_delta_full = False
     keeps_order = True
+    kernels = "reference"  # "triton" where the model's scan backend is (set by begin)
     pair_groups = False  # groups of <= 2 tokens in order: merged by gathers (apply_pairs)
     sorted_dest = False  # plan's dest is non-decreasing (no sort needed for pair_plan)
     option_defaults: ClassVar[dict[str, Any]] = {}
@@ -176,6 +178,10 @@ class Merger:
 
     def begin(self, model: Any, hidden: Tensor, state: Any) -> Any:
         b, t, _ = hidden.shape
+        # fused kernels follow the model's scan backend ("reference" keeps everything PyTorch)
+        backend = getattr(model, "scan_backend", "auto")
+        self.kernels = "triton" if resolve_backend(backend, hidden.device.type) == "triton" \
+            else "reference"
         # token sizes (batch, tokens) fp32; one expand of a cached row, no fill kernel per call
         dev = hidden.device
         ones = self.cached(("ones", t, dev), lambda: torch.ones(1, t, device=dev))

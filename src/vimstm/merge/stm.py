@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vimstm.errors import ConfigError
-from vimstm.merge.base import Merger, block_input, split_sides
+from vimstm.merge.base import Merger, split_sides
+from vimstm.ops.dispatch import adjacent_dissimilarity
 
 _BIG = 1e4  # cost of an impossible side (finite, so the run prefix sums stay exact)
 # which (direction, token of the pair) gets the one-step decay: forward/left, backward/right
@@ -255,8 +256,8 @@ class STMMerger(AdjacentMerger):
         """``1 - cos`` of every adjacent pair (batch, tokens - 1): edge e joins e and e+1."""
         sim = self.options["similarity"]
         if sim == "x":
-            f = block_input(hidden, residual)
-        elif sim == "b":
+            return adjacent_dissimilarity(hidden, residual, self.kernels)
+        if sim == "b":
             f = torch.cat((ssm.B_fwd, ssm.B_bwd), -1)
         else:
             if ssm.delta_full is None:

@@ -117,3 +117,20 @@ def _selective_scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplu
         delta_bias=delta_bias, delta_softplus=delta_softplus,
     )
     return out.flip(-1) if reverse else out
+
+
+def adjacent_dissimilarity(
+    hidden: Tensor, residual: Tensor | None, backend: str = "auto"
+) -> Tensor:
+    """``1 - cos`` of scan-adjacent tokens of ``residual + hidden``: (batch, tokens - 1) fp32.
+
+    One fused Triton pass where ``backend`` resolves to "triton" (:mod:`vimstm.ops.triton_merge`),
+    PyTorch otherwise.
+    """
+    if resolve_backend(backend, hidden.device.type) == "triton":
+        from vimstm.ops.triton_merge import adjacent_dissimilarity_triton
+
+        return adjacent_dissimilarity_triton(hidden, residual)
+    from vimstm.ops.scan_ref import adjacent_dissimilarity_ref
+
+    return adjacent_dissimilarity_ref(hidden, residual)
