@@ -190,18 +190,43 @@ def test_adjacent_dissimilarity(d, with_res):
     assert got[1, 5].item() < 1e-5 and (got >= 0).all()
 
 
-def test_stm_patched_model_same_with_fused_kernels():
-    """STM with the Triton kernels (fused Δ statistics and similarity) merges as the PyTorch path."""
+MID = dict(TINY, depth=4, patch_size=4, stride=4)  # 64 patches
+MERGE_CASES = [
+    ("stm", {"r": [4, 0]}, TINY, True),
+    ("stm", {"r": [16, 12, 6], "protect": 0}, MID, False),
+    ("stm", {"r": [14, 10, 0], "protect": 3, "fading": "gamma"}, MID, False),
+    ("random", {"r": [16, 8, 0], "seed": 1}, MID, False),
+]
+
+
+@pytest.mark.parametrize("method,opts,arch,all_triton", MERGE_CASES)
+def test_merged_model_same_with_fused_kernels(method, opts, arch, all_triton, monkeypatch):
+    """Merging with the Triton kernels (fused Δ statistics, similarity, pair weights, pair
+    choice and layout) gives the PyTorch path's tokens, sizes, groups and logits.
+
+    ``all_triton``: scans in Triton too; otherwise only the merge kernels (the interpreter
+    is slow), with the PyTorch scan's statistics as their input.
+    """
     import vimstm
 
-    model = create_model("vim_tiny", scan_backend="reference", **TINY).eval()
-    vimstm.patch(model, method="stm", r=[4, 0])
-    x = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    model = create_model("vim_tiny", scan_backend="reference", **arch).eval()
+    vimstm.patch(model, method=method, trace_source=True, **opts)
+    x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
-        ref_tokens = list(model.merge_info["tokens_per_block"])
-        model.set_scan_backend("triton")
+        ref_info = dict(model.merge_info)
+        if all_triton:
+            model.set_scan_backend("triton")
+        else:
+            import vimstm.merge.base as base
+
+            monkeypatch.setattr(base, "resolve_backend", lambda backend, device: "triton")
         out = model(x)
+    info = model.merge_info
     assert model.merger.kernels == "triton"
-    assert model.merge_info["tokens_per_block"] == ref_tokens == [17, 13]
+    assert info["tokens_per_block"] == ref_info["tokens_per_block"]
+    assert info["cls_index_per_block"] == ref_info["cls_index_per_block"]
+    assert torch.equal(info["size"], ref_info["size"])
+    assert torch.equal(info["source"], ref_info["source"])  # the same groups
     assert (out - ref).abs().max().item() < 1e-4

@@ -200,16 +200,21 @@ class Merger:
             ssm = model.layers[i - 1].mixer.last_ssm if self.needs_ssm else None
             # the plan is index and weight bookkeeping: no autograd, and no autocast (its few
             # matrix products must stay fp32; similarities read the block input as it is)
-            with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-                dest, wn, new_cls, trash = self.plan(hidden, residual, state, ssm, r)
             new_len = t - r
+            with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+                fused = self.plan_pairs(hidden, residual, state, ssm, r)
+                if fused is None:
+                    dest, wn, new_cls, trash = self.plan(hidden, residual, state, ssm, r)
+                else:
+                    first, last, w_last, is_pair, new_cls = fused
             if self.pair_groups:
-                b, dev = hidden.shape[0], hidden.device
-                grid = self.cached(("pair_grid", b, t, new_len, dev),
-                                   lambda: pair_grid(b, t, new_len, dev))
-                with torch.no_grad():
-                    first, last, w_last, is_pair = pair_plan(
-                        dest, wn, new_len, self.sorted_dest, grid)
+                if fused is None:
+                    b, dev = hidden.shape[0], hidden.device
+                    grid = self.cached(("pair_grid", b, t, new_len, dev),
+                                       lambda: pair_grid(b, t, new_len, dev))
+                    with torch.no_grad():
+                        first, last, w_last, is_pair = pair_plan(
+                            dest, wn, new_len, self.sorted_dest, grid)
                 hidden = apply_pairs(hidden, first, last, w_last)
                 residual = apply_pairs(residual, first, last, w_last)
                 state.size = apply_pairs(state.size, first, last, is_pair)
@@ -240,6 +245,11 @@ class Merger:
     def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
         """Return ``(dest, wn, new_cls_index, trash)`` for removing ``r`` tokens."""
         raise NotImplementedError
+
+    def plan_pairs(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
+        """A fused plan for ``pair_groups`` methods: ``(first, last, w_last, is_pair, new_cls)``
+        as :func:`pair_plan` returns them, or None to use :meth:`plan` (the default)."""
+        return None
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

@@ -135,14 +135,39 @@ class AdjacentMerger(Merger):
         su = state.size.unfold(1, 2, 1)
         return su[..., 0] / su.sum(-1)
 
-    def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
+    def _choices(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
+        """Layout, clamped costs, rank scores and the A tokens' weights with either partner."""
         b, t, _ = hidden.shape
-        c = state.cls_index
-        lay = self._layout(t, c, r, hidden.device)
+        lay = self._layout(t, state.cls_index, r, hidden.device)
         n_a = lay["n_a"]
         cost, score = self._costs(hidden, residual, ssm, lay)
         score = score.masked_fill(lay["invalid"], math.inf)
         cost = cost.clamp(max=_BIG).masked_fill(lay["bad_side"], _BIG)
+        ea = self._edge_alpha(state, ssm).index_select(1, lay["edges"]).view(b, 2, 2, n_a)
+        ea = torch.where(lay["a_left"], ea, 1.0 - ea)  # the A token's weight
+        return lay, cost, score, ea
+
+    def plan_pairs(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
+        """The fused (Triton) plan: (first, last, w_last, is_pair, new_cls), or None."""
+        t, c = hidden.shape[1], state.cls_index
+        w = self._protect()
+        n = (max(c - w, 0), max(t - 1 - c - w, 0))
+        if self.kernels != "triton":
+            return None
+        from vimstm.ops.triton_merge import MAX_FUSED_A, pair_plan_triton
+
+        if max(max(n) // 2, 1) > MAX_FUSED_A:
+            return None
+        _, cost, score, ea = self._choices(hidden, residual, state, ssm, r)
+        r_side = split_sides(t, c, r)
+        out = pair_plan_triton(cost, score, ea, t, c, n, r_side, _BIG)
+        return (*out, c - r_side[0])
+
+    def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
+        b, t, _ = hidden.shape
+        c = state.cls_index
+        lay, cost, score, ea = self._choices(hidden, residual, state, ssm, r)
+        n_a = lay["n_a"]
 
         # the r_side A tokens of lowest score on each side
         order = score.argsort(dim=-1)
@@ -151,10 +176,6 @@ class AdjacentMerger(Merger):
 
         # sides: runs of adjacent chosen A tokens take L..LR..R with the cheapest split
         go_left = _resolve_sides(sel, cost[:, 0], cost[:, 1], lay["tri"])
-
-        # pair weight of each A token for either partner, then for the chosen one
-        ea = self._edge_alpha(state, ssm).index_select(1, lay["edges"]).view(b, 2, 2, n_a)
-        ea = torch.where(lay["a_left"], ea, 1.0 - ea)
         alpha = torch.where(go_left, ea[:, 0], ea[:, 1])
 
         # per token: removed, merged into the next token, own weight (A), partner weight
@@ -313,6 +334,10 @@ class STMMerger(AdjacentMerger):
     def _edge_alpha(self, state, ssm):
         if self.options["weights"] == "size":
             return super()._edge_alpha(state, ssm)
+        if self.kernels == "triton" and ssm.tok is not None:
+            from vimstm.ops.triton_merge import edge_alpha_triton
+
+            return edge_alpha_triton(ssm.B_fwd, ssm.B_bwd, ssm.tok, state.size)
         # least-squares weights of every adjacent pair (e, e+1) in both scan directions; with
         # B̄ = (B_e + B_e+1)/2: <B_s, B̄> ∝ |B_s|^2 + B_e.B_e+1 (the common 1/2 cancels)
         bm = torch.stack((ssm.B_fwd, ssm.B_bwd), 1)  # (b, 2 dirs, t, N)

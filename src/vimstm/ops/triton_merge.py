@@ -66,3 +66,183 @@ def adjacent_dissimilarity_triton(hidden: Tensor, residual: Tensor | None) -> Te
         HAS_RES=residual is not None, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=4,
     )
     return out
+
+
+@triton.jit
+def _edge_alpha_kernel(
+    bf_ptr, bb_ptr, tok_ptr, size_ptr, out_ptr, T, NSTATE,
+    s_bf_b, s_bf_t, s_bf_n, s_bb_b, s_bb_t, s_bb_n, s_tok_b, s_tok_k, s_tok_t, s_sz_b, s_sz_t,
+    N: tl.constexpr, BLOCK_E: tl.constexpr,
+):
+    pid_b = tl.program_id(0).to(tl.int64)
+    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    me = (e + 1) < T
+    n = tl.arange(0, N)
+    m2 = me[:, None] & (n < NSTATE)[None, :]
+    w0 = tl.zeros((BLOCK_E,), dtype=tl.float32)
+    w1 = tl.zeros((BLOCK_E,), dtype=tl.float32)
+    tk = tok_ptr + pid_b * s_tok_b
+    for k in tl.static_range(2):  # scan directions: forward, backward
+        if k == 0:
+            base = bf_ptr + pid_b * s_bf_b
+            st, sn = s_bf_t, s_bf_n
+        else:
+            base = bb_ptr + pid_b * s_bb_b
+            st, sn = s_bb_t, s_bb_n
+        b0 = tl.load(base + e[:, None] * st + n[None, :] * sn, mask=m2, other=0.0).to(tl.float32)
+        b1 = tl.load(base + (e + 1)[:, None] * st + n[None, :] * sn, mask=m2,
+                     other=0.0).to(tl.float32)
+        cross = tl.sum(b0 * b1, axis=1)
+        d0 = tl.load(tk + k * s_tok_k + e * s_tok_t, mask=me, other=0.0)
+        d1 = tl.load(tk + k * s_tok_k + (e + 1) * s_tok_t, mask=me, other=0.0)
+        x0 = d0 * tl.maximum(tl.sum(b0 * b0, axis=1) + cross, 0.0)
+        x1 = d1 * tl.maximum(tl.sum(b1 * b1, axis=1) + cross, 0.0)
+        # the earlier token of the scan decays one step: forward the left one by
+        # exp(log_decay_fwd[e+1]), backward the right one by exp(log_decay_bwd[e])
+        if k == 0:
+            x0 = x0 * tl.exp(tl.load(tk + 2 * s_tok_k + (e + 1) * s_tok_t, mask=me, other=0.0))
+        else:
+            x1 = x1 * tl.exp(tl.load(tk + 3 * s_tok_k + e * s_tok_t, mask=me, other=0.0))
+        w0 += x0
+        w1 += x1
+    sz = size_ptr + pid_b * s_sz_b
+    w0 = w0 * tl.load(sz + e * s_sz_t, mask=me, other=1.0) + 1e-12
+    w1 = w1 * tl.load(sz + (e + 1) * s_sz_t, mask=me, other=1.0) + 1e-12
+    tl.store(out_ptr + pid_b * (T - 1) + e, w0 / (w0 + w1), mask=me)
+
+
+def edge_alpha_triton(B_fwd: Tensor, B_bwd: Tensor, tok: Tensor, size: Tensor) -> Tensor:
+    """STM's least-squares weight of the left token of every adjacent pair: (batch, tokens - 1).
+
+    ``B_*`` (b, t, n), ``tok`` (b, 4, t) = (Δ fwd, Δ bwd, log-decay fwd, log-decay bwd),
+    ``size`` (b, t); the PyTorch definition is ``STMMerger._edge_alpha``.
+    """
+    b, t, n = B_fwd.shape
+    out = torch.empty(b, max(t - 1, 0), device=B_fwd.device, dtype=torch.float32)
+    if t < 2:
+        return out
+    block_e = 64
+    _edge_alpha_kernel[(b, triton.cdiv(t - 1, block_e))](
+        B_fwd, B_bwd, tok, size, out, t, n, *B_fwd.stride(), *B_bwd.stride(), *tok.stride(),
+        *size.stride(), N=triton.next_power_of_2(n), BLOCK_E=block_e, num_warps=4,
+    )
+    return out
+
+
+@triton.jit
+def _pair_select_kernel(
+    cost_ptr, score_ptr, go_ptr, NA, R0, R1, BIG,
+    BLOCK: tl.constexpr,
+):
+    """Per (sample, side): the R lowest-score A tokens and their sides (0 none, 1 left, 2 right).
+
+    Ranks break ties by index; runs of chosen neighbours take L..LR..R at the split of least
+    total cost (the same rule as ``vimstm.merge.stm._resolve_sides``).
+    """
+    pid_b = tl.program_id(0).to(tl.int64)
+    side = tl.program_id(1)
+    r = tl.where(side == 0, R0, R1)
+    k = tl.arange(0, BLOCK)
+    mk = k < NA
+    sc = tl.load(score_ptr + (pid_b * 2 + side) * NA + k, mask=mk, other=float("inf"))
+    c_l = tl.load(cost_ptr + ((pid_b * 2 + 0) * 2 + side) * NA + k, mask=mk, other=BIG)
+    c_r = tl.load(cost_ptr + ((pid_b * 2 + 1) * 2 + side) * NA + k, mask=mk, other=BIG)
+    row = k[:, None]  # the token ranked / resolved
+    col = k[None, :]  # the tokens compared with it
+    s_row = sc[:, None]
+    s_col = sc[None, :]
+    before = (s_col < s_row) | ((s_col == s_row) & (col < row))
+    rank = tl.sum((before & (col < NA)).to(tl.int32), axis=1)
+    sel = (rank < r) & mk
+    seli = sel.to(tl.int32)
+    prev = tl.sum(tl.where(col == row - 1, seli[None, :], 0), axis=1)
+    start = sel & (prev == 0)
+    run = tl.cumsum(start.to(tl.int32), axis=0)
+    dl = tl.where(sel, c_l - c_r, 0.0)
+    cum = tl.cumsum(dl, axis=0)
+    cx = cum - dl
+    same = (run[None, :] == run[:, None]) & sel[None, :]
+    later = tl.min(tl.where(same & (col >= row), cum[None, :], float("inf")), axis=1)
+    earlier = tl.min(tl.where(same & (col <= row), cx[None, :], float("inf")), axis=1)
+    go = tl.where(sel, tl.where(later < earlier, 1, 2), 0)
+    tl.store(go_ptr + (pid_b * 2 + side) * NA + k, go.to(tl.int8), mask=mk)
+
+
+@triton.jit
+def _side_of(p, T, C, N0, N1):
+    """(side, is a mergeable A token, its A number) of token p; j counts from the far end."""
+    right = p > C
+    j = tl.where(right, T - 1 - p, p)
+    n_s = tl.where(right, N1, N0)
+    is_a = ((j % 2) == 1) & (j < n_s) & (p != C) & (p >= 0) & (p < T)
+    return right.to(tl.int32), is_a, (j - 1) // 2
+
+
+@triton.jit
+def _pair_layout_kernel(
+    go_ptr, alpha_ptr, first_ptr, last_ptr, w_ptr, pair_ptr, T, C, N0, N1, NA, NEW_LEN,
+    BLOCK_T: tl.constexpr,
+):
+    """Per sample: turn the chosen pairs into (first, last, weight of last) per new slot."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    p = tl.arange(0, BLOCK_T)
+    mp = p < T
+    g_base = go_ptr + pid_b * 2 * NA
+    a_base = alpha_ptr + pid_b * 4 * NA  # (2 [left/right partner], 2 [side], NA)
+    # the token itself: removed when it is a chosen A token
+    side, is_a, ka = _side_of(p, T, C, N0, N1)
+    go = tl.load(g_base + side * NA + ka, mask=is_a & mp, other=0).to(tl.int32)
+    removed = (go > 0) & mp
+    # its neighbours: does the A token at p-1 (p+1) merge into p?
+    side_m, is_a_m, k_m = _side_of(p - 1, T, C, N0, N1)
+    go_m = tl.load(g_base + side_m * NA + k_m, mask=is_a_m & mp, other=0).to(tl.int32)
+    from_m = ((side_m == 0) & (go_m == 2)) | ((side_m == 1) & (go_m == 1))
+    side_p, is_a_p, k_p = _side_of(p + 1, T, C, N0, N1)
+    go_p = tl.load(g_base + side_p * NA + k_p, mask=is_a_p & mp, other=0).to(tl.int32)
+    from_p = ((side_p == 0) & (go_p == 1)) | ((side_p == 1) & (go_p == 2))
+    al_m = tl.load(a_base + ((go_m - 1) * 2 + side_m) * NA + k_m, mask=from_m & mp, other=0.0)
+    al_p = tl.load(a_base + ((go_p - 1) * 2 + side_p) * NA + k_p, mask=from_p & mp, other=0.0)
+    ri = removed.to(tl.int32)
+    slot = p - (tl.cumsum(ri, axis=0) - ri)
+    first = tl.where(from_m, p - 1, p)
+    last = tl.where(from_p, p + 1, p)
+    w_last = tl.where(from_m, 1.0 - al_m, tl.where(from_p, al_p, 1.0))
+    keep = mp & ~removed
+    o = pid_b * NEW_LEN + slot
+    tl.store(first_ptr + o, first + pid_b * T, mask=keep)
+    tl.store(last_ptr + o, last + pid_b * T, mask=keep)
+    tl.store(w_ptr + o, w_last, mask=keep)
+    tl.store(pair_ptr + o, from_m | from_p, mask=keep)
+
+
+MAX_FUSED_A = 128  # A tokens per side the fused pair selection handles (n x n tiles)
+
+
+def pair_plan_triton(
+    cost: Tensor, score: Tensor, alpha: Tensor, tokens: int, cls_index: int,
+    n_side: tuple[int, int], r_side: tuple[int, int], big: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """STM's pair choice and merge layout in two kernels.
+
+    ``cost`` (b, 2 [left/right partner], 2 [side], n_a), ``score`` (b, 2, n_a) (+inf where no
+    A token), ``alpha`` (b, 2, 2, n_a): the A token's weight with either partner. Returns flat
+    (first, last) rows, the weight of last (b * new_len, 1) and the is-pair mask, as
+    :func:`vimstm.merge.base.pair_plan` does.
+    """
+    b, _, _, n_a = cost.shape
+    new_len = tokens - r_side[0] - r_side[1]
+    go = torch.empty(b, 2, n_a, device=cost.device, dtype=torch.int8)
+    _pair_select_kernel[(b, 2)](
+        cost.contiguous(), score.contiguous(), go, n_a, r_side[0], r_side[1], float(big),
+        BLOCK=max(triton.next_power_of_2(n_a), 16), num_warps=4,
+    )
+    first = torch.empty(b * new_len, device=cost.device, dtype=torch.int64)
+    last = torch.empty_like(first)
+    w_last = torch.empty(b * new_len, 1, device=cost.device, dtype=torch.float32)
+    is_pair = torch.empty(b * new_len, 1, device=cost.device, dtype=torch.bool)
+    _pair_layout_kernel[(b,)](
+        go, alpha.contiguous(), first, last, w_last, is_pair, tokens, cls_index,
+        n_side[0], n_side[1], n_a, new_len,
+        BLOCK_T=triton.next_power_of_2(tokens), num_warps=4,
+    )
+    return first, last, w_last, is_pair
