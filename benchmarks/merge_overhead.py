@@ -16,6 +16,7 @@ fake-CUDA run, which needs no GPU).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -25,6 +26,7 @@ import torch
 
 from vimstm.engine.benchmark import DTYPES, measure_throughput
 from vimstm.engine.flops import count_flops
+from vimstm.errors import ConfigError
 from vimstm.merge import METHODS, patch, unpatch
 from vimstm.merge.opcount import count_ops
 from vimstm.models.registry import create_model
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also schedules that keep these fractions of the dense GMACs")
     p.add_argument("--every", nargs="+", type=int, default=[1],
                    help="merge after every k-th block only (one row per k)")
+    p.add_argument("--shapes", nargs="+", default=["even"], choices=["even", "geometric"],
+                   help="how ratio/flops totals are spread over the steps (one row per shape)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--cuda-graph", action="store_true", help="replay a CUDA graph (CUDA only)")
@@ -156,13 +160,19 @@ def main(argv: list[str] | None = None) -> int:
     targets = [("ratio", v) for v in args.ratios] + [("flops", v) for v in args.flops]
     for method in args.methods:
         for kind, value in targets:
-            for every in args.every:
+            for every, shape in itertools.product(args.every, args.shapes):
                 opts = {"seed": 0} if method == "random" else {}
-                patch(model, method=method, every=every, **{kind: value}, **opts)
+                try:
+                    patch(model, method=method, every=every, shape=shape, **{kind: value},
+                          **opts)
+                except ConfigError as e:  # e.g. not reachable with so few steps
+                    print(f"# {method} {kind}={value} every={every} {shape}: {e}")
+                    continue
                 try:
                     toks = model.merger.simulate(img_tokens, img_tokens // 2)[0]
                     ratio = round(1 - (toks[-1] - 1) / (img_tokens - 1), 3)
-                    rows.append(measure(method, ratio, f"{kind}={value}", every))
+                    sched = f"{kind}={value}" + ("g" if shape == "geometric" else "")
+                    rows.append(measure(method, ratio, sched, every))
                 finally:
                     unpatch(model)
 

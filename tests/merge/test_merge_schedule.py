@@ -7,6 +7,8 @@ import itertools
 import pytest
 import torch
 
+import vimstm
+from vimstm.engine.flops import count_flops
 from vimstm.errors import ConfigError
 from vimstm.merge.schedule import even_schedule, parse_r
 from vimstm.merge.stm import _resolve_sides
@@ -86,3 +88,38 @@ def test_cli_flags_patch_the_model(tiny_model):
                                                   "--merge-opt", "protect"]))
     with pytest.raises(ConfigError, match="--r"):
         patch_from_args(tiny_model, p.parse_args(["--method", "stm", "--r", "x"]))
+
+
+def test_geometric_shape_front_loads_and_hits_the_total():
+    from vimstm.merge.schedule import geometric_schedule, shaped_schedule
+
+    s = geometric_schedule(24, 80, 196, every=4)
+    assert sum(s) == 80 and [i for i, v in enumerate(s) if v] == [3, 7, 11, 15, 19]
+    steps = [v for v in s if v]
+    assert steps == sorted(steps, reverse=True) and steps[0] > steps[-1]
+    # each step keeps about the same fraction of what it receives
+    left, fractions = 196, []
+    for v in steps:
+        fractions.append((left - v) / left)
+        left -= v
+    assert max(fractions) - min(fractions) < 0.03
+    assert shaped_schedule(24, 80, 196, 4, "even") == [16 if (i + 1) % 4 == 0 else 0
+                                                       for i in range(23)]
+    with pytest.raises(ConfigError, match="shape"):
+        shaped_schedule(24, 80, 196, 1, "bogus")
+
+
+def test_geometric_flops_schedule_needs_fewer_steps():
+    """flops=0.6 with three merge steps is out of reach for even steps (pair caps) but not for
+    geometric ones, which also keep more tokens to the end."""
+    model = vimstm.create_model("vim_tiny", depth=24, embed_dim=32)
+    with pytest.raises(ConfigError, match="not reachable"):
+        vimstm.patch(model, method="stm", flops=0.6, every=6)
+    vimstm.patch(model, method="stm", flops=0.6, every=6, shape="geometric")
+    toks, _ = model.merger.simulate(197, 98)
+    assert len([v for v in model.merger.schedule if v]) == 3 and toks[-1] > 50
+    rep = count_flops(model)
+    vimstm.unpatch(model)
+    assert rep.gmacs_literature <= 0.6 * count_flops(model).gmacs_literature
+    with pytest.raises(ConfigError, match="shape"):
+        vimstm.patch(model, method="stm", r=4, shape="geometric")

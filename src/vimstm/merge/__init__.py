@@ -20,7 +20,7 @@ from vimstm.errors import ConfigError
 from vimstm.merge.base import Merger
 from vimstm.merge.bipartite import BipartiteMerger, RMeeToMerger
 from vimstm.merge.prune import PruneMerger, TopPruneMerger
-from vimstm.merge.schedule import check_ratio, even_schedule, from_flops, parse_r
+from vimstm.merge.schedule import SHAPES, check_ratio, from_flops, parse_r, shaped_schedule
 from vimstm.merge.stm import RandomMerger, STMMerger
 
 _CLASSES: dict[str, type[Merger]] = {
@@ -69,6 +69,9 @@ def build_merger(
     every = options.pop("every", 1)
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(f"every={every!r} must be an int >= 1 (merge after every k-th block)")
+    shape = options.pop("shape", "even")
+    if shape not in SHAPES:
+        raise ConfigError(f"shape={shape!r} is unknown; choose one of {', '.join(SHAPES)}")
     merger = _CLASSES[method](**options)
     depth, m, c = _dims(model)
     given = [k for k, v in (("ratio", ratio), ("r", r), ("flops", flops)) if v is not None]
@@ -78,11 +81,11 @@ def build_merger(
         raise ConfigError("give a schedule: ratio=FRACTION, r=TOKENS_PER_BLOCK or flops=FRACTION")
     if ratio is not None:
         total = round(check_ratio(ratio) * m)
-        schedule = even_schedule(depth, total, every)
+        schedule = shaped_schedule(depth, total, m, every, shape)
     elif r is not None:
-        if every != 1:
-            raise ConfigError("every= applies to ratio/flops schedules; with r, write the zeros "
-                              "into the list yourself")
+        if every != 1 or shape != "even":
+            raise ConfigError("every= and shape= apply to ratio/flops schedules; with r, write "
+                              "the list yourself")
         schedule = parse_r(depth, r)
     else:
         from vimstm.engine.flops import count_flops
@@ -95,13 +98,15 @@ def build_merger(
                 return float("inf")
             return count_flops(model, merger=merger).gmacs_literature
 
-        schedule = from_flops(depth, m, float(flops), gmacs, feasible, every)  # type: ignore[arg-type]
+        schedule = from_flops(depth, m, float(flops), gmacs, feasible, every,  # type: ignore[arg-type]
+                              shape)
     if sum(schedule) > m - 1:
         raise ConfigError(f"the schedule removes {sum(schedule)} of {m} patch tokens; keep some")
     if not _try_schedule(merger, schedule, "protect" in options, m + 1, c):
         merger.simulate(m + 1, c)  # fails again, raising the clear error of the step at fault
     merger.trace_source = bool(trace_source)
     merger.every = every  # type: ignore[attr-defined]
+    merger.shape = shape  # type: ignore[attr-defined]
     return merger
 
 

@@ -215,8 +215,13 @@ class Merger:
                     with torch.no_grad():
                         first, last, w_last, is_pair = pair_plan(
                             dest, wn, new_len, self.sorted_dest, grid)
-                hidden = apply_pairs(hidden, first, last, w_last)
-                residual = apply_pairs(residual, first, last, w_last)
+                if self.kernels == "triton" and not torch.is_grad_enabled():
+                    from vimstm.ops.triton_merge import pair_lerp_triton
+
+                    hidden, residual = pair_lerp_triton(hidden, residual, first, last, w_last)
+                else:
+                    hidden = apply_pairs(hidden, first, last, w_last)
+                    residual = apply_pairs(residual, first, last, w_last)
                 state.size = apply_pairs(state.size, first, last, is_pair)
                 if state.source is not None:
                     state.source = apply_pairs(state.source, first, last, is_pair)

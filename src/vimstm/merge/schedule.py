@@ -12,8 +12,13 @@ before block ``i+1``; ``r[i]`` is the number of tokens it removes. A schedule is
   possible over the steps (remainders go to the earliest steps, where there are more tokens);
   ``every=k`` (a patch option of every method) merges only after every k-th block;
 * ``flops``: the fraction of the dense GFLOPs (literature convention) to keep; the smallest
-  even schedule that reaches it is chosen with :func:`vimstm.engine.flops.count_flops`'s closed
-  form.
+  schedule of the chosen shape that reaches it is chosen with
+  :func:`vimstm.engine.flops.count_flops`'s closed form.
+
+``shape`` (a patch option of every method) says how a ``ratio``/``flops`` total is spread over
+the merge steps: ``"even"`` (the same count at each step, ToMe's constant schedule) or
+``"geometric"`` (each step removes the same fraction of the tokens it receives: more tokens go
+early, so fewer steps reach a given GFLOPs cut and more tokens reach the last blocks).
 
 Every schedule is checked against what the method can remove at each step (e.g. adjacent
 pairing can remove at most half of the mergeable tokens on each side of the class token).
@@ -84,6 +89,34 @@ def even_schedule(depth: int, total: int, every: int = 1) -> list[int]:
     return out
 
 
+SHAPES = ("even", "geometric")
+
+
+def geometric_schedule(depth: int, total: int, num_patches: int, every: int = 1) -> list[int]:
+    """``total`` removals, each merge step keeping the same fraction of its patch tokens."""
+    steps = depth - 1
+    if steps <= 0:
+        return []
+    slots = [i for i in range(steps) if (i + 1) % every == 0] or [steps - 1]
+    keep = (max(num_patches - total, 0) / num_patches) ** (1.0 / len(slots))
+    out, left = [0] * steps, num_patches
+    for k, i in enumerate(slots):
+        after = round(num_patches * keep ** (k + 1)) if k < len(slots) - 1 else num_patches - total
+        out[i] = left - after
+        left = after
+    return out
+
+
+def shaped_schedule(depth: int, total: int, num_patches: int, every: int = 1,
+                    shape: str = "even") -> list[int]:
+    """:func:`even_schedule` or :func:`geometric_schedule` by ``shape``."""
+    if shape not in SHAPES:
+        raise ConfigError(f"shape={shape!r} is unknown; choose one of {', '.join(SHAPES)}")
+    if shape == "geometric":
+        return geometric_schedule(depth, total, num_patches, every)
+    return even_schedule(depth, total, every)
+
+
 def check_ratio(ratio: float) -> float:
     if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < MAX_RATIO:
         raise ConfigError(
@@ -100,21 +133,25 @@ def from_flops(
     gmacs_of: Callable[[list[int]], float],
     feasible: Callable[[list[int]], bool],
     every: int = 1,
+    shape: str = "even",
 ) -> list[int]:
-    """The smallest even schedule whose cost is at most ``target`` x the dense cost."""
+    """The smallest schedule of ``shape`` whose cost is at most ``target`` x the dense cost."""
     if not isinstance(target, (int, float)) or not 0.0 < float(target) <= 1.0:
         raise ConfigError(
             f"flops {target!r} must be the fraction of dense GFLOPs to keep, in (0, 1]"
         )
+    def make(total: int) -> list[int]:
+        return shaped_schedule(depth, total, num_patches, every, shape)
+
     dense = gmacs_of([0] * (depth - 1))
     lo, hi = 0, int(num_patches * MAX_RATIO)
-    if gmacs_of(even_schedule(depth, hi, every)) > target * dense or not feasible(
-        even_schedule(depth, hi, every)
+    if gmacs_of(make(hi)) > target * dense or not feasible(
+        make(hi)
     ):
         # find the cheapest feasible schedule to tell the user what is reachable
-        while hi > 0 and not feasible(even_schedule(depth, hi, every)):
+        while hi > 0 and not feasible(make(hi)):
             hi -= 1
-        best = gmacs_of(even_schedule(depth, hi, every)) / dense
+        best = gmacs_of(make(hi)) / dense
         if best > target:
             raise ConfigError(
                 f"flops={target} is not reachable with this method and model: the most it can "
@@ -122,8 +159,8 @@ def from_flops(
             )
     while lo < hi:  # smallest total removal meeting the target (cost falls as removal grows)
         mid = (lo + hi) // 2
-        if gmacs_of(even_schedule(depth, mid, every)) <= target * dense:
+        if gmacs_of(make(mid)) <= target * dense:
             hi = mid
         else:
             lo = mid + 1
-    return even_schedule(depth, lo, every)
+    return make(lo)

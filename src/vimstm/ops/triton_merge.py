@@ -246,3 +246,42 @@ def pair_plan_triton(
         BLOCK_T=triton.next_power_of_2(tokens), num_warps=4,
     )
     return first, last, w_last, is_pair
+
+
+@triton.jit
+def _pair_lerp_kernel(
+    h_ptr, r_ptr, first_ptr, last_ptr, w_ptr, ho_ptr, ro_ptr, ROWS, DIM,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    mr = rows < ROWS
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    m = mr[:, None] & (cols < DIM)[None, :]
+    f = tl.load(first_ptr + rows, mask=mr, other=0)[:, None] * DIM + cols[None, :]
+    g = tl.load(last_ptr + rows, mask=mr, other=0)[:, None] * DIM + cols[None, :]
+    w = tl.load(w_ptr + rows, mask=mr, other=0.0)[:, None]
+    o = rows.to(tl.int64)[:, None] * DIM + cols[None, :]
+    a = tl.load(h_ptr + f, mask=m, other=0.0).to(tl.float32)
+    z = tl.load(h_ptr + g, mask=m, other=0.0).to(tl.float32)
+    tl.store(ho_ptr + o, (a + w * (z - a)).to(ho_ptr.dtype.element_ty), mask=m)
+    a = tl.load(r_ptr + f, mask=m, other=0.0).to(tl.float32)
+    z = tl.load(r_ptr + g, mask=m, other=0.0).to(tl.float32)
+    tl.store(ro_ptr + o, (a + w * (z - a)).to(ro_ptr.dtype.element_ty), mask=m)
+
+
+def pair_lerp_triton(
+    hidden: Tensor, residual: Tensor, first: Tensor, last: Tensor, w_last: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Both of :func:`vimstm.merge.base.apply_pairs`'s merges of hidden and residual in one pass
+    (inference only: no autograd). Inputs contiguous (batch, tokens, channels)."""
+    b, _, d = hidden.shape
+    rows = first.shape[0]
+    ho = torch.empty(rows, d, device=hidden.device, dtype=hidden.dtype)
+    ro = torch.empty(rows, d, device=residual.device, dtype=residual.dtype)
+    block_d = min(triton.next_power_of_2(d), 128)
+    block_r = max(1, 2048 // block_d)
+    _pair_lerp_kernel[(triton.cdiv(rows, block_r), triton.cdiv(d, block_d))](
+        hidden.contiguous(), residual.contiguous(), first, last, w_last.float().contiguous(),
+        ho, ro, rows, d, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4,
+    )
+    return ho.view(b, rows // b, d), ro.view(b, rows // b, d)
