@@ -389,23 +389,29 @@ def _scan_bwd_seq_kernel(
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    u_p = u_ptr + pid_b * s_u_b + offs_d * s_u_d
-    dt_p = dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d
-    z_p = z_ptr + pid_b * s_z_b + offs_d * s_z_d
-    g_p = g_ptr + pid_b * s_g_b + offs_d * s_g_d
-    du_p = du_ptr + pid_b * s_du_b + offs_d * s_du_d
-    ddt_p = ddt_ptr + pid_b * s_ddt_b + offs_d * s_ddt_d
-    dz_p = dz_ptr + pid_b * s_dz_b + offs_d * s_dz_d
-    B_p = B_ptr + pid_b * s_B_b + offs_n * s_B_n
-    C_p = C_ptr + pid_b * s_C_b + offs_n * s_C_n
+    # Scalar base pointers of this sample + int32 offsets within it: tensors of 64-bit pointers
+    # (one per channel and per tensor) would take many registers.
+    u_p = u_ptr + pid_b * s_u_b
+    dt_p = dt_ptr + pid_b * s_dt_b
+    z_p = z_ptr + pid_b * s_z_b
+    g_p = g_ptr + pid_b * s_g_b
+    du_p = du_ptr + pid_b * s_du_b
+    ddt_p = ddt_ptr + pid_b * s_ddt_b
+    dz_p = dz_ptr + pid_b * s_dz_b
+    B_p = B_ptr + pid_b * s_B_b
+    C_p = C_ptr + pid_b * s_C_b
+    o_u, o_dt, o_z, o_g = offs_d * s_u_d, offs_d * s_dt_d, offs_d * s_z_d, offs_d * s_g_d
+    o_du, o_ddt, o_dz = offs_d * s_du_d, offs_d * s_ddt_d, offs_d * s_dz_d
+    o_B, o_C = offs_n * s_B_n, offs_n * s_C_n
     # dB, dC partials: (b, NBLK_D, n, L) fp32, contiguous
-    part = (pid_b * NBLK_D + pid_d) * NSTATE * L + offs_n * L
+    part = (pid_b * NBLK_D + pid_d) * NSTATE * L
+    o_part = offs_n * L
     nchunks = tl.cdiv(L, T)
-    st_base = st_ptr + ((pid_b * nchunks) * (DIM * NSTATE)
-                        + offs_d[:, None] * NSTATE + offs_n[None, :])
+    st_p = st_ptr + (pid_b * nchunks) * (DIM * NSTATE)
+    o_st = offs_d[:, None] * NSTATE + offs_n[None, :]
     # scratch: (b, NBLK_D, T, BLOCK_D, N) fp32, one (T, BLOCK_D, N) slab per program, unmasked
-    hs_base = hs_ptr + ((pid_b * NBLK_D + pid_d) * (T * BLOCK_D * N)
-                        + tl.arange(0, BLOCK_D)[:, None] * N + offs_n[None, :])
+    hs_p = hs_ptr + (pid_b * NBLK_D + pid_d) * (T * BLOCK_D * N)
+    o_hs = tl.arange(0, BLOCK_D)[:, None] * N + offs_n[None, :]
     gh = tl.zeros((BLOCK_D, N), dtype=tl.float32)
     a_next = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # exp(Δ_{t+1} A) of the step after
     dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
@@ -415,22 +421,22 @@ def _scan_bwd_seq_kernel(
         s0 = c * T
         nt = tl.minimum(L - s0, T)
         # (1) states of the chunk from the one saved before it; slot j holds h_{j-1}
-        h = tl.load(st_base + (c - 1) * (DIM * NSTATE), mask=mdn & (c > 0), other=0.0)
+        h = tl.load(st_p + ((c - 1) * (DIM * NSTATE) + o_st), mask=mdn & (c > 0), other=0.0)
         for j in range(0, nt):
             i = s0 + j
             if REVERSE:
                 t = L - 1 - i
             else:
                 t = i
-            u = tl.load(u_p + t * s_u_l, mask=mask_d, other=0.0).to(tl.float32)
-            dt = tl.load(dt_p + t * s_dt_l, mask=mask_d, other=0.0).to(tl.float32)
+            u = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0).to(tl.float32)
+            dt = tl.load(dt_p + (o_dt + t * s_dt_l), mask=mask_d, other=0.0).to(tl.float32)
             if HAS_BIAS:
                 dt = dt + bias
             if SOFTPLUS:
                 dt = _softplus(dt)
             dt = tl.where(mask_d, dt, 0.0)
-            Bt = tl.load(B_p + t * s_B_l, mask=mask_n, other=0.0).to(tl.float32)
-            tl.store(hs_base + j * (BLOCK_D * N), h)
+            Bt = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0).to(tl.float32)
+            tl.store(hs_p + (j * (BLOCK_D * N) + o_hs), h)
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
         tl.debug_barrier()  # the scratch is read back below, maybe by other threads
         # (2) adjoint, token by token backwards; h is the state after the current token
@@ -441,8 +447,8 @@ def _scan_bwd_seq_kernel(
                 t = L - 1 - i
             else:
                 t = i
-            u = tl.load(u_p + t * s_u_l, mask=mask_d, other=0.0).to(tl.float32)
-            raw = tl.load(dt_p + t * s_dt_l, mask=mask_d, other=0.0).to(tl.float32)
+            u = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0).to(tl.float32)
+            raw = tl.load(dt_p + (o_dt + t * s_dt_l), mask=mask_d, other=0.0).to(tl.float32)
             if HAS_BIAS:
                 raw = raw + bias
             if SOFTPLUS:
@@ -450,23 +456,23 @@ def _scan_bwd_seq_kernel(
             else:
                 dt = raw
             dt = tl.where(mask_d, dt, 0.0)
-            Bt = tl.load(B_p + t * s_B_l, mask=mask_n, other=0.0).to(tl.float32)
-            Ct = tl.load(C_p + t * s_C_l, mask=mask_n, other=0.0).to(tl.float32)
-            g = tl.load(g_p + t * s_g_l, mask=mask_d, other=0.0).to(tl.float32)
+            Bt = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0).to(tl.float32)
+            Ct = tl.load(C_p + (o_C + t * s_C_l), mask=mask_n, other=0.0).to(tl.float32)
+            g = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0).to(tl.float32)
             if HAS_Z:
-                z = tl.load(z_p + t * s_z_l, mask=mask_d, other=0.0).to(tl.float32)
+                z = tl.load(z_p + (o_z + t * s_z_l), mask=mask_d, other=0.0).to(tl.float32)
                 y = tl.sum(h * Ct[None, :], axis=1)
                 if HAS_D:
                     y = y + u * Dv
                 sz = tl.sigmoid(z)
                 dz = g * y * sz * (1.0 + z * (1.0 - sz))
-                tl.store(dz_p + t * s_dz_l, dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
+                tl.store(dz_p + (o_dz + t * s_dz_l), dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
                 dy = g * z * sz
             else:
                 dy = g
             # gh_t = C_t dy_t + exp(Δ_{t+1} A) gh_{t+1}
             gh = dy[:, None] * Ct[None, :] + a_next * gh
-            h_prev = tl.load(hs_base + j * (BLOCK_D * N))
+            h_prev = tl.load(hs_p + (j * (BLOCK_D * N) + o_hs))
             a = tl.exp2(dt[:, None] * A2)
             ah = a * h_prev  # exp(Δ_t A) h_{t-1}
             dtu = dt * u
@@ -480,10 +486,10 @@ def _scan_bwd_seq_kernel(
             dA_acc += gha * dt[:, None]
             if SOFTPLUS:
                 ddt = ddt * tl.sigmoid(raw)
-            tl.store(du_p + t * s_du_l, du.to(du_ptr.dtype.element_ty), mask=mask_d)
-            tl.store(ddt_p + t * s_ddt_l, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_d)
-            tl.store(dB_ptr + part + t, tl.sum(gh * dtu[:, None], axis=0), mask=mask_n)
-            tl.store(dC_ptr + part + t, tl.sum(h * dy[:, None], axis=0), mask=mask_n)
+            tl.store(du_p + (o_du + t * s_du_l), du.to(du_ptr.dtype.element_ty), mask=mask_d)
+            tl.store(ddt_p + (o_ddt + t * s_ddt_l), ddt.to(ddt_ptr.dtype.element_ty), mask=mask_d)
+            tl.store(dB_ptr + part + (o_part + t), tl.sum(gh * dtu[:, None], axis=0), mask=mask_n)
+            tl.store(dC_ptr + part + (o_part + t), tl.sum(h * dy[:, None], axis=0), mask=mask_n)
             a_next = a
             h = h_prev
         tl.debug_barrier()  # the next chunk overwrites the scratch
