@@ -58,6 +58,7 @@ def check_correctness() -> bool:
     ok = True
     for kern in ("seq", "chunk"):
       ts.FWD_KERNEL = kern
+      ts.BWD_KERNEL = kern
       ts.FWD_T = ts.BWD_T
       for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for rev in (False, True):
@@ -89,6 +90,7 @@ def check_correctness() -> bool:
         say(f"conv rev={rev}", [f"{e:.1e}" for e in errs])
         ok &= max(errs) < 1e-4
     ts.FWD_KERNEL = "seq"
+    ts.BWD_KERNEL = "seq"
     # fused direction sum
     ins = scan_inputs(2, 96, 16, 197, torch.float32, channels_last=True, grad=True)
     yf = selective_scan_ref(*ins, True, False)
@@ -180,8 +182,18 @@ def bench_bwd(results: dict) -> None:
     b, d, L, n = 128, 384, 197, 16
     ins = scan_inputs(b, d, n, L, torch.float32, channels_last=True, grad=True)
     timing: dict = {}
-    for cfg in [(8, 8, 2), (4, 8, 1), (8, 8, 1), (4, 8, 2), (8, 4, 2), (4, 4, 1), (16, 8, 4)]:
-        ts.BWD_BLOCK_D, ts.BWD_T, ts.BWD_WARPS = cfg
+    # (kernel, BLOCK_D, T, warps); T is also where the forward saves the states
+    cfgs = [("seq", 16, 8, 1), ("seq", 16, 16, 1), ("seq", 32, 8, 1), ("seq", 32, 8, 2),
+            ("seq", 8, 8, 1), ("seq", 16, 4, 1), ("chunk", 8, 8, 2), ("chunk", 4, 8, 1),
+            ("chunk", 8, 8, 1), ("chunk", 4, 8, 2), ("chunk", 8, 4, 2), ("chunk", 4, 4, 1),
+            ("chunk", 16, 8, 4)]
+    for cfg in cfgs:
+        kern, block_d, t, warps = cfg
+        ts.BWD_KERNEL, ts.BWD_T = kern, t
+        if kern == "seq":
+            ts.BWD_SEQ_BLOCK_D, ts.BWD_SEQ_WARPS = block_d, warps
+        else:
+            ts.BWD_BLOCK_D, ts.BWD_WARPS = block_d, warps
         out = ts.selective_scan_triton(*ins, True, False)
         g = torch.randn_like(out)
         ms = do_bench(lambda: torch.autograd.grad(out, ins, g, retain_graph=True), warmup=25,
@@ -189,8 +201,14 @@ def bench_bwd(results: dict) -> None:
         results[f"bwd {cfg}"] = ms
         timing[cfg] = ms
         say(f"scan bwd (128,384,197,16) fp32+z cfg={cfg}: {ms:.3f} ms")
-    ts.BWD_BLOCK_D, ts.BWD_T, ts.BWD_WARPS = min(timing, key=timing.get)
-    say("best bwd", (ts.BWD_BLOCK_D, ts.BWD_T, ts.BWD_WARPS))
+    for kern in ("chunk", "seq"):  # the seq kernel's best is set last: it is the default
+        best = min((c for c in timing if c[0] == kern), key=timing.get)
+        ts.BWD_KERNEL, ts.BWD_T = kern, best[2]
+        if kern == "seq":
+            ts.BWD_SEQ_BLOCK_D, ts.BWD_SEQ_WARPS = best[1], best[3]
+        else:
+            ts.BWD_BLOCK_D, ts.BWD_WARPS = best[1], best[3]
+        say(f"best {kern} bwd", best)
 
 
 def bench_models(results: dict) -> None:

@@ -15,9 +15,12 @@ gate and (for the mixer) the sum of the two directions are fused. When gradients
 also saves the state every ``BWD_T`` tokens. ``"chunk"`` is an alternative forward that solves
 each chunk of ``T`` tokens with an associative scan (slower on an H100; kept for comparison).
 
-Backward: walks the chunks of ``BWD_T`` tokens from last to first, recomputes the states of each
-chunk from the saved one (associative scan) and solves the adjoint recurrence with a reverse
-associative scan. Reductions over channels (dB, dC) and over the batch (dA, dD) are written as
+Backward (``BWD_KERNEL = "seq"``, the default): each program owns channels as in the seq forward
+and walks the chunks of ``BWD_T`` tokens from last to first; it recomputes a chunk's states token
+by token from the one the forward saved before it into a small per-program fp32 scratch buffer
+(meant to stay in L2), then steps back through the chunk one token at a time with the adjoint
+state in registers. ``"chunk"`` is the former backward, solving both recurrences of a chunk with
+associative scans. Reductions over channels (dB, dC) and over the batch (dA, dD) are written as
 per-program partials and summed by PyTorch: deterministic, no atomics.
 """
 
@@ -34,7 +37,10 @@ from vimstm.ops.scan_ref import scan_token_stats
 FWD_KERNEL = "seq"  # "seq": one token per step; "chunk": associative scan over T tokens
 SEQ_BLOCK_D, SEQ_WARPS, SEQ_UNROLL = 16, 1, 1
 FWD_BLOCK_D, FWD_T, FWD_WARPS = 32, 8, 4
-BWD_BLOCK_D, BWD_T, BWD_WARPS = 8, 8, 1
+BWD_KERNEL = "seq"  # "seq": one token per step; "chunk": associative scans over T tokens
+BWD_T = 8  # chunk length of both backwards: the forward saves the state every BWD_T tokens
+BWD_SEQ_BLOCK_D, BWD_SEQ_WARPS = 16, 1
+BWD_BLOCK_D, BWD_WARPS = 8, 1
 
 
 @triton.jit
@@ -343,6 +349,156 @@ def _scan_bwd_kernel(
         tl.store(dD_ptr + pid_b * DIM + offs_d, dD_acc, mask=mask_d)
 
 
+@triton.jit(do_not_specialize=["L", "s_u_b", "s_dt_b", "s_B_b", "s_C_b", "s_z_b", "s_g_b",
+                               "s_du_b", "s_ddt_b", "s_dz_b"])
+def _scan_bwd_seq_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g_ptr, st_ptr, hs_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr,
+    L, DIM, NSTATE, NBLK_D,
+    s_u_b, s_u_d, s_u_l,
+    s_dt_b, s_dt_d, s_dt_l,
+    s_B_b, s_B_n, s_B_l,
+    s_C_b, s_C_n, s_C_l,
+    s_z_b, s_z_d, s_z_l,
+    s_g_b, s_g_d, s_g_l,
+    s_du_b, s_du_d, s_du_l,
+    s_ddt_b, s_ddt_d, s_ddt_l,
+    s_dz_b, s_dz_d, s_dz_l,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """One token per step, as the seq forward, chunks of T tokens from last to first.
+
+    Per chunk: (1) recompute its states token by token from the saved one, writing the state
+    before each token to this program's scratch ``hs_ptr`` (T, BLOCK_D, N) fp32; (2) walk its
+    tokens backwards with the adjoint state in registers, reading the state before each token
+    back from the scratch (the state after it is the previous step's).
+    """
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DIM
+    offs_n = tl.arange(0, N)
+    mask_n = offs_n < NSTATE
+    mdn = mask_d[:, None] & mask_n[None, :]
+    A = tl.load(A_ptr + offs_d[:, None] * NSTATE + offs_n[None, :], mask=mdn, other=0.0)
+    A = A.to(tl.float32)
+    A2 = A * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    # Scalar base pointers of this sample + int32 offsets within it: tensors of 64-bit pointers
+    # (one per channel and per tensor) would take many registers.
+    u_p = u_ptr + pid_b * s_u_b
+    dt_p = dt_ptr + pid_b * s_dt_b
+    z_p = z_ptr + pid_b * s_z_b
+    g_p = g_ptr + pid_b * s_g_b
+    du_p = du_ptr + pid_b * s_du_b
+    ddt_p = ddt_ptr + pid_b * s_ddt_b
+    dz_p = dz_ptr + pid_b * s_dz_b
+    B_p = B_ptr + pid_b * s_B_b
+    C_p = C_ptr + pid_b * s_C_b
+    o_u, o_dt, o_z, o_g = offs_d * s_u_d, offs_d * s_dt_d, offs_d * s_z_d, offs_d * s_g_d
+    o_du, o_ddt, o_dz = offs_d * s_du_d, offs_d * s_ddt_d, offs_d * s_dz_d
+    o_B, o_C = offs_n * s_B_n, offs_n * s_C_n
+    # dB, dC partials: (b, NBLK_D, n, L) fp32, contiguous
+    part = (pid_b * NBLK_D + pid_d) * NSTATE * L
+    o_part = offs_n * L
+    nchunks = tl.cdiv(L, T)
+    st_p = st_ptr + (pid_b * nchunks) * (DIM * NSTATE)
+    o_st = offs_d[:, None] * NSTATE + offs_n[None, :]
+    # scratch: (b, NBLK_D, T, BLOCK_D, N) fp32, one (T, BLOCK_D, N) slab per program, unmasked
+    hs_p = hs_ptr + (pid_b * NBLK_D + pid_d) * (T * BLOCK_D * N)
+    o_hs = tl.arange(0, BLOCK_D)[:, None] * N + offs_n[None, :]
+    gh = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    a_next = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # exp(Δ_{t+1} A) of the step after
+    dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for ci in range(0, nchunks):
+        c = nchunks - 1 - ci
+        s0 = c * T
+        nt = tl.minimum(L - s0, T)
+        # (1) states of the chunk from the one saved before it; slot j holds h_{j-1}
+        h = tl.load(st_p + ((c - 1) * (DIM * NSTATE) + o_st), mask=mdn & (c > 0), other=0.0)
+        for j in range(0, nt):
+            i = s0 + j
+            if REVERSE:
+                t = L - 1 - i
+            else:
+                t = i
+            u = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0).to(tl.float32)
+            dt = tl.load(dt_p + (o_dt + t * s_dt_l), mask=mask_d, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt = dt + bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(mask_d, dt, 0.0)
+            Bt = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0).to(tl.float32)
+            tl.store(hs_p + (j * (BLOCK_D * N) + o_hs), h)
+            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+        tl.debug_barrier()  # the scratch is read back below, maybe by other threads
+        # (2) adjoint, token by token backwards; h is the state after the current token
+        for jj in range(0, nt):
+            j = nt - 1 - jj
+            i = s0 + j
+            if REVERSE:
+                t = L - 1 - i
+            else:
+                t = i
+            u = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0).to(tl.float32)
+            raw = tl.load(dt_p + (o_dt + t * s_dt_l), mask=mask_d, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                raw = raw + bias
+            if SOFTPLUS:
+                dt = _softplus(raw)
+            else:
+                dt = raw
+            dt = tl.where(mask_d, dt, 0.0)
+            Bt = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0).to(tl.float32)
+            Ct = tl.load(C_p + (o_C + t * s_C_l), mask=mask_n, other=0.0).to(tl.float32)
+            g = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0).to(tl.float32)
+            if HAS_Z:
+                z = tl.load(z_p + (o_z + t * s_z_l), mask=mask_d, other=0.0).to(tl.float32)
+                y = tl.sum(h * Ct[None, :], axis=1)
+                if HAS_D:
+                    y = y + u * Dv
+                sz = tl.sigmoid(z)
+                dz = g * y * sz * (1.0 + z * (1.0 - sz))
+                tl.store(dz_p + (o_dz + t * s_dz_l), dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
+                dy = g * z * sz
+            else:
+                dy = g
+            # gh_t = C_t dy_t + exp(Δ_{t+1} A) gh_{t+1}
+            gh = dy[:, None] * Ct[None, :] + a_next * gh
+            h_prev = tl.load(hs_p + (j * (BLOCK_D * N) + o_hs))
+            a = tl.exp2(dt[:, None] * A2)
+            ah = a * h_prev  # exp(Δ_t A) h_{t-1}
+            dtu = dt * u
+            gB = tl.sum(gh * Bt[None, :], axis=1)
+            du = gB * dt
+            if HAS_D:
+                du = du + dy * Dv
+                dD_acc += dy * u
+            gha = gh * ah
+            ddt = tl.sum(gha * A, axis=1) + gB * u
+            dA_acc += gha * dt[:, None]
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(raw)
+            tl.store(du_p + (o_du + t * s_du_l), du.to(du_ptr.dtype.element_ty), mask=mask_d)
+            tl.store(ddt_p + (o_ddt + t * s_ddt_l), ddt.to(ddt_ptr.dtype.element_ty), mask=mask_d)
+            tl.store(dB_ptr + part + (o_part + t), tl.sum(gh * dtu[:, None], axis=0), mask=mask_n)
+            tl.store(dC_ptr + part + (o_part + t), tl.sum(h * dy[:, None], axis=0), mask=mask_n)
+            a_next = a
+            h = h_prev
+        tl.debug_barrier()  # the next chunk overwrites the scratch
+    tl.store(dA_ptr + pid_b * DIM * NSTATE + offs_d[:, None] * NSTATE + offs_n[None, :],
+             dA_acc, mask=mdn)
+    if HAS_D:
+        tl.store(dD_ptr + pid_b * DIM + offs_d, dD_acc, mask=mask_d)
+
+
 def _like_layout(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """An empty (b, d, l) tensor, channels-last in memory when ``x`` is."""
     b, d, length = x.shape
@@ -423,21 +579,30 @@ class _SelectiveScan(torch.autograd.Function):
         du = _like_layout(u)
         ddt = _like_layout(delta, torch.float32)
         dz = _like_layout(z) if z is not None else None
-        nblk = triton.cdiv(d, BWD_BLOCK_D)
+        seq = BWD_KERNEL == "seq"
+        block_d = BWD_SEQ_BLOCK_D if seq else BWD_BLOCK_D
+        nblk = triton.cdiv(d, block_d)
         dBp = torch.empty(b, nblk, n, length, device=u.device, dtype=torch.float32)
         dCp = torch.empty_like(dBp)
         dAp = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
         dDp = torch.empty(b, d, device=u.device, dtype=torch.float32) if D is not None else dAp
-        _scan_bwd_kernel[(b, nblk)](
+        n2 = triton.next_power_of_2(n)
+        if seq:  # per-program scratch for the states of one chunk
+            scratch = torch.empty(b, nblk, BWD_T, block_d, n2, device=u.device,
+                                  dtype=torch.float32)
+            kernel, lead = _scan_bwd_seq_kernel, (scratch,)
+        else:
+            kernel, lead = _scan_bwd_kernel, ()
+        kernel[(b, nblk)](
             u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
-            delta_bias if delta_bias is not None else u, gout, states,
+            delta_bias if delta_bias is not None else u, gout, states, *lead,
             du, ddt, dz if dz is not None else du, dBp, dCp, dAp, dDp,
             length, d, n, nblk,
             *_s(u), *_s(delta), *_s(B), *_s(C), *_s(z), *_s(gout), *_s(du), *_s(ddt), *_s(dz),
-            N=triton.next_power_of_2(n), BLOCK_D=BWD_BLOCK_D, T=BWD_T,
+            N=n2, BLOCK_D=block_d, T=BWD_T,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(softplus), REVERSE=bool(reverse),
-        num_warps=BWD_WARPS,
+            num_warps=BWD_SEQ_WARPS if seq else BWD_WARPS,
         )
         dB = dBp.sum(1).to(B.dtype)
         dC = dCp.sum(1).to(C.dtype)
