@@ -26,6 +26,8 @@ per-program partials and summed by PyTorch: deterministic, no atomics.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -37,7 +39,8 @@ from vimstm.ops.scan_ref import scan_token_stats
 FWD_KERNEL = "seq"  # "seq": one token per step; "chunk": associative scan over T tokens
 SEQ_BLOCK_D, SEQ_WARPS, SEQ_UNROLL = 16, 1, 1
 FWD_BLOCK_D, FWD_T, FWD_WARPS = 32, 8, 4
-BWD_KERNEL = "seq"  # "seq": one token per step; "chunk": associative scans over T tokens
+# "seq": one token per step; "chunk": associative scans over T tokens (VIMSTM_SCAN_BWD overrides)
+BWD_KERNEL = os.environ.get("VIMSTM_SCAN_BWD", "seq")
 BWD_T = 8  # chunk length of both backwards: the forward saves the state every BWD_T tokens
 BWD_SEQ_BLOCK_D, BWD_SEQ_WARPS = 16, 1
 BWD_BLOCK_D, BWD_WARPS = 8, 1

@@ -1,0 +1,132 @@
+"""The reference model's results table: dense vs every method, training-free (RESULTS.md).
+
+Loads the test split once onto the device, then for each configuration patches the model,
+measures top-1 over the whole split (bf16 autocast), the GMACs (both conventions) and the
+images/s at batch 256 (fp16, CUDA-graph replay on CUDA: the eager model is host-bound, see
+BENCHMARKS.md), and writes JSON + CSV rows (and a PNG of accuracy against GMACs and images/s).
+
+Configurations: dense; every method at ratio 0.2 and 0.4 and at flops 0.6 (a GFLOPs-matched
+point); STM ablations (no protection, no fading, gamma fading, size weights, B similarity) at
+ratio 0.4; STM and ToMe with the fast schedule (every=6, shape=geometric) at flops 0.6.
+
+    PYTHONPATH=src python benchmarks/cifar_results.py --checkpoint W.safetensors \\
+        --data .data/test.tar.xz --out results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import vimstm
+from vimstm.data import build_eval_loader
+from vimstm.engine.benchmark import measure_throughput
+from vimstm.engine.flops import count_flops
+from vimstm.merge import METHODS
+
+FAST = {"every": 6, "shape": "geometric"}
+
+
+def configs(methods: list[str]) -> list[tuple[str, str, dict]]:
+    """(label, method, patch kwargs) in table order."""
+    out: list[tuple[str, str, dict]] = [("dense", "dense", {})]
+    for target in ({"ratio": 0.2}, {"ratio": 0.4}, {"flops": 0.6}):
+        for m in methods:
+            extra = {"seed": 0} if m == "random" else {}
+            key, val = next(iter(target.items()))
+            out.append((f"{m} {key}={val}", m, {**target, **extra}))
+    for name, opts in (("protect=0", {"protect": 0}), ("fading=none", {"fading": "none"}),
+                       ("fading=gamma", {"fading": "gamma"}), ("weights=size", {"weights": "size"}),
+                       ("similarity=b", {"similarity": "b"})):
+        out.append((f"stm ratio=0.4 {name}", "stm", {"ratio": 0.4, **opts}))
+    for m in ("stm", "tome", "prune-top"):
+        out.append((f"{m} flops=0.6 every=6 geometric", m, {"flops": 0.6, **FAST}))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="vim_tiny_cifar10")
+    p.add_argument("--checkpoint", default=None, help="weights (default: the bundled ones)")
+    p.add_argument("--data", required=True, help="CIFAR-10 test split (folder or tar)")
+    p.add_argument("--out", default="results")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--limit", type=int, default=None, help="evaluate only N images")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--bench-batch", type=int, default=256)
+    p.add_argument("--no-bench", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--depth", type=int, default=None, help="override (quick CPU runs)")
+    p.add_argument("--random-init", action="store_true", help="no weights (smoke tests)")
+    args = p.parse_args(argv)
+    dev = torch.device(args.device)
+    over = {} if args.depth is None else {"depth": args.depth}
+    model = vimstm.create_model(args.model, checkpoint=args.checkpoint,
+                                pretrained=args.checkpoint is None and not args.random_init,
+                                **over).to(dev).eval()
+    loader = build_eval_loader(args.data, model, batch_size=args.batch_size, workers=4,
+                               limit=args.limit)
+    batches = [(x.to(dev), y.to(dev)) for x, y, _ in loader]
+    n = sum(len(y) for _, y in batches)
+    amp = torch.bfloat16 if dev.type == "cuda" else None
+    on_gpu = dev.type == "cuda"
+    name = torch.cuda.get_device_name(dev) if on_gpu else "cpu"
+    print(f"# {args.model} on {n} test images, {name}, torch {torch.__version__}")
+    print("# " + " ".join(["python", *sys.argv]))
+
+    def accuracy() -> float:
+        correct = 0
+        with torch.no_grad(), torch.autocast(dev.type, dtype=amp or torch.float32,
+                                             enabled=amp is not None):
+            for x, y in batches:
+                correct += (model(x).argmax(-1) == y).sum().item()
+        return 100.0 * correct / n
+
+    rows = []
+    dense_ips = None
+    for label, method, kw in configs(args.methods.split(",")):
+        vimstm.unpatch(model)
+        if method != "dense":
+            try:
+                vimstm.patch(model, method=method, **kw)
+            except vimstm.ConfigError as e:
+                print(f"# {label}: {e}")
+                continue
+        t0 = time.perf_counter()
+        top1 = accuracy()
+        rep = count_flops(model)
+        row = {"label": label, "method": method, **{k: v for k, v in kw.items() if k != "seed"},
+               "top1": round(top1, 2), "gmacs": round(rep.gmacs_literature, 4),
+               "gmacs_full": round(rep.gmacs_full, 4),
+               "final_tokens": int(model.merge_info.get("tokens_per_block", [0])[-1])
+               if method != "dense" else int(model.patch_embed.num_patches + 1),
+               "eval_s": round(time.perf_counter() - t0, 1)}
+        if not args.no_bench and on_gpu:
+            thr = measure_throughput(model, batch_size=args.bench_batch, dtype="fp16", device=dev,
+                                     warmup=3, runs=10, cuda_graph=True)
+            row["images_per_s"] = round(thr["images_per_s"], 1)
+            dense_ips = dense_ips or row["images_per_s"]
+            row["speedup"] = round(row["images_per_s"] / dense_ips, 3)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cifar_results.json").write_text(json.dumps({"args": vars(args), "rows": rows},
+                                                       indent=1))
+    keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k)
+                  if k in rows[0] else 99)
+    with open(out / "cifar_results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
