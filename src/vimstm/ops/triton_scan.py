@@ -384,16 +384,16 @@ def _scan_bwd_seq_kernel(
     tokens backwards with the adjoint state in registers, reading the state before each token
     back from the scratch (the state after it is the previous step's).
 
-    Channels past DIM load zeros (u, raw Δ, A, dy, ...): their states, adjoints and
-    gradients stay zero, so only the stores are masked.
+    Channels past DIM load zeros (u, raw Δ, A, the output gradient, ...): their states,
+    adjoints and gradients stay zero, so only the stores are masked.
 
-    Tiles are (N, BLOCK_D), channels last, and ``ONE`` (always 1, a run-time value) multiplies
-    the unit strides of the 2-D accesses (A, saved states, dA, scratch): Triton then sees none
-    of them as contiguous and keeps its default layout, one warp's lanes along the channels.
-    Per-channel values (Δ, softplus, gates, ...) then take one register per thread, not one per
-    channel the thread holds, and sums over n stay mostly within a thread. (Seen in the SASS for
-    sm_90: with contiguity visible, it vectorises those accesses and spreads each thread over
-    several channels, for many more instructions per token.)
+    Tiles are (N, BLOCK_D), the channel axis last, and ``ONE`` (always 1, a run-time value)
+    multiplies the unit strides of the 2-D accesses (A, saved states, dA, scratch): Triton then
+    sees none of them as contiguous and keeps its default layout, one warp's lanes along the
+    channels. Per-channel values (Δ, softplus, gates, ...) then take one register per thread,
+    not one per channel the thread holds, and sums over n stay mostly within a thread. (Seen in
+    the SASS for sm_90: with contiguity visible, it vectorises those accesses and spreads each
+    thread over several channels, for many more instructions per token.)
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
