@@ -5,9 +5,10 @@ measures top-1 over the whole split (bf16 autocast), the GMACs (both conventions
 images/s at batch 256 (fp16, CUDA-graph replay on CUDA: the eager model is host-bound, see
 BENCHMARKS.md), and writes JSON + CSV rows (and a PNG of accuracy against GMACs and images/s).
 
-Configurations: dense; every method at ratio 0.2 and 0.4 and at flops 0.6 (a GFLOPs-matched
-point); STM ablations (no protection, no fading, gamma fading, size weights, B similarity) at
-ratio 0.4; STM and ToMe with the fast schedule (every=6, shape=geometric) at flops 0.6.
+Configurations (default schedule: merges after blocks 6, 12, 18, geometric): dense; every
+method at ratio 0.2 and 0.4 and at flops 0.6 (the GFLOPs-matched point); STM ablations (no
+protection, no fading, gamma fading, size weights, B similarity) at flops 0.6; and ToMe's
+per-block constant schedule (every=1, even) at flops 0.6 for stm, prune-top and random.
 
     PYTHONPATH=src python benchmarks/cifar_results.py --checkpoint W.safetensors \\
         --data .data/test.tar.xz --out results/
@@ -30,11 +31,11 @@ from vimstm.engine.benchmark import measure_throughput
 from vimstm.engine.flops import count_flops
 from vimstm.merge import METHODS
 
-FAST = {"every": 6, "shape": "geometric"}
+PER_BLOCK = {"every": 1, "shape": "even"}  # ToMe's constant per-block schedule
 
 
 def configs(methods: list[str]) -> list[tuple[str, str, dict]]:
-    """(label, method, patch kwargs) in table order."""
+    """(label, method, patch kwargs) in table order (default schedule unless labelled)."""
     out: list[tuple[str, str, dict]] = [("dense", "dense", {})]
     for target in ({"ratio": 0.2}, {"ratio": 0.4}, {"flops": 0.6}):
         for m in methods:
@@ -44,9 +45,10 @@ def configs(methods: list[str]) -> list[tuple[str, str, dict]]:
     for name, opts in (("protect=0", {"protect": 0}), ("fading=none", {"fading": "none"}),
                        ("fading=gamma", {"fading": "gamma"}), ("weights=size", {"weights": "size"}),
                        ("similarity=b", {"similarity": "b"})):
-        out.append((f"stm ratio=0.4 {name}", "stm", {"ratio": 0.4, **opts}))
-    for m in ("stm", "tome", "prune-top"):
-        out.append((f"{m} flops=0.6 every=6 geometric", m, {"flops": 0.6, **FAST}))
+        out.append((f"stm flops=0.6 {name}", "stm", {"flops": 0.6, **opts}))
+    for m in ("stm", "prune-top", "random"):
+        extra = {"seed": 0} if m == "random" else {}
+        out.append((f"{m} flops=0.6 every=1 even", m, {"flops": 0.6, **PER_BLOCK, **extra}))
     return out
 
 

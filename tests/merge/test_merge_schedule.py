@@ -114,7 +114,7 @@ def test_geometric_flops_schedule_needs_fewer_steps():
     geometric ones, which also keep more tokens to the end."""
     model = vimstm.create_model("vim_tiny", depth=24, embed_dim=32)
     with pytest.raises(ConfigError, match="not reachable"):
-        vimstm.patch(model, method="stm", flops=0.6, every=6)
+        vimstm.patch(model, method="stm", flops=0.6, every=6, shape="even")
     vimstm.patch(model, method="stm", flops=0.6, every=6, shape="geometric")
     toks, _ = model.merger.simulate(197, 98)
     assert len([v for v in model.merger.schedule if v]) == 3 and toks[-1] > 50

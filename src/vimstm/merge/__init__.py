@@ -32,6 +32,13 @@ _CLASSES: dict[str, type[Merger]] = {
     "random": RandomMerger,
 }
 METHODS: tuple[str, ...] = tuple(_CLASSES)
+# Default ratio/flops schedule: merge after every (depth // 4)-th block (blocks 6, 12, 18 of a
+# 24-block model), each step removing the same share of its tokens (shape="geometric"). On the
+# H100 this is what makes merging pay (few steps: BENCHMARKS.md), and on the CIFAR-10 reference
+# model it was also the more accurate schedule at equal GFLOPs (RESULTS.md). every=1 with
+# shape="even" is ToMe's per-block constant schedule.
+DEFAULT_EVERY_DIV = 4
+DEFAULT_SHAPE = "geometric"
 DENSE_NAMES = ("none", "dense")
 
 __all__ = [
@@ -66,14 +73,20 @@ def build_merger(
     """The merger ``patch`` would install, with its schedule checked (nothing is changed)."""
     if method not in _CLASSES:
         raise ConfigError(f"unknown merging method {method!r}; choose one of {', '.join(METHODS)}")
-    every = options.pop("every", 1)
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    every = options.pop("every", None)
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise ConfigError(f"every={every!r} must be an int >= 1 (merge after every k-th block)")
-    shape = options.pop("shape", "even")
-    if shape not in SHAPES:
+    shape = options.pop("shape", None)
+    if shape is not None and shape not in SHAPES:
         raise ConfigError(f"shape={shape!r} is unknown; choose one of {', '.join(SHAPES)}")
     merger = _CLASSES[method](**options)
     depth, m, c = _dims(model)
+    if r is not None and ((every or 1) != 1 or (shape or "even") != "even"):
+        raise ConfigError("every= and shape= apply to ratio/flops schedules; with r, write "
+                          "the list yourself")
+    # defaults (see DEFAULT_EVERY): few merge steps, each removing a share of its tokens
+    every = every if every is not None else max(1, depth // DEFAULT_EVERY_DIV)
+    shape = shape if shape is not None else DEFAULT_SHAPE
     given = [k for k, v in (("ratio", ratio), ("r", r), ("flops", flops)) if v is not None]
     if len(given) > 1:
         raise ConfigError(f"give only one of ratio, r, flops (got {', '.join(given)})")
@@ -83,9 +96,6 @@ def build_merger(
         total = round(check_ratio(ratio) * m)
         schedule = shaped_schedule(depth, total, m, every, shape)
     elif r is not None:
-        if every != 1 or shape != "even":
-            raise ConfigError("every= and shape= apply to ratio/flops schedules; with r, write "
-                              "the list yourself")
         schedule = parse_r(depth, r)
     else:
         from vimstm.engine.flops import count_flops
