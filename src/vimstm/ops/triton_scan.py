@@ -60,15 +60,6 @@ def _softplus(x):
     return tl.where(x > 20.0, x, lp)
 
 
-@triton.jit
-def _softplus_sigmoid(x):
-    # softplus(x) as _softplus, and its derivative sigmoid(x) from the same exp
-    e = tl.exp(tl.minimum(x, 20.0))
-    w = 1.0 + e
-    lp = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
-    return tl.where(x > 20.0, x, lp), e / w
-
-
 @triton.jit(do_not_specialize=["L", "s_u_b", "s_dt_b", "s_B_b", "s_C_b", "s_z_b", "s_o_b", "s_a_b"])
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, st_ptr, add_ptr, scale,
@@ -362,11 +353,11 @@ def _scan_bwd_kernel(
 
 
 @triton.jit(do_not_specialize=["L", "s_u_b", "s_dt_b", "s_B_b", "s_C_b", "s_z_b", "s_g_b",
-                               "s_du_b", "s_ddt_b", "s_dz_b", "ONE"])
+                               "s_du_b", "s_ddt_b", "s_dz_b"])
 def _scan_bwd_seq_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g_ptr, st_ptr, hs_ptr,
     du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr,
-    L, DIM, NSTATE, NBLK_D, ONE,
+    L, DIM, NSTATE, NBLK_D,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
     s_B_b, s_B_n, s_B_l,
@@ -383,20 +374,9 @@ def _scan_bwd_seq_kernel(
     """One token per step, as the seq forward, chunks of T tokens from last to first.
 
     Per chunk: (1) recompute its states token by token from the saved one, writing the state
-    before each token to this program's scratch ``hs_ptr`` (T, N, BLOCK_D) fp32; (2) walk its
+    before each token to this program's scratch ``hs_ptr`` (T, BLOCK_D, N) fp32; (2) walk its
     tokens backwards with the adjoint state in registers, reading the state before each token
     back from the scratch (the state after it is the previous step's).
-
-    Channels past DIM load zeros (u, raw Δ, A, the output gradient, ...): their states,
-    adjoints and gradients stay zero, so only the stores are masked.
-
-    Tiles are (N, BLOCK_D), the channel axis last, and ``ONE`` (always 1, a run-time value)
-    multiplies the unit strides of the 2-D accesses (A, saved states, dA, scratch): Triton then
-    sees none of them as contiguous and keeps its default layout, one warp's lanes along the
-    channels. Per-channel values (Δ, softplus, gates, ...) then take one register per thread,
-    not one per channel the thread holds, and sums over n stay mostly within a thread. (Seen in
-    the SASS for sm_90: with contiguity visible, it vectorises those accesses and spreads each
-    thread over several channels, for many more instructions per token.)
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -404,8 +384,8 @@ def _scan_bwd_seq_kernel(
     mask_d = offs_d < DIM
     offs_n = tl.arange(0, N)
     mask_n = offs_n < NSTATE
-    mnd = mask_n[:, None] & mask_d[None, :]
-    A = tl.load(A_ptr + offs_n[:, None] * ONE + offs_d[None, :] * NSTATE, mask=mnd, other=0.0)
+    mdn = mask_d[:, None] & mask_n[None, :]
+    A = tl.load(A_ptr + offs_d[:, None] * NSTATE + offs_n[None, :], mask=mdn, other=0.0)
     A = A.to(tl.float32)
     A2 = A * 1.4426950408889634
     if HAS_BIAS:
@@ -431,35 +411,36 @@ def _scan_bwd_seq_kernel(
     o_part = offs_n * L
     nchunks = tl.cdiv(L, T)
     st_p = st_ptr + (pid_b * nchunks) * (DIM * NSTATE)
-    o_st = offs_n[:, None] * ONE + offs_d[None, :] * NSTATE
-    # scratch: (b, NBLK_D, T, N, BLOCK_D) fp32, one (T, N, BLOCK_D) slab per program, unmasked
+    o_st = offs_d[:, None] * NSTATE + offs_n[None, :]
+    # scratch: (b, NBLK_D, T, BLOCK_D, N) fp32, one (T, BLOCK_D, N) slab per program, unmasked
     hs_p = hs_ptr + (pid_b * NBLK_D + pid_d) * (T * BLOCK_D * N)
-    o_hs = offs_n[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :] * ONE
-    gh = tl.zeros((N, BLOCK_D), dtype=tl.float32)
-    a_next = tl.zeros((N, BLOCK_D), dtype=tl.float32)  # exp(Δ_{t+1} A) of the step after
-    dA_acc = tl.zeros((N, BLOCK_D), dtype=tl.float32)
+    o_hs = tl.arange(0, BLOCK_D)[:, None] * N + offs_n[None, :]
+    gh = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+    a_next = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # exp(Δ_{t+1} A) of the step after
+    dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for ci in range(0, nchunks):
         c = nchunks - 1 - ci
         s0 = c * T
         nt = tl.minimum(L - s0, T)
         # (1) states of the chunk from the one saved before it; slot j holds h_{j-1}
-        h = tl.load((st_p + (c - 1) * (DIM * NSTATE)) + o_st, mask=mnd & (c > 0), other=0.0)
+        h = tl.load(st_p + ((c - 1) * (DIM * NSTATE) + o_st), mask=mdn & (c > 0), other=0.0)
         for j in range(0, nt):
             i = s0 + j
             if REVERSE:
                 t = L - 1 - i
             else:
                 t = i
-            u = tl.load((u_p + t * s_u_l) + o_u, mask=mask_d, other=0.0).to(tl.float32)
-            dt = tl.load((dt_p + t * s_dt_l) + o_dt, mask=mask_d, other=0.0).to(tl.float32)
+            u = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0).to(tl.float32)
+            dt = tl.load(dt_p + (o_dt + t * s_dt_l), mask=mask_d, other=0.0).to(tl.float32)
             if HAS_BIAS:
                 dt = dt + bias
             if SOFTPLUS:
                 dt = _softplus(dt)
-            Bt = tl.load((B_p + t * s_B_l) + o_B, mask=mask_n, other=0.0).to(tl.float32)
-            tl.store((hs_p + j * (N * BLOCK_D)) + o_hs, h)
-            h = tl.exp2(dt[None, :] * A2) * h + Bt[:, None] * (dt * u)[None, :]
+            dt = tl.where(mask_d, dt, 0.0)
+            Bt = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0).to(tl.float32)
+            tl.store(hs_p + (j * (BLOCK_D * N) + o_hs), h)
+            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
         tl.debug_barrier()  # the scratch is read back below, maybe by other threads
         # (2) adjoint, token by token backwards; h is the state after the current token
         for jj in range(0, nt):
@@ -469,52 +450,54 @@ def _scan_bwd_seq_kernel(
                 t = L - 1 - i
             else:
                 t = i
-            u = tl.load((u_p + t * s_u_l) + o_u, mask=mask_d, other=0.0).to(tl.float32)
-            raw = tl.load((dt_p + t * s_dt_l) + o_dt, mask=mask_d, other=0.0).to(tl.float32)
+            u = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0).to(tl.float32)
+            raw = tl.load(dt_p + (o_dt + t * s_dt_l), mask=mask_d, other=0.0).to(tl.float32)
             if HAS_BIAS:
                 raw = raw + bias
             if SOFTPLUS:
-                dt, sig = _softplus_sigmoid(raw)
+                dt = _softplus(raw)
             else:
                 dt = raw
-            Bt = tl.load((B_p + t * s_B_l) + o_B, mask=mask_n, other=0.0).to(tl.float32)
-            Ct = tl.load((C_p + t * s_C_l) + o_C, mask=mask_n, other=0.0).to(tl.float32)
-            g = tl.load((g_p + t * s_g_l) + o_g, mask=mask_d, other=0.0).to(tl.float32)
+            dt = tl.where(mask_d, dt, 0.0)
+            Bt = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0).to(tl.float32)
+            Ct = tl.load(C_p + (o_C + t * s_C_l), mask=mask_n, other=0.0).to(tl.float32)
+            g = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0).to(tl.float32)
             if HAS_Z:
-                z = tl.load((z_p + t * s_z_l) + o_z, mask=mask_d, other=0.0).to(tl.float32)
-                y = tl.sum(h * Ct[:, None], axis=0)
+                z = tl.load(z_p + (o_z + t * s_z_l), mask=mask_d, other=0.0).to(tl.float32)
+                y = tl.sum(h * Ct[None, :], axis=1)
                 if HAS_D:
                     y = y + u * Dv
-                sz = 1.0 / (1.0 + tl.exp(-z))  # tl.sigmoid, inlined
+                sz = tl.sigmoid(z)
                 dz = g * y * sz * (1.0 + z * (1.0 - sz))
-                tl.store((dz_p + t * s_dz_l) + o_dz, dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
+                tl.store(dz_p + (o_dz + t * s_dz_l), dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
                 dy = g * z * sz
             else:
                 dy = g
             # gh_t = C_t dy_t + exp(Δ_{t+1} A) gh_{t+1}
-            gh = Ct[:, None] * dy[None, :] + a_next * gh
-            h_prev = tl.load((hs_p + j * (N * BLOCK_D)) + o_hs)
-            a = tl.exp2(dt[None, :] * A2)
+            gh = dy[:, None] * Ct[None, :] + a_next * gh
+            h_prev = tl.load(hs_p + (j * (BLOCK_D * N) + o_hs))
+            a = tl.exp2(dt[:, None] * A2)
             ah = a * h_prev  # exp(Δ_t A) h_{t-1}
             dtu = dt * u
-            gB = tl.sum(gh * Bt[:, None], axis=0)
+            gB = tl.sum(gh * Bt[None, :], axis=1)
             du = gB * dt
             if HAS_D:
                 du = du + dy * Dv
                 dD_acc += dy * u
             gha = gh * ah
-            ddt = tl.sum(gha * A, axis=0) + gB * u
-            dA_acc += gha * dt[None, :]
+            ddt = tl.sum(gha * A, axis=1) + gB * u
+            dA_acc += gha * dt[:, None]
             if SOFTPLUS:
-                ddt = ddt * sig
-            tl.store((du_p + t * s_du_l) + o_du, du.to(du_ptr.dtype.element_ty), mask=mask_d)
-            tl.store((ddt_p + t * s_ddt_l) + o_ddt, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_d)
-            tl.store((dB_ptr + part + t) + o_part, tl.sum(gh * dtu[None, :], axis=1), mask=mask_n)
-            tl.store((dC_ptr + part + t) + o_part, tl.sum(h * dy[None, :], axis=1), mask=mask_n)
+                ddt = ddt * tl.sigmoid(raw)
+            tl.store(du_p + (o_du + t * s_du_l), du.to(du_ptr.dtype.element_ty), mask=mask_d)
+            tl.store(ddt_p + (o_ddt + t * s_ddt_l), ddt.to(ddt_ptr.dtype.element_ty), mask=mask_d)
+            tl.store(dB_ptr + part + (o_part + t), tl.sum(gh * dtu[:, None], axis=0), mask=mask_n)
+            tl.store(dC_ptr + part + (o_part + t), tl.sum(h * dy[:, None], axis=0), mask=mask_n)
             a_next = a
             h = h_prev
         tl.debug_barrier()  # the next chunk overwrites the scratch
-    tl.store(dA_ptr + pid_b * DIM * NSTATE + o_st, dA_acc, mask=mnd)
+    tl.store(dA_ptr + pid_b * DIM * NSTATE + offs_d[:, None] * NSTATE + offs_n[None, :],
+             dA_acc, mask=mdn)
     if HAS_D:
         tl.store(dD_ptr + pid_b * DIM + offs_d, dD_acc, mask=mask_d)
 
@@ -608,7 +591,7 @@ class _SelectiveScan(torch.autograd.Function):
         dDp = torch.empty(b, d, device=u.device, dtype=torch.float32) if D is not None else dAp
         n2 = triton.next_power_of_2(n)
         if seq:  # per-program scratch for the states of one chunk
-            scratch = torch.empty(b, nblk, BWD_T, n2, block_d, device=u.device,
+            scratch = torch.empty(b, nblk, BWD_T, block_d, n2, device=u.device,
                                   dtype=torch.float32)
             kernel, lead = _scan_bwd_seq_kernel, (scratch,)
         else:
@@ -617,7 +600,7 @@ class _SelectiveScan(torch.autograd.Function):
             u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
             delta_bias if delta_bias is not None else u, gout, states, *lead,
             du, ddt, dz if dz is not None else du, dBp, dCp, dAp, dDp,
-            length, d, n, nblk, *((1,) if seq else ()),
+            length, d, n, nblk,
             *_s(u), *_s(delta), *_s(B), *_s(C), *_s(z), *_s(gout), *_s(du), *_s(ddt), *_s(dz),
             N=n2, BLOCK_D=block_d, T=BWD_T,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
