@@ -45,14 +45,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--limit", type=int, default=None,
-                   help=f"evaluate only the first N images (default: all on CUDA, {CPU_LIMIT} on "
-                        "the CPU, where the reference scan is slow)")
+                   help=f"evaluate N images spread over the split (default: all on CUDA, "
+                        f"{CPU_LIMIT} on the CPU, where the reference scan is slow)")
     p.add_argument("--speed-runs", type=int, default=None,
                    help="timed batches per speed measurement (default 30 on CUDA, 3 on the CPU)")
     p.add_argument("--require-weights", action="store_true",
                    help="fail when the bundled weights are missing instead of falling back to "
                         "speed and FLOPs of the untrained architecture")
     p.set_defaults(func=run)
+
+
+def spread_indices(total: int, n: int) -> list[int]:
+    """``n`` indices spread evenly over ``range(total)`` (every class of a sorted folder)."""
+    n = max(0, min(n, total))
+    return [i * total // n for i in range(n)]
 
 
 def load_bundled(device: torch.device | str = "cpu") -> nn.Module:
@@ -182,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     runs = args.speed_runs or (3 if cpu else 30)
     limit = args.limit if args.limit is not None else (CPU_LIMIT if cpu else None)
     batch = min(args.batch_size, CPU_SPEED_BATCH) if cpu else args.batch_size
+    args.workers = max(0, min(args.workers, os.cpu_count() or 1))
     try:
         model = load_bundled(device)
     except VimstmError as e:
@@ -199,9 +206,10 @@ def run(args: argparse.Namespace) -> int:
               "only")
     else:
         total = len(dataset)
-        if limit:
-            dataset = torch.utils.data.Subset(dataset, list(range(min(limit, total))))
-        note = " (the first ones; a CPU runs the slow reference scan)" if cpu and limit else ""
+        if limit and limit < total:  # evenly spread: archives are sorted by class
+            dataset = torch.utils.data.Subset(dataset, spread_indices(total, limit))
+        note = (" (evenly spread; a CPU runs the slow reference scan: --limit N for more)"
+                if cpu and limit else "")
         print(f"evaluating on {len(dataset)} of {total} CIFAR-10 test images{note}")
     rows = demo_rows(model, dataset, args.method, list(args.ratios), device, dtype,
                      batch, args.workers, runs)
