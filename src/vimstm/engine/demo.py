@@ -120,11 +120,12 @@ def open_test_data(model: nn.Module, data: str | None, download: bool,
 
 
 def _speed(model: nn.Module, batch: int, dtype: str, device: torch.device, runs: int) -> float:
-    """Median images/s on random input (:func:`vimstm.engine.benchmark.measure_throughput`)."""
+    """Median images/s on random input (:func:`vimstm.engine.benchmark.measure_throughput`),
+    replaying a CUDA graph on CUDA as ``vimstm bench`` does."""
     from vimstm.engine.benchmark import measure_throughput
 
     r = measure_throughput(model, batch_size=batch, dtype=dtype, device=device,
-                           warmup=max(1, runs // 3), runs=runs)
+                           warmup=max(1, runs // 3), runs=runs, cuda_graph=device.type == "cuda")
     return float(r["images_per_s"])
 
 
