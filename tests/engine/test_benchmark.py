@@ -58,4 +58,10 @@ def test_bench_cli_dense_vs_merged(tmp_path, capsys):
     tokens = data["stm"]["tokens_per_block"]
     assert tokens[0] == 10 and tokens[-1] < tokens[0]
     assert data["speedup"] > 0
-    assert "tokens per block" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "tokens per block" in printed
+    assert "cuda_graph: False" in printed  # graphs are the default on CUDA only
+    # both GMAC conventions, and the speed-up as a share of the GFLOPs reduction
+    d, m = data["dense"], data["stm"]
+    assert m["gmacs_literature"] < d["gmacs_literature"] < d["gmacs"]
+    assert "fewer" in printed and "of the reduction" in printed
