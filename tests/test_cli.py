@@ -114,12 +114,24 @@ def test_eval_errors_are_one_line_exit_2(case, ckpt, folder, tmp_path, capsys):
     assert expect in err
 
 
-def test_eval_cifar_model_uses_bundled_weights_or_says_they_are_missing(folder, capsys):
-    spec = get_spec("vim_tiny_cifar10")
-    if (weights_dir() / spec.weights).exists():
-        pytest.skip("bundled weights present; covered by the training tests")
+def test_eval_cifar_model_says_when_bundled_weights_are_missing(folder, capsys, monkeypatch,
+                                                               tmp_path):
+    import vimstm.models.registry as registry
+
+    monkeypatch.setattr(registry, "weights_dir", lambda: tmp_path)
     assert main(["eval", "--model", "vim_tiny_cifar10", "--data", str(folder)]) == 2
     assert "no bundled weights" in capsys.readouterr().err
+
+
+def test_bundled_cifar_weights_load_by_name():
+    """The shipped reference weights load with pretrained=True (no checkpoint argument)."""
+    spec = get_spec("vim_tiny_cifar10")
+    assert (weights_dir() / spec.weights).is_file()
+    model = create_model("vim_tiny_cifar10", pretrained=True)
+    fresh = create_model("vim_tiny_cifar10")
+    w, w0 = model.head.weight, fresh.head.weight
+    assert w.shape == (10, 192) and torch.isfinite(w).all() and not torch.equal(w, w0)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_eval_with_merging_reports_method(ckpt, folder, tmp_path, capsys):
