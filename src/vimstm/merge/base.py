@@ -200,41 +200,52 @@ class Merger:
             ssm = model.layers[i - 1].mixer.last_ssm if self.needs_ssm else None
             # the plan is index and weight bookkeeping: no autograd, and no autocast (its few
             # matrix products must stay fp32; similarities read the block input as it is)
-            new_len = t - r
             with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-                fused = self.plan_pairs(hidden, residual, state, ssm, r)
-                if fused is None:
+                pairs = self.plan_pairs(hidden, residual, state, ssm, r)
+                if pairs is None:
                     dest, wn, new_cls, trash = self.plan(hidden, residual, state, ssm, r)
-                else:
-                    first, last, w_last, is_pair, new_cls = fused
-            if self.pair_groups:
-                if fused is None:
-                    b, dev = hidden.shape[0], hidden.device
-                    grid = self.cached(("pair_grid", b, t, new_len, dev),
-                                       lambda: pair_grid(b, t, new_len, dev))
-                    with torch.no_grad():
-                        first, last, w_last, is_pair = pair_plan(
-                            dest, wn, new_len, self.sorted_dest, grid)
-                if self.kernels == "triton" and not torch.is_grad_enabled():
-                    from vimstm.ops.triton_merge import pair_lerp_triton
-
-                    hidden, residual = pair_lerp_triton(hidden, residual, first, last, w_last)
-                else:
-                    hidden = apply_pairs(hidden, first, last, w_last)
-                    residual = apply_pairs(residual, first, last, w_last)
-                state.size = apply_pairs(state.size, first, last, is_pair)
-                if state.source is not None:
-                    state.source = apply_pairs(state.source, first, last, is_pair)
+                    if self.pair_groups:
+                        pairs = (*self._pairs_from_dest(dest, wn, t, t - r), new_cls)
+            if pairs is None:
+                hidden, residual = self._apply_dest(hidden, residual, state, dest, wn, t - r,
+                                                    trash)
             else:
-                hidden = apply_merge(hidden, dest, wn, new_len, trash)
-                residual = apply_merge(residual, dest, wn, new_len, trash)
-                state.size = apply_merge(state.size, dest, None, new_len, trash)
-                if state.source is not None:
-                    state.source = apply_merge(state.source, dest, None, new_len, trash)
+                new_cls = pairs[-1]
+                hidden, residual = self._apply_pairs(hidden, residual, state, *pairs[:-1])
             state.cls_index = new_cls
         self._tokens.append(hidden.shape[1])
         self._cls.append(state.cls_index)
         return hidden, residual, state
+
+    def _pairs_from_dest(self, dest: Tensor, wn: Tensor, t: int, new_len: int):
+        b, dev = dest.shape[0], dest.device
+        grid = self.cached(("pair_grid", b, t, new_len, dev), lambda: pair_grid(b, t, new_len, dev))
+        return pair_plan(dest, wn, new_len, self.sorted_dest, grid)
+
+    def _apply_pairs(self, hidden: Tensor, residual: Tensor, state: Any, first: Tensor,
+                     last: Tensor, w_last: Tensor, is_pair: Tensor) -> tuple[Tensor, Tensor]:
+        """Merge by (first, last, weight) per slot; one fused kernel when no gradient is needed."""
+        if self.kernels == "triton" and not torch.is_grad_enabled():
+            from vimstm.ops.triton_merge import pair_lerp_triton
+
+            hidden, residual = pair_lerp_triton(hidden, residual, first, last, w_last)
+        else:
+            hidden = apply_pairs(hidden, first, last, w_last)
+            residual = apply_pairs(residual, first, last, w_last)
+        state.size = apply_pairs(state.size, first, last, is_pair)
+        if state.source is not None:
+            state.source = apply_pairs(state.source, first, last, is_pair)
+        return hidden, residual
+
+    def _apply_dest(self, hidden: Tensor, residual: Tensor, state: Any, dest: Tensor,
+                    wn: Tensor, new_len: int, trash: bool) -> tuple[Tensor, Tensor]:
+        """Merge by destination slot and weight (groups of any size: bipartite methods)."""
+        hidden = apply_merge(hidden, dest, wn, new_len, trash)
+        residual = apply_merge(residual, dest, wn, new_len, trash)
+        state.size = apply_merge(state.size, dest, None, new_len, trash)
+        if state.source is not None:
+            state.source = apply_merge(state.source, dest, None, new_len, trash)
+        return hidden, residual
 
     def end(self, model: Any, hidden: Tensor, state: Any) -> None:
         info: dict[str, Any] = {

@@ -34,6 +34,13 @@ weights are ``α_s ∝ size_s Σ_dir g_s Δ_s max(⟨B_s, B̄⟩, 0)`` normalise
 (the short conv and SiLU are ignored); B and Δ come from the previous block (the next block's
 are not known before the merge); ``size_s`` counts the writes a merged token stands for.
 ``weights="size"`` is the size-weighted average. hidden_states and residual get the same weights.
+
+**Two implementations, one result.** :meth:`AdjacentMerger.plan` is the PyTorch path (any
+device, the reference). Where the model runs the Triton scan, :meth:`AdjacentMerger.plan_pairs`
+computes the same step with the kernels of :mod:`vimstm.ops.triton_merge` (similarity, pair
+weights, pair choice with the run resolution, merge layout): a handful of launches instead of
+~100 small ones, which is what makes a merge step cheap on a GPU (BENCHMARKS.md). The costs and
+scores it reads are the PyTorch ones, so both paths choose the same pairs (tested).
 """
 
 from __future__ import annotations
