@@ -194,8 +194,7 @@ def count_ops(
     """
     merger = getattr(model, "merger", None)
     mixers = [layer.mixer for layer in getattr(model, "layers", [])]
-    saved = [(m, m.__dict__.get("_decay_w"), m.__dict__.get("last_ssm"), m.scan_backend)
-             for m in mixers]
+    saved = [(m, m.__dict__.get("last_ssm"), m.scan_backend) for m in mixers]
     saved_cache = dict(merger._cache) if merger is not None and hasattr(merger, "_cache") else None
     device = torch.device(fake_device) if fake_device else images.device
     with ExitStack() as stack:
@@ -219,8 +218,8 @@ def count_ops(
             return _count_once(model, images, device, fake_state, amp_dtype)
         finally:
             if fake_device:  # drop whatever fake tensors the run cached
-                for m, w, last, backend in saved:
-                    m._decay_w, m.last_ssm, m.scan_backend = w, last, backend
+                for m, last, backend in saved:
+                    m.last_ssm, m.scan_backend = last, backend
                 if saved_cache is not None:
                     merger._cache = saved_cache
 

@@ -158,7 +158,6 @@ class Mamba(nn.Module):
         self.record_ssm = False
         self.record_delta_full = False  # also keep the per-channel Δ in last_ssm (merging option)
         self.record_parts: tuple[str, ...] | None = None  # subset of SSM_PARTS; None: all
-        self._decay_w: tuple[Any, Tensor] | None = None  # cached channel weights of _stats
         self.last_ssm: SSMStats | None = None
         di, r, n = self.d_inner, self.dt_rank, d_state
 
@@ -215,9 +214,9 @@ class Mamba(nn.Module):
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2*d_inner, l)
         x, z = xz.chunk(2, dim=1)
         tok = None
-        if self.record_ssm and not self.record_delta_full and (
-            self.record_parts is None or "decay" in self.record_parts
-        ):  # the Δ statistics come out of the scan itself: (b, 2 [mean Δ, Δ·A], 2 dirs, l)
+        if self.record_ssm and (self.record_parts is None or "decay" in self.record_parts
+                                or self.record_delta_full):
+            # the Δ statistics come out of the scan itself: (b, 2 [mean Δ, Δ·A], 2 dirs, l)
             tok = torch.empty(x.shape[0], 2, 2, x.shape[2], device=x.device, dtype=torch.float32)
         y_f, B_f, dl_f = self._branch(x, z, False, None if tok is None else tok[:, :, 0])
         y_b, B_b, dl_b = self._branch(x, z, True, None if tok is None else tok[:, :, 1])
@@ -228,16 +227,6 @@ class Mamba(nn.Module):
             y = y / 2
         return self.out_proj(y.transpose(1, 2))
 
-    def _decay_weights(self, dtype: torch.dtype) -> Tensor:
-        """(2 directions, 2, d_inner): rows 1/d (mean Δ) and mean_n(A)/d (mean Δ·mean(A))."""
-        a, b = self.A_log, self.A_b_log
-        key = (id(a), id(b), a._version, b._version, a.device, a.dtype, dtype)
-        if self._decay_w is None or self._decay_w[0] != key:
-            a_mean = -torch.exp(torch.stack((self.A_log, self.A_b_log)).float()).mean(-1)
-            w = torch.stack((torch.ones_like(a_mean), a_mean), 1) / self.d_inner
-            self._decay_w = (key, w.to(dtype))
-        return self._decay_w[1]
-
     @torch.no_grad()
     def _stats(
         self, B_f: Tensor, B_b: Tensor, dl_f: Tensor, dl_b: Tensor, y: Tensor,
@@ -247,21 +236,12 @@ class Mamba(nn.Module):
         B_fwd = B_b_ = tok = imp = full = None
         if "B" in parts:
             B_fwd, B_b_ = B_f.float(), B_b.float()
-        if fused is not None:  # from the scan: (b, 2, 2, l) -> (b, 4, l) in the order below
-            tok = fused.flatten(1, 2)
-        elif "decay" in parts or self.record_delta_full:
-            w = self._decay_weights(dl_f.dtype)
-            outs, fulls = [], []
-            for k, (delta, proj) in enumerate(((dl_f, self.dt_proj), (dl_b, self.dt_proj_b))):
-                d = F.softplus(delta + proj.bias.to(delta.dtype)[:, None])  # (b, d, l)
-                if self.record_delta_full:
-                    fulls.append(d.float())
-                with torch.autocast(d.device.type, enabled=False):
-                    outs.append(torch.matmul(w[k].to(d.dtype), d))  # (b, 2, l): mean Δ, Δ·A
-            # (b, 4, l): delta_fwd, delta_bwd, log_decay_fwd, log_decay_bwd
-            tok = torch.stack(outs, 2).flatten(1, 2).float()
-            if self.record_delta_full:
-                full = torch.cat(fulls, 1).transpose(1, 2)
+        if fused is not None:  # from the scan: (b, 2, 2, l) -> (b, 4, l): delta_fwd, delta_bwd,
+            tok = fused.flatten(1, 2)  # log_decay_fwd, log_decay_bwd
+        if self.record_delta_full:  # per-channel Δ of both directions, (b, l, 2 * d_inner)
+            full = torch.cat([F.softplus(delta + proj.bias.to(delta.dtype)[:, None]).float()
+                              for delta, proj in ((dl_f, self.dt_proj), (dl_b, self.dt_proj_b))],
+                             1).transpose(1, 2)
         if "importance" in parts:
             imp = torch.mean(y.clamp_min(0), 1, dtype=torch.float32)
         if tok is None:
