@@ -113,6 +113,7 @@ class AdjacentMerger(Merger):
         bad = torch.stack((torch.zeros_like(valid_r), ~valid_r))  # right partner impossible
         out: dict[str, Any] = {
             "n_a": n_a,
+            "n_side": n,
             "g_a": g_a, "g_bl": g_bl, "g_br": g_br,
             "edges": edges.flatten(),
             "a_left": a_left.clone(),
@@ -156,18 +157,16 @@ class AdjacentMerger(Merger):
 
     def plan_pairs(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
         """The fused (Triton) plan: (first, last, w_last, is_pair, new_cls), or None."""
-        t, c = hidden.shape[1], state.cls_index
-        w = self._protect()
-        n = (max(c - w, 0), max(t - 1 - c - w, 0))
         if self.kernels != "triton":
             return None
         from vimstm.ops.triton_merge import MAX_FUSED_A, pair_plan_triton
 
-        if max(max(n) // 2, 1) > MAX_FUSED_A:
+        t, c = hidden.shape[1], state.cls_index
+        if self._layout(t, c, r, hidden.device)["n_a"] > MAX_FUSED_A:
             return None
-        _, cost, score, ea = self._choices(hidden, residual, state, ssm, r)
+        lay, cost, score, ea = self._choices(hidden, residual, state, ssm, r)
         r_side = split_sides(t, c, r)
-        out = pair_plan_triton(cost, score, ea, t, c, n, r_side, _BIG)
+        out = pair_plan_triton(cost, score, ea, t, c, lay["n_side"], r_side, _BIG)
         return (*out, c - r_side[0])
 
     def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
