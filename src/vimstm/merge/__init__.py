@@ -20,7 +20,13 @@ from vimstm.errors import ConfigError
 from vimstm.merge.base import Merger
 from vimstm.merge.bipartite import BipartiteMerger, RMeeToMerger
 from vimstm.merge.prune import PruneMerger, TopPruneMerger
-from vimstm.merge.schedule import SHAPES, check_ratio, from_flops, parse_r, shaped_schedule
+from vimstm.merge.schedule import (
+    check_ratio,
+    check_shape,
+    from_flops,
+    parse_r,
+    shaped_schedule,
+)
 from vimstm.merge.stm import RandomMerger, STMMerger
 
 _CLASSES: dict[str, type[Merger]] = {
@@ -77,8 +83,8 @@ def build_merger(
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise ConfigError(f"every={every!r} must be an int >= 1 (merge after every k-th block)")
     shape = options.pop("shape", None)
-    if shape is not None and shape not in SHAPES:
-        raise ConfigError(f"shape={shape!r} is unknown; choose one of {', '.join(SHAPES)}")
+    if shape is not None:
+        check_shape(shape)
     merger = _CLASSES[method](**options)
     depth, m, c = _dims(model)
     if r is not None and ((every or 1) != 1 or (shape or "even") != "even"):

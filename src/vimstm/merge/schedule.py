@@ -107,12 +107,16 @@ def geometric_schedule(depth: int, total: int, num_patches: int, every: int = 1)
     return out
 
 
+def check_shape(shape: str) -> str:
+    if shape not in SHAPES:
+        raise ConfigError(f"shape={shape!r} is unknown; choose one of {', '.join(SHAPES)}")
+    return shape
+
+
 def shaped_schedule(depth: int, total: int, num_patches: int, every: int = 1,
                     shape: str = "even") -> list[int]:
     """:func:`even_schedule` or :func:`geometric_schedule` by ``shape``."""
-    if shape not in SHAPES:
-        raise ConfigError(f"shape={shape!r} is unknown; choose one of {', '.join(SHAPES)}")
-    if shape == "geometric":
+    if check_shape(shape) == "geometric":
         return geometric_schedule(depth, total, num_patches, every)
     return even_schedule(depth, total, every)
 
