@@ -28,6 +28,7 @@ import torch
 import vimstm
 from vimstm.data import build_eval_loader
 from vimstm.engine.benchmark import measure_throughput
+from vimstm.engine.evaluate import evaluate
 from vimstm.engine.flops import count_flops
 from vimstm.merge import METHODS
 
@@ -74,21 +75,14 @@ def main(argv: list[str] | None = None) -> int:
                                 **over).to(dev).eval()
     loader = build_eval_loader(args.data, model, batch_size=args.batch_size, workers=4,
                                limit=args.limit)
-    batches = [(x.to(dev), y.to(dev)) for x, y, _ in loader]
+    # images stay on the device across configurations; labels on the host, as evaluate() wants
+    batches = [(x.to(dev), y) for x, y, _ in loader]
     n = sum(len(y) for _, y in batches)
-    amp = torch.bfloat16 if dev.type == "cuda" else None
+    amp = "bf16" if dev.type == "cuda" else None
     on_gpu = dev.type == "cuda"
     name = torch.cuda.get_device_name(dev) if on_gpu else "cpu"
     print(f"# {args.model} on {n} test images, {name}, torch {torch.__version__}")
     print("# " + " ".join(["python", *sys.argv]))
-
-    def accuracy() -> float:
-        correct = 0
-        with torch.no_grad(), torch.autocast(dev.type, dtype=amp or torch.float32,
-                                             enabled=amp is not None):
-            for x, y in batches:
-                correct += (model(x).argmax(-1) == y).sum().item()
-        return 100.0 * correct / n
 
     rows = []
     dense_ips = None
@@ -101,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"# {label}: {e}")
                 continue
         t0 = time.perf_counter()
-        top1 = accuracy()
+        top1 = float(evaluate(model, batches, dev, amp=amp, progress=False)["top1"])
         rep = count_flops(model)
         row = {"label": label, "method": method, **{k: v for k, v in kw.items() if k != "seed"},
                "top1": round(top1, 2), "gmacs": round(rep.gmacs_literature, 4),
