@@ -29,7 +29,7 @@ import vimstm
 from vimstm.data import build_eval_loader
 from vimstm.engine.benchmark import measure_throughput
 from vimstm.engine.evaluate import evaluate
-from vimstm.engine.flops import count_flops
+from vimstm.flops import count_flops
 from vimstm.merge import METHODS
 
 PER_BLOCK = {"every": 1, "shape": "even"}  # ToMe's constant per-block schedule

@@ -1,7 +1,7 @@
 """What token merging costs: dense vs patched forwards, GFLOPs vs images/s, ops and syncs.
 
 For the dense model and every (method, ratio), prints the tokens entering each block, the GMACs
-(literature convention, :func:`vimstm.engine.flops.count_flops`), the median images/s
+(literature convention, :func:`vimstm.flops.count_flops`), the median images/s
 (:func:`vimstm.engine.benchmark.measure_throughput`: synchronised, warm-up first), the speed-up
 over dense next to the GFLOPs reduction (``eff`` = speed-up / (dense GMACs / GMACs): the issue's
 target is eff >= 0.9 on an H100 at batch 256), and per forward: the merge kernels per step, the
@@ -25,8 +25,8 @@ import time
 import torch
 
 from vimstm.engine.benchmark import DTYPES, measure_throughput
-from vimstm.engine.flops import count_flops
 from vimstm.errors import ConfigError
+from vimstm.flops import count_flops
 from vimstm.merge import METHODS, patch, unpatch
 from vimstm.merge.opcount import count_ops
 from vimstm.models.registry import create_model

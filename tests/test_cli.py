@@ -12,7 +12,7 @@ from PIL import Image
 from vimstm.cli import main
 from vimstm.data import eval_transform
 from vimstm.models.checkpoint import atomic_save
-from vimstm.models.registry import _SPECS, create_model, get_spec, weights_dir
+from vimstm.models.registry import create_model, get_spec, list_specs, weights_dir
 
 ARCH = dict(depth=1, embed_dim=32, img_size=32, patch_size=8, stride=8)
 ARCH_FLAGS = ["--depth", "1", "--embed-dim", "32", "--img-size", "32", "--patch-size", "8",
@@ -49,7 +49,7 @@ def _eval_args(ckpt, folder, *extra):
 def test_models_lists_aliases_and_official_names(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    for spec in _SPECS:
+    for spec in list_specs():
         assert spec.alias in out and spec.name in out
 
 

@@ -47,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list_models(args: argparse.Namespace) -> int:
-    from vimstm.models.registry import _SPECS
+    from vimstm.models.registry import list_specs
 
-    for s in _SPECS:
+    for s in list_specs():
         print(f"{s.alias:20s} {s.name}")
     return 0
 

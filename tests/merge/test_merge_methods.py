@@ -187,7 +187,7 @@ def test_errors(small_model, kwargs, match):
 
 
 def test_flops_target_schedule(small_model):
-    from vimstm.engine.flops import count_flops
+    from vimstm.flops import count_flops
 
     patch(small_model, method="stm", flops=0.7)
     rep = count_flops(small_model)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import vimstm
-from vimstm.engine.flops import count_flops
 from vimstm.errors import ConfigError
+from vimstm.flops import count_flops
 from vimstm.merge.schedule import even_schedule, parse_r
 from vimstm.merge.stm import _resolve_sides
 

@@ -47,6 +47,11 @@ def test_registry_names_aliases_and_timm():
     assert isinstance(m, vimstm.VisionMamba) and m.embed_dim == 384
     m = timm.create_model(full[0], depth=1, num_classes=7)
     assert m.embed_dim == 192 and m.head.out_features == 7
+    from vimstm.models import timm_models
+
+    # timm lists every entry point in the module's __all__, and each one is in the module
+    assert set(names) | set(full) <= set(timm_models.__all__)
+    assert all(callable(getattr(timm_models, n)) for n in timm_models.__all__)
 
 
 @pytest.mark.parametrize(

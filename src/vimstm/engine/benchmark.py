@@ -155,7 +155,7 @@ def _merge_active(args: argparse.Namespace) -> bool:
 
 def _gflops(model: nn.Module) -> tuple[float, float] | None:
     """(literature, full) GMACs per image, or None if they cannot be counted."""
-    from vimstm.engine.flops import count_flops
+    from vimstm.flops import count_flops
 
     try:
         rep = count_flops(model)

@@ -130,7 +130,7 @@ def _speed(model: nn.Module, batch: int, dtype: str, device: torch.device, runs:
 
 
 def _gflops(model: nn.Module) -> float:
-    from vimstm.engine.flops import count_flops
+    from vimstm.flops import count_flops
 
     return float(count_flops(model).gmacs_literature)
 

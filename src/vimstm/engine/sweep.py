@@ -1,7 +1,7 @@
 """``vimstm sweep``: accuracy, GFLOPs and images/s over merging methods and ratios.
 
 One model is loaded once; for every (method, ratio) it is patched, evaluated on the data set
-(:func:`vimstm.engine.evaluate.evaluate`), counted (:func:`vimstm.engine.flops.count_flops`) and,
+(:func:`vimstm.engine.evaluate.evaluate`), counted (:func:`vimstm.flops.count_flops`) and,
 unless ``--no-bench``, timed on random input (:func:`vimstm.engine.benchmark.measure_throughput`),
 then unpatched. The dense model is the first row. Writes ``sweep.csv``, ``sweep.json`` and two
 plots: ``acc_vs_throughput.png`` and ``acc_vs_gflops.png``.
@@ -44,7 +44,7 @@ def run_sweep(
     ``bench`` holds :func:`measure_throughput` arguments, or None to skip timing; ``loader``
     None skips accuracy.
     """
-    from vimstm.engine.flops import count_flops
+    from vimstm.flops import count_flops
     from vimstm.merge import patch, unpatch
 
     options = options or {}

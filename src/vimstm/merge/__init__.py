@@ -104,7 +104,7 @@ def build_merger(
     elif r is not None:
         schedule = parse_r(depth, r)
     else:
-        from vimstm.engine.flops import count_flops
+        from vimstm.flops import count_flops
 
         def feasible(s: list[int]) -> bool:
             return _try_schedule(merger, s, "protect" in options, m + 1, c)

@@ -13,7 +13,7 @@ before block ``i+1``; ``r[i]`` is the number of tokens it removes. A schedule is
   ``every=k`` (a patch option of every method) merges only after every k-th block;
 * ``flops``: the fraction of the dense GFLOPs (literature convention) to keep; the smallest
   schedule of the chosen shape that reaches it is chosen with
-  :func:`vimstm.engine.flops.count_flops`'s closed form.
+  :func:`vimstm.flops.count_flops`'s closed form.
 
 ``shape`` (a patch option of every method) says how a ``ratio``/``flops`` total is spread over
 the merge steps: ``"even"`` (the same count at each step, ToMe's constant schedule) or

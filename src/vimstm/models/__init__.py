@@ -1,7 +1,8 @@
 """Vision Mamba architecture, registry and checkpoints."""
 
+from vimstm.models import timm_models
 from vimstm.models.checkpoint import atomic_save, load_checkpoint, read_checkpoint
-from vimstm.models.registry import create_model, get_spec, list_models
+from vimstm.models.registry import create_model, get_spec, list_models, list_specs
 from vimstm.models.vim import Block, Mamba, RMSNorm, TokenState, VisionMamba
 
 __all__ = [
@@ -14,6 +15,9 @@ __all__ = [
     "create_model",
     "get_spec",
     "list_models",
+    "list_specs",
     "load_checkpoint",
     "read_checkpoint",
 ]
+
+timm_models.register()

@@ -99,7 +99,7 @@ def extract_state_dict(obj: Any, use_ema: bool = False) -> dict[str, Tensor]:
 
 def describe_state_dict(sd: Mapping[str, Tensor]) -> str:
     """Which registered model a state dict fits, from its shapes (for error messages)."""
-    from vimstm.models.registry import _SPECS
+    from vimstm.models.registry import list_specs
 
     try:
         dim = sd["patch_embed.proj.weight"].shape[0]
@@ -111,7 +111,7 @@ def describe_state_dict(sd: Mapping[str, Tensor]) -> str:
     except (KeyError, IndexError):
         return "not a Vision Mamba checkpoint (no patch_embed / pos_embed / layers keys)"
     fits = []
-    for s in _SPECS:
+    for s in list_specs():
         kw = s.kwargs
         if kw.get("embed_dim") == dim and depth == kw.get("depth", 24):
             fits.append(s.alias)

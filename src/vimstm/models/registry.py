@@ -1,8 +1,11 @@
-"""Model registry: hustvl's registered names, short aliases, and timm registration."""
+"""Model registry: hustvl's registered names, short aliases and the data each model expects.
+
+timm learns these names in :mod:`vimstm.models.timm_models`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,6 @@ class ModelSpec:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     crop_pct: float = 0.875
     weights: str | None = None  # bundled safetensors file in vimstm/weights
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _SPECS: list[ModelSpec] = [
@@ -51,6 +53,11 @@ OVERRIDES = (
 )
 
 
+def list_specs() -> list[ModelSpec]:
+    """Every registered spec, in registration order."""
+    return list(_SPECS)
+
+
 def list_models(aliases: bool = True) -> list[str]:
     """Registered model names (short aliases by default)."""
     return [s.alias if aliases else s.name for s in _SPECS]
@@ -67,6 +74,7 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def weights_dir() -> Path:
+    """The folder of the bundled weights (``vimstm/weights``)."""
     return Path(__file__).resolve().parent.parent / "weights"
 
 
@@ -109,29 +117,3 @@ def create_model(
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, use_ema=use_ema, trust=trust_checkpoint)
     return model
-
-
-def _register_timm() -> None:
-    """Register every model with timm so ``timm.create_model(name)`` works."""
-    try:
-        from timm.models import register_model
-        from timm.models._registry import _model_entrypoints
-    except Exception:  # pragma: no cover - timm missing or changed
-        return
-    for spec in _SPECS:
-        for key in {spec.name, spec.alias}:
-            if key in _model_entrypoints:
-                continue
-
-            def fn(pretrained: bool = False, _name: str = spec.alias, **kwargs: Any) -> VisionMamba:
-                for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-                    kwargs.pop(k, None)
-                return create_model(_name, pretrained=pretrained, **kwargs)
-
-            fn.__name__ = key
-            fn.__qualname__ = key
-            fn.__module__ = "vimstm.models.registry"
-            register_model(fn)
-
-
-_register_timm()

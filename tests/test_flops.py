@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import vimstm
-from vimstm.engine.flops import count_flops
+from vimstm.flops import count_flops
 from vimstm.merge import patch
 
 LITERATURE = [("vim_tiny", 1.45), ("vim_small", 5.08), ("vim_base", 18.87)]
