@@ -7,13 +7,16 @@ import torch
 
 import vimstm
 
+# before any fixture: module-scoped ones (a training run reused by several tests) must compute
+# with the same thread count as the tests that compare against them
+torch.set_num_threads(2)
+
 TINY = dict(depth=2, embed_dim=32, img_size=32, patch_size=8, stride=8, num_classes=10)
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
     yield
 
 

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from vimstm.errors import DataError
+from vimstm.errors import ConfigError, DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
@@ -41,6 +41,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+SMALL_IMAGE = 64  # training inputs up to this size: RandomCrop + flip instead of RandomResizedCrop
 SPLIT_NAMES = ("val", "validation", "test", "train")  # preferred split first
 _WNID = re.compile(r"^n\d{8}$")
 SYNSETS_FILE = Path(__file__).resolve().parent / "imagenet_synsets.txt"
@@ -304,15 +305,11 @@ def eval_transform(
     from torchvision import transforms as T
 
     if not 0.0 < crop_pct <= 1.0:
-        from vimstm.errors import ConfigError
-
         raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct}")
     h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     try:
         mode = T.InterpolationMode(interpolation)
     except ValueError:
-        from vimstm.errors import ConfigError
-
         raise ConfigError(f"unknown interpolation {interpolation!r}; use bicubic, bilinear "
                           "or nearest") from None
     size: int | tuple[int, int] = int(h / crop_pct) if h == w else (int(h / crop_pct),
@@ -358,6 +355,64 @@ def model_transform(model: torch.nn.Module, img_size: int | None = None,
         std=cfg.get("std", IMAGENET_STD),
         interpolation=cfg.get("interpolation", "bicubic"),
     )
+
+
+def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float],
+                    aa: str | None = "rand-m9-mstd0.5-inc1", reprob: float = 0.25,
+                    interpolation: str = "bicubic") -> Callable[[Any], Tensor]:
+    """The training augmentation (DeiT recipe through timm).
+
+    Inputs larger than ``SMALL_IMAGE`` get timm's ``create_transform`` (RandomResizedCrop,
+    flip, RandAugment, random erasing); smaller ones (CIFAR) get
+    ``RandomCrop(padding=size/8)`` + flip + RandAugment + random erasing.
+
+    Args:
+        img_size: the model's input size.
+        mean, std: the normalisation of the model's data.
+        aa: a timm RandAugment policy such as ``rand-m9-mstd0.5-inc1``; ``None``/``"none"``: off.
+        reprob: random-erasing probability.
+        interpolation: resize interpolation for the large-input path.
+    """
+    from timm.data import create_transform
+
+    aa = None if aa in (None, "", "none") else aa
+    if img_size > SMALL_IMAGE:
+        return create_transform(
+            img_size, is_training=True, auto_augment=aa, interpolation=interpolation,
+            re_prob=reprob, re_mode="pixel", re_count=1, mean=tuple(mean), std=tuple(std),
+        )
+    from timm.data.auto_augment import rand_augment_transform
+    from timm.data.random_erasing import RandomErasing
+    from torchvision import transforms as T
+
+    ops: list[Any] = [
+        T.Resize(img_size, interpolation=T.InterpolationMode.BICUBIC),  # no-op at the right size
+        T.RandomCrop(img_size, padding=img_size // 8, padding_mode="reflect"),
+        T.RandomHorizontalFlip(),
+    ]
+    if aa:
+        if not aa.startswith("rand"):
+            raise ConfigError(f"--aa {aa!r}: only RandAugment policies ('rand-...') are supported")
+        hparams = dict(translate_const=int(img_size * 0.45),
+                       img_mean=tuple(round(255 * m) for m in mean))
+        try:
+            ra = rand_augment_transform(aa, hparams)
+        except (AssertionError, ValueError, KeyError) as e:
+            raise ConfigError(f"--aa {aa!r} is not a valid timm RandAugment string: {e}") from None
+        for op in getattr(ra, "ops", ()):
+            if "Posterize" in getattr(op, "name", ""):
+                op.aug_fn = _posterize  # timm can ask for 0 bits, which Pillow >= 11 refuses
+        ops.append(ra)
+    ops += [T.ToTensor(), T.Normalize(mean, std)]
+    if reprob > 0:
+        ops.append(RandomErasing(reprob, mode="pixel", max_count=1, device="cpu"))
+    return T.Compose(ops)
+
+
+def _posterize(img: Any, bits_to_keep: int, **_: Any) -> Any:
+    from PIL import ImageOps
+
+    return img if bits_to_keep >= 8 else ImageOps.posterize(img, max(1, int(bits_to_keep)))
 
 
 # ---------------------------------------------------------------- loading

@@ -108,7 +108,7 @@ def test_demo_refuses_data_with_other_classes(tmp_path: Path,
 def test_exported_weights_load_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An fp16 export in the weights folder is what create_model(..., pretrained=True) loads."""
     import vimstm.models.registry as registry
-    from vimstm.engine.train import export_weights
+    from vimstm.models.checkpoint import export_weights
 
     model = tiny_cifar_model()
     ckpt = tmp_path / "last.pth"

@@ -14,8 +14,9 @@ from PIL import Image
 
 from vimstm.cli import build_parser, main
 from vimstm.engine import train as T
+from vimstm.engine.train_state import iter_history
 from vimstm.errors import DataError, VimstmError
-from vimstm.models.checkpoint import read_checkpoint
+from vimstm.models.checkpoint import export_weights, read_checkpoint
 
 TINY = ["--model", "vim_tiny", "--depth", "2", "--embed-dim", "32", "--img-size", "32",
         "--patch-size", "8", "--stride", "8", "--d-state", "4"]
@@ -59,7 +60,7 @@ def trained(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_train_writes_checkpoint_and_log(trained: Path) -> None:
     assert (trained / "last.pth").is_file() and (trained / "best.pth").is_file()
-    log = list(T.iter_history(trained))
+    log = list(iter_history(trained))
     assert [e["epoch"] for e in log] == [0, 1]
     for key in ("train_loss", "lr", "train_top1", "val_top1", "ema_top1", "images_per_s",
                 "epoch_seconds"):
@@ -100,7 +101,7 @@ def test_resume_after_kill_equals_uninterrupted(
             torch.testing.assert_close(a[key][k], b[key][k], rtol=0, atol=0, msg=f"{key}.{k}")
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
-    la, lb = list(T.iter_history(trained)), list(T.iter_history(out))
+    la, lb = list(iter_history(trained)), list(iter_history(out))
     assert [e["train_loss"] for e in la] == [e["train_loss"] for e in lb]
 
 
@@ -205,13 +206,13 @@ def test_export_fp16_and_reload(trained: Path, tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(half(x), full(x), rtol=0, atol=2e-2)
     with pytest.raises(VimstmError, match="no EMA"):
-        T.export_weights(out, tmp_path / "again.safetensors", use_ema=True)
+        export_weights(out, tmp_path / "again.safetensors", use_ema=True)
 
 
 def test_max_minutes_stops_cleanly_after_an_epoch(data: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "timed"
     T.fit(args_for("train", data, out, "--epochs", "3", "--max-minutes", "1e-4"))
-    assert [e["epoch"] for e in T.iter_history(out)] == [0]
+    assert [e["epoch"] for e in iter_history(out)] == [0]
     assert read_checkpoint(out / "last.pth")["epoch"] == 0
 
 

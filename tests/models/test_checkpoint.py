@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,12 @@ from safetensors.torch import save_file
 import vimstm
 from conftest import TINY
 from vimstm.errors import CheckpointError
-from vimstm.models.checkpoint import atomic_save, interpolate_pos_embed, read_checkpoint
+from vimstm.models.checkpoint import (
+    atomic_save,
+    atomic_write,
+    interpolate_pos_embed,
+    read_checkpoint,
+)
 
 
 class NotAllowed:  # a class that a safe unpickler must refuse
@@ -131,3 +137,18 @@ def test_atomic_save_leaves_no_partial_files(tmp_path, src):
     atomic_save({"model": src.state_dict(), "epoch": 2}, p)
     assert read_checkpoint(p)["epoch"] == 2
     assert os.listdir(p.parent) == ["last.pth"]
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    p = tmp_path / "log.jsonl"
+    atomic_write(p, "one\n")
+
+    def dies(tmp: str) -> None:
+        Path(tmp).write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(p, dies)
+    assert p.read_text() == "one\n" and os.listdir(tmp_path) == ["log.jsonl"]
+    atomic_write(p, b"two\n")
+    assert p.read_text() == "two\n"

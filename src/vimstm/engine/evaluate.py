@@ -16,13 +16,13 @@ import contextlib
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from vimstm.errors import ConfigError, DataError
+from vimstm.models.checkpoint import atomic_write
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -210,14 +210,6 @@ def _merge_settings(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _write_json(path: str | Path, obj: dict[str, Any]) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, p)
-
-
 def run(args: argparse.Namespace) -> int:
     """``vimstm eval``: build, optionally merge, evaluate, print (rank 0), write JSON."""
     from vimstm import __version__
@@ -263,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
               f"{res['skipped']} skipped, {res['seconds']:.1f} s, {device_name}, "
               f"{out['amp']}, {info.world_size} process{'es' if info.world_size > 1 else ''})")
         if args.json:
-            _write_json(args.json, out)
+            atomic_write(args.json, json.dumps(out, indent=2) + "\n")
             print(f"wrote {args.json}")
         return 0
     finally:

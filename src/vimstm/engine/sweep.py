@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vimstm.errors import ConfigError, VimstmError
+from vimstm.models.checkpoint import atomic_write
 
 FIELDS = (
     "method", "ratio", "top1", "top5", "images", "gmacs_literature", "gmacs_full",
@@ -104,9 +105,7 @@ def write_outputs(rows: list[dict[str, Any]], out_dir: str | Path, meta: dict[st
         w.writeheader()
         for row in rows:
             w.writerow({k: _csv_value(row.get(k)) for k in FIELDS})
-    tmp = paths["json"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
-    os.replace(tmp, paths["json"])
+    atomic_write(paths["json"], json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
     paths.update(plot(rows, out))
     return paths
 

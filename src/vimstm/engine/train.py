@@ -12,13 +12,12 @@
   RandAugment m9, random erasing 0.25, drop path 0.1, no EMA, loss ``1.0·CE + 0.5·KL`` at T=1).
   Adam is invariant to the scale of the loss, so ``1.0·CE + 0.5·KL`` is ``α = 1/3`` here.
 * ``export``: the (EMA) weights of a run as a half-precision safetensors file, e.g. the bundled
-  ``vimstm/weights/vim_tiny_cifar10.safetensors``.
+  ``vimstm/weights/vim_tiny_cifar10.safetensors`` (:func:`vimstm.models.checkpoint.export_weights`).
 
-Every epoch writes ``OUTPUT/last.pth`` atomically (model, EMA, optimizer, scheduler, scaler, epoch,
-step, args as a plain dict, class names, the log history, RNG states) and ``best.pth`` when the
-validation top-1 improves; ``--resume auto`` continues from ``last.pth`` at the next epoch. Each
-epoch re-seeds every RNG from (seed, epoch, rank), so a resumed run repeats an uninterrupted one.
-The log is ``OUTPUT/log.jsonl``, rewritten from the checkpoint's history on resume.
+Every epoch writes ``OUTPUT/last.pth`` atomically and ``best.pth`` when the validation top-1
+improves (:mod:`vimstm.engine.train_state`); ``--resume auto`` continues from ``last.pth`` at the
+next epoch. Each epoch re-seeds every RNG from (seed, epoch, rank), so a resumed run repeats an
+uninterrupted one. The training transforms are :func:`vimstm.data.train_transform`.
 """
 
 from __future__ import annotations
@@ -29,23 +28,45 @@ import copy
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
 from torch import Tensor, nn
+from tqdm import tqdm
 
-from vimstm.errors import CheckpointError, ConfigError, DataError, VimstmError
+from vimstm.data import (
+    SMALL_IMAGE,
+    ShardSampler,
+    collate_skip,
+    eval_transform,
+    open_dataset,
+    train_transform,
+)
+from vimstm.engine import distributed
+from vimstm.engine.evaluate import evaluate
+from vimstm.engine.train_state import LAST, TrainState, plain, resume_path, seed_all, write_log
+from vimstm.errors import ConfigError, DataError, VimstmError
+from vimstm.merge import add_merge_args, patch_from_args
+from vimstm.models.checkpoint import (
+    export_weights,
+    extract_state_dict,
+    load_checkpoint,
+    read_checkpoint,
+)
+from vimstm.models.registry import create_model, get_spec, weights_dir
 
-LAST, BEST, LOG = "last.pth", "best.pth", "log.jsonl"
-SMALL_IMAGE = 64  # inputs up to this size use RandomCrop + flip instead of RandomResizedCrop
 SYNC_EVERY = 25  # steps between host syncs (loss check, progress bar)
 
 TRAIN_DEFAULTS: dict[str, Any] = dict(
@@ -58,8 +79,6 @@ FINETUNE_DEFAULTS: dict[str, Any] = dict(
     TRAIN_DEFAULTS, epochs=30, lr=2e-5, min_lr=1e-6, warmup_epochs=0, drop_path=0.1,
     distill_alpha=1 / 3, distill_temp=1.0,
 )
-# Kept in float32 on export: the SSM's decay and step-size parameters (tiny, precision-sensitive).
-FP32_SUFFIXES = ("A_log", "A_b_log", ".D", ".D_b", "dt_proj.bias", "dt_proj_b.bias")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,8 +108,6 @@ def register(subparsers: Any) -> None:
                    help="weight α of the distillation term (1/3: R-MeeTo's 1.0 CE + 0.5 KL)")
     f.add_argument("--distill-temp", type=float, default=FINETUNE_DEFAULTS["distill_temp"],
                    help="distillation temperature T (default 1)")
-    from vimstm.merge import add_merge_args
-
     add_merge_args(f)
     f.set_defaults(func=run_finetune, finetune=True)
 
@@ -191,91 +208,6 @@ def run_export(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # pieces
 # ---------------------------------------------------------------------------------------------
-def seed_all(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_states() -> dict[str, Any]:
-    """The RNG states as tensors and plain containers (loadable with weights_only=True)."""
-    import numpy as np
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    out: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
-
-
-def set_rng_states(state: dict[str, Any]) -> None:
-    import numpy as np
-
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"],
-                         n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(RuntimeError):  # another number of GPUs
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def build_train_transform(img_size: int, mean: Sequence[float], std: Sequence[float],
-                          aa: str | None = "rand-m9-mstd0.5-inc1", reprob: float = 0.25,
-                          interpolation: str = "bicubic") -> Any:
-    """The training augmentation: timm's for large inputs, crop+flip+RandAugment for small ones."""
-    from timm.data import create_transform
-
-    aa = None if aa in (None, "", "none") else aa
-    if img_size > SMALL_IMAGE:
-        return create_transform(
-            img_size, is_training=True, auto_augment=aa, interpolation=interpolation,
-            re_prob=reprob, re_mode="pixel", re_count=1, mean=tuple(mean), std=tuple(std),
-        )
-    from timm.data.auto_augment import rand_augment_transform
-    from timm.data.random_erasing import RandomErasing
-    from torchvision import transforms as T
-
-    ops: list[Any] = [
-        T.Resize(img_size, interpolation=T.InterpolationMode.BICUBIC),  # no-op at the right size
-        T.RandomCrop(img_size, padding=img_size // 8, padding_mode="reflect"),
-        T.RandomHorizontalFlip(),
-    ]
-    if aa:
-        if not aa.startswith("rand"):
-            raise ConfigError(f"--aa {aa!r}: only RandAugment policies ('rand-...') are supported")
-        hparams = dict(translate_const=int(img_size * 0.45),
-                       img_mean=tuple(round(255 * m) for m in mean))
-        try:
-            ra = rand_augment_transform(aa, hparams)
-        except (AssertionError, ValueError, KeyError) as e:
-            raise ConfigError(f"--aa {aa!r} is not a valid timm RandAugment string: {e}") from None
-        for op in getattr(ra, "ops", ()):
-            if "Posterize" in getattr(op, "name", ""):
-                op.aug_fn = _posterize  # timm can ask for 0 bits, which Pillow >= 11 refuses
-        ops.append(ra)
-    ops += [T.ToTensor(), T.Normalize(mean, std)]
-    if reprob > 0:
-        ops.append(RandomErasing(reprob, mode="pixel", max_count=1, device="cpu"))
-    return T.Compose(ops)
-
-
-def _posterize(img: Any, bits_to_keep: int, **_: Any) -> Any:
-    from PIL import ImageOps
-
-    return img if bits_to_keep >= 8 else ImageOps.posterize(img, max(1, int(bits_to_keep)))
-
-
 def check_classes(data_classes: Sequence[str], expected: Sequence[str] | None,
                   expected_count: int | None, where: str) -> None:
     """A clear :class:`DataError` when a data set's classes differ from the model's."""
@@ -332,21 +264,6 @@ def distill_loss(student: Tensor, teacher: Tensor, temp: float) -> Tensor:
     return F.kl_div(s, t, reduction="batchmean", log_target=True) * temp * temp
 
 
-def _plain(v: Any) -> Any:
-    """``v`` as JSON-like plain data (for the args saved in checkpoints)."""
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    return str(v)
-
-
-def plain_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: _plain(v) for k, v in vars(args).items() if not callable(v)}
-
-
 def _sd_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
@@ -358,39 +275,41 @@ class _Meter:
     images: int = 0
     steps: int = 0
     seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+    distill: dict[str, float] = field(default_factory=dict)  # train_ce, train_kd (finetune)
 
 
 # ---------------------------------------------------------------------------------------------
 # the training loop
 # ---------------------------------------------------------------------------------------------
 def fit(args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or fine-tune) as ``args`` say; returns the last epoch's log entry."""
-    from vimstm.engine import distributed as D
+    """Train (or fine-tune) as ``args`` say; returns the last epoch's log entry.
 
+    Args:
+        args: the parsed ``vimstm train`` / ``vimstm finetune`` arguments (``args.finetune``
+            tells which).
+    """
     _validate(args)
     started = time.perf_counter()
-    dist = D.init_distributed()
-    main = D.is_main()
+    dist = distributed.init_distributed()
+    main = distributed.is_main()
     out = Path(args.output)
     try:
         on_main_for_all(lambda: preflight_output(out), main, dist.device)
         return _fit(args, dist, out, main, started)
     finally:
-        D.cleanup()
+        distributed.cleanup()
 
 
 def on_main_for_all(check: Any, main: bool, device: torch.device) -> None:
     """Run ``check`` on rank 0; if it raises, every rank raises (no rank is left waiting)."""
-    from vimstm.engine import distributed as D
-
     error: VimstmError | None = None
     if main:
         try:
             check()
         except VimstmError as e:
             error = e
-    failed = D.all_reduce_sum(torch.tensor(float(error is not None), device=device)).item()
+    flag = torch.tensor(float(error is not None), device=device)
+    failed = distributed.all_reduce_sum(flag).item()
     if error is not None:
         raise error
     if failed:
@@ -425,10 +344,8 @@ def _resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def _open_data(args: argparse.Namespace, model_cfg: dict[str, Any], img_size: int) -> tuple:
-    from vimstm.data import eval_transform, open_dataset
-
     mean, std = model_cfg["mean"], model_cfg["std"]
-    train_tf = build_train_transform(img_size, mean, std, args.aa, args.reprob)
+    train_tf = train_transform(img_size, mean, std, args.aa, args.reprob)
     train = open_dataset(args.data, transform=train_tf)
     if len(train) == 0:
         raise DataError(f"no training images in {args.data}")
@@ -450,8 +367,6 @@ def _open_data(args: argparse.Namespace, model_cfg: dict[str, Any], img_size: in
 
 
 def _build_model(args: argparse.Namespace, num_classes: int | None) -> nn.Module:
-    from vimstm.models.registry import create_model
-
     overrides = dict(depth=args.depth, embed_dim=args.embed_dim, img_size=args.img_size,
                      patch_size=args.patch_size, stride=args.stride, d_state=args.d_state,
                      num_classes=num_classes, drop_path_rate=args.drop_path)
@@ -460,9 +375,6 @@ def _build_model(args: argparse.Namespace, num_classes: int | None) -> nn.Module
 
 def _class_contract(args: argparse.Namespace, data_classes: list[str]) -> tuple[int, list | None]:
     """The number of outputs to build and class names that the data must match (or None)."""
-    from vimstm.models.checkpoint import extract_state_dict, read_checkpoint
-    from vimstm.models.registry import get_spec, weights_dir
-
     spec = get_spec(args.model)
     pinned = args.num_classes if args.num_classes is not None else spec.kwargs.get("num_classes")
     if not args.finetune:
@@ -493,17 +405,24 @@ def _safetensors_classes(path: str | Path) -> list[str] | None:
     return json.loads(meta["classes"]) if "classes" in meta else None
 
 
-def _fit(args: argparse.Namespace, dist: Any, out: Path, main: bool,
+@dataclass
+class TrainContext:
+    """Everything one epoch of training reads: the run's objects and its settings."""
+
+    state: TrainState  # model, optimizer, scheduler, scaler, EMA
+    train_model: nn.Module  # the model, or its DDP wrapper
+    teacher: nn.Module | None  # the frozen dense model for distillation (finetune)
+    loader: Any
+    criterion: nn.Module
+    mixup: Any  # timm Mixup, or None
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    args: argparse.Namespace
+    main: bool  # rank 0: progress bar
+
+
+def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: bool,
          started: float) -> dict[str, Any]:
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2, param_groups_weight_decay
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3
-
-    from vimstm.engine import distributed as D
-    from vimstm.models.checkpoint import atomic_save, load_checkpoint, read_checkpoint
-
     device = torch.device(dist.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -512,19 +431,17 @@ def _fit(args: argparse.Namespace, dist: Any, out: Path, main: bool,
     amp_dtype = _resolve_amp(args.amp, device)
 
     # -- resume: read the checkpoint first, it decides the classes -----------------------------
-    resume_path = _resume_path(args, out)
-    ckpt = read_checkpoint(resume_path) if resume_path else None
+    resume = resume_path(args.resume, out)
+    ckpt = read_checkpoint(resume) if resume else None
 
     # -- model and data --------------------------------------------------------------------
-    from vimstm.models.registry import get_spec
-
     spec = get_spec(args.model)
     img_size = args.img_size or spec.kwargs.get("img_size", 224)
     model_cfg = {"mean": spec.mean, "std": spec.std, "crop_pct": spec.crop_pct}
     train_set, val_set, classes = _open_data(args, model_cfg, img_size)
     num_classes, _ = _class_contract(args, classes)
     if ckpt is not None:
-        check_classes(classes, ckpt.get("classes"), None, f"checkpoint {resume_path}")
+        check_classes(classes, ckpt.get("classes"), None, f"checkpoint {resume}")
 
     seed_all(args.seed)
     model = _build_model(args, num_classes)
@@ -532,8 +449,6 @@ def _fit(args: argparse.Namespace, dist: Any, out: Path, main: bool,
     if args.finetune:
         load_checkpoint(model, args.checkpoint, trust=args.trust_checkpoint)
         teacher = copy.deepcopy(model).eval().requires_grad_(False).to(device)
-        from vimstm.merge import patch_from_args
-
         model = patch_from_args(model, args)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -548,8 +463,6 @@ def _fit(args: argparse.Namespace, dist: Any, out: Path, main: bool,
     world, rank = dist.world_size, dist.rank
     sampler = torch.utils.data.DistributedSampler(
         train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
-    from vimstm.data import ShardSampler, collate_skip
-
     loader_kw: dict[str, Any] = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
                                      collate_fn=collate_skip)
     if args.workers > 0:
@@ -578,6 +491,7 @@ def _fit(args: argparse.Namespace, dist: Any, out: Path, main: bool,
         updates_per_epoch=steps_per_epoch,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    state = TrainState(model, optimizer, scheduler, scaler, ema)
 
     mixup = None
     if args.mixup > 0 or args.cutmix > 0:
@@ -592,15 +506,16 @@ def _fit(args: argparse.Namespace, dist: Any, out: Path, main: bool,
     # -- state from the checkpoint ---------------------------------------------------------
     start_epoch, step, history, best = 0, 0, [], -1.0
     if ckpt is not None:
-        start_epoch, step, history, best = _restore(
-            ckpt, resume_path, model, ema, optimizer, scheduler, scaler, args)
+        start_epoch, step, history, best = state.restore(ckpt, resume, args)
         if main:
-            print(f"resumed from {resume_path} at epoch {start_epoch} (step {step})")
+            print(f"resumed from {resume} at epoch {start_epoch} (step {step})")
 
     train_model: nn.Module = model
     if dist.enabled and world > 1:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    ctx = TrainContext(state, train_model, teacher, train_loader, criterion, mixup, device,
+                       amp_dtype, args, main)
 
     if main:
         what = "fine-tuning" if args.finetune else "training"
@@ -608,7 +523,7 @@ def _fit(args: argparse.Namespace, dist: Any, out: Path, main: bool,
               f"images, {len(classes)} classes, {world} process(es) on {device}, "
               f"total batch {args.batch_size * world}, {steps_per_epoch} steps/epoch, "
               f"amp {amp_dtype}, output {out}")
-        _write_log(out, history)
+        write_log(out, history)
 
     last: dict[str, Any] = history[-1] if history else {}
     if start_epoch >= args.epochs and main:
@@ -617,7 +532,7 @@ def _fit(args: argparse.Namespace, dist: Any, out: Path, main: bool,
     for epoch in range(start_epoch, args.epochs):
         if args.max_minutes and epoch > start_epoch:
             late = time.perf_counter() - started + 1.1 * longest > 60 * args.max_minutes
-            if D.all_reduce_sum(torch.tensor(float(late), device=device)).item() > 0:
+            if distributed.all_reduce_sum(torch.tensor(float(late), device=device)).item() > 0:
                 if main:
                     print(f"stopping after epoch {epoch} of {args.epochs} to stay within "
                           f"--max-minutes {args.max_minutes:g}; continue with --resume auto")
@@ -627,11 +542,10 @@ def _fit(args: argparse.Namespace, dist: Any, out: Path, main: bool,
         sampler.set_epoch(epoch)
         if args.sched_on == "epoch":
             scheduler.step(epoch)
-        meter = _train_one_epoch(
-            train_model, model, teacher, train_loader, optimizer, scheduler, scaler, criterion,
-            mixup, ema, device, amp_dtype, args, epoch, step, main)
+        meter = _train_one_epoch(ctx, epoch, step)
         step += meter.steps
-        stats = {k: D.all_reduce_sum(torch.tensor(v, dtype=torch.float64, device=device)).item()
+        stats = {k: distributed.all_reduce_sum(
+                    torch.tensor(v, dtype=torch.float64, device=device)).item()
                  for k, v in (("loss", meter.loss), ("correct", meter.correct),
                               ("images", meter.images))}
         entry: dict[str, Any] = {
@@ -641,9 +555,9 @@ def _fit(args: argparse.Namespace, dist: Any, out: Path, main: bool,
             "images_per_s": stats["images"] / max(meter.seconds, 1e-9),
             "epoch_seconds": meter.seconds,
         }
-        entry.update(meter.extra)
+        entry.update(meter.distill)
         if getattr(model, "merger", None) is not None:
-            entry["tokens_per_block"] = _plain(model.merge_info.get("tokens_per_block"))
+            entry["tokens_per_block"] = plain(model.merge_info.get("tokens_per_block"))
         if val_loader is not None:
             t0 = time.perf_counter()
             entry["val_top1"] = _evaluate(model, val_loader, device, amp_dtype)
@@ -657,144 +571,70 @@ def _fit(args: argparse.Namespace, dist: Any, out: Path, main: bool,
         history.append(entry)
         last = entry
         if main:
-            state = _checkpoint(model, ema, optimizer, scheduler, scaler, epoch, step, args,
-                                classes, history, best)
-            atomic_save(state, out / LAST)
-            if is_best:
-                atomic_save(state, out / BEST)
-            _write_log(out, history)
+            state.save(out, state.checkpoint(epoch, step, args, classes, history, best), is_best)
+            write_log(out, history)
             print(_format_entry(entry, args.epochs), flush=True)
-        D.barrier()
+        distributed.barrier()
         longest = max(longest, time.perf_counter() - epoch_start)
     return last
 
 
-def _resume_path(args: argparse.Namespace, out: Path) -> Path | None:
-    if not args.resume:
-        return None
-    if args.resume == "auto":
-        p = out / LAST
-        return p if p.exists() else None
-    p = Path(args.resume)
-    if not p.exists():
-        raise CheckpointError(f"--resume {p}: no such file (use --resume auto to continue the "
-                              f"run in {out} if there is one)")
-    return p
-
-
-def _restore(ckpt: dict[str, Any], path: Path, model: nn.Module, ema: Any, optimizer: Any,
-             scheduler: Any, scaler: Any, args: argparse.Namespace) -> tuple[int, int, list, float]:
-    from vimstm.models.checkpoint import load_state_dict_checked
-
-    for key in ("model", "optimizer", "epoch", "step"):
-        if key not in ckpt:
-            raise CheckpointError(f"{path} is not a vimstm training checkpoint (no {key!r}); "
-                                  "to start from weights use `vimstm finetune --checkpoint`")
-    load_state_dict_checked(model, ckpt["model"], source=str(path))
-    if ema is not None:
-        load_state_dict_checked(ema.module, ckpt.get("model_ema") or ckpt["model"],
-                                source=f"{path} (EMA)")
-    try:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"the optimizer state in {path} does not fit this run ({e}); "
-                              "resume with the same options, or start a new --output") from None
-    saved = ckpt.get("args", {})
-    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
-    step = int(ckpt["step"])
-    if ckpt.get("scheduler") and saved.get("epochs") == args.epochs:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    if args.sched_on == "step":
-        scheduler.step_update(step)
-    if ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    if ckpt.get("rng"):
-        set_rng_states(ckpt["rng"])
-    best = ckpt.get("best_top1")
-    return int(ckpt["epoch"]) + 1, step, list(ckpt.get("history", [])), -1.0 if best is None \
-        else float(best)
-
-
-def _checkpoint(model: nn.Module, ema: Any, optimizer: Any, scheduler: Any, scaler: Any,
-                epoch: int, step: int, args: argparse.Namespace, classes: list[str],
-                history: list[dict[str, Any]], best: float) -> dict[str, Any]:
-    from vimstm import __version__
-
-    return {
-        "model": model.state_dict(),
-        "model_ema": ema.module.state_dict() if ema is not None else None,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": {k: _plain(v) for k, v in scheduler.state_dict().items()},
-        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-        "epoch": epoch,
-        "step": step,
-        "args": plain_args(args),
-        "classes": list(classes),
-        "history": history,
-        "best_top1": best,
-        "rng": rng_states(),
-        "vimstm_version": __version__,
-    }
-
-
-def _train_one_epoch(train_model: nn.Module, model: nn.Module, teacher: nn.Module | None,
-                     loader: Any, optimizer: Any, scheduler: Any, scaler: Any, criterion: nn.Module,
-                     mixup: Any, ema: Any, device: torch.device, amp_dtype: torch.dtype | None,
-                     args: argparse.Namespace, epoch: int, step: int, main: bool) -> _Meter:
-    """One pass over ``loader``; sums stay on the device and sync every ``SYNC_EVERY`` steps."""
-    from tqdm import tqdm
-
-    train_model.train()
+def _train_one_epoch(ctx: TrainContext, epoch: int, step: int) -> _Meter:
+    """One pass over ``ctx.loader`` from global ``step``; sums stay on the device and sync
+    every ``SYNC_EVERY`` steps."""
+    args, device, st = ctx.args, ctx.device, ctx.state
+    ctx.train_model.train()
     meter = _Meter()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct, ce, kd
-    params = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, dynamic_ncols=True,
-               disable=not main or args.no_progress, mininterval=1.0, file=sys.stderr)
+    params = [p for p in st.model.parameters() if p.requires_grad]
+    bar = tqdm(ctx.loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
+               dynamic_ncols=True, disable=not ctx.main or args.no_progress, mininterval=1.0,
+               file=sys.stderr)
     t0 = time.perf_counter()
     for x, y, _skipped in bar:  # unreadable images are reported and left out (collate_skip)
-        if mixup is not None and x.shape[0] % 2:
+        if ctx.mixup is not None and x.shape[0] % 2:
             x, y = x[:-1], y[:-1]
         if x.shape[0] == 0:
             continue
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        x, target = mixup(x, y) if mixup is not None else (x, y)
-        with _autocast(device, amp_dtype):
-            logits = train_model(x)
-            loss = criterion(logits, target)
-            if teacher is not None:
+        x, target = ctx.mixup(x, y) if ctx.mixup is not None else (x, y)
+        with _autocast(device, ctx.amp_dtype):
+            logits = ctx.train_model(x)
+            loss = ctx.criterion(logits, target)
+            if ctx.teacher is not None:
                 with torch.no_grad():
-                    t_logits = teacher(x)
+                    t_logits = ctx.teacher(x)
                 kd = distill_loss(logits, t_logits, args.distill_temp)
                 sums[2] += loss.detach()
                 sums[3] += kd.detach()
                 loss = (1 - args.distill_alpha) * loss + args.distill_alpha * kd
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        st.optimizer.zero_grad(set_to_none=True)
+        st.scaler.scale(loss).backward()
         if args.clip_grad:
-            scaler.unscale_(optimizer)
+            st.scaler.unscale_(st.optimizer)
             torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
+        st.scaler.step(st.optimizer)
+        st.scaler.update()
         meter.steps += 1
         if args.sched_on == "step":
-            scheduler.step_update(step + meter.steps)
-        if ema is not None:
-            ema.update(model, step=step + meter.steps)
+            st.scheduler.step_update(step + meter.steps)
+        if st.ema is not None:
+            st.ema.update(st.model, step=step + meter.steps)
         sums[0] += loss.detach()
         sums[1] += (logits.detach().argmax(-1) == y).sum()
         meter.images += x.shape[0]
         if meter.steps % SYNC_EVERY == 0 or meter.steps == 1:
             value = loss.item()
             _check_finite(value, epoch, step + meter.steps)
-            bar.set_postfix(loss=f"{value:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{st.optimizer.param_groups[0]['lr']:.2e}")
     loss_sum, correct, ce_sum, kd_sum = sums.tolist()  # waits for the GPU
     meter.seconds = time.perf_counter() - t0
     _check_finite(loss_sum, epoch, step + meter.steps)
     meter.loss, meter.correct = loss_sum, correct
-    if teacher is not None:
-        meter.extra = {"train_ce": ce_sum / max(meter.steps, 1),
-                       "train_kd": kd_sum / max(meter.steps, 1)}
+    if ctx.teacher is not None:
+        meter.distill = {"train_ce": ce_sum / max(meter.steps, 1),
+                         "train_kd": kd_sum / max(meter.steps, 1)}
     return meter
 
 
@@ -815,16 +655,8 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
 def _evaluate(model: nn.Module, loader: Any, device: torch.device,
               amp_dtype: torch.dtype | None) -> float:
     """Top-1 (percent) over all ranks' shards (:func:`vimstm.engine.evaluate.evaluate`)."""
-    from vimstm.engine.evaluate import evaluate
-
     amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype)  # type: ignore[arg-type]
     return float(evaluate(model, loader, device=device, amp=amp, progress=False)["top1"])
-
-
-def _write_log(out: Path, history: list[dict[str, Any]]) -> None:
-    tmp = out / (LOG + ".tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in history))
-    os.replace(tmp, out / LOG)
 
 
 def _format_entry(e: dict[str, Any], epochs: int) -> str:
@@ -836,61 +668,3 @@ def _format_entry(e: dict[str, Any], epochs: int) -> str:
         parts.append(f"EMA top-1 {e['ema_top1']:.2f}")
     parts += [f"{e['images_per_s']:.0f} img/s", f"{e['epoch_seconds']:.1f} s"]
     return " | ".join(parts)
-
-
-def iter_history(output: str | Path) -> Iterator[dict[str, Any]]:
-    """The entries of a run's ``log.jsonl``."""
-    with open(Path(output) / LOG) as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
-# ---------------------------------------------------------------------------------------------
-# export
-# ---------------------------------------------------------------------------------------------
-def export_weights(checkpoint: str | Path, output: str | Path, use_ema: bool | None = None,
-                   dtype: str = "fp16") -> Path:
-    """Write a run's weights as safetensors in ``dtype`` (SSM decay parameters stay fp32).
-
-    ``use_ema=None`` takes the EMA weights when the checkpoint has them. The file's metadata
-    holds the class names, the model name and the epoch, when the checkpoint has them.
-    """
-    from safetensors.torch import save_file
-
-    from vimstm.models.checkpoint import extract_state_dict, read_checkpoint
-
-    obj = read_checkpoint(checkpoint)
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{checkpoint} does not hold a state dict")
-    has_ema = isinstance(obj.get("model_ema"), dict) and bool(obj["model_ema"])
-    if use_ema is None:
-        use_ema = has_ema
-    if use_ema and not has_ema:
-        raise CheckpointError(f"{checkpoint} has no EMA weights: export with --weights raw")
-    sd = extract_state_dict(obj, use_ema=use_ema)
-    cast = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    tensors = {}
-    for k, v in sd.items():
-        keep = not v.is_floating_point() or k.endswith(FP32_SUFFIXES)
-        tensors[k] = (v if keep else v.to(cast)).contiguous()
-    meta = {"format": "pt", "weights": "ema" if use_ema else "raw", "dtype": dtype}
-    args = obj.get("args") or {}
-    args = vars(args) if isinstance(args, argparse.Namespace) else args
-    if obj.get("classes"):
-        meta["classes"] = json.dumps(list(obj["classes"]))
-    for key in ("model", "method", "ratio", "r", "flops", "merge_opt"):
-        if args.get(key) not in (None, []):
-            meta[key] = json.dumps(args[key]) if isinstance(args[key], list) else str(args[key])
-    if "epoch" in obj:
-        meta["epoch"] = str(int(obj["epoch"]) + 1)
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out

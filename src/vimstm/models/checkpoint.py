@@ -1,4 +1,4 @@
-"""Safe checkpoint loading and writing.
+"""Safe checkpoint loading and writing, and the export of a run's weights.
 
 Reads official release files (``{'model': state_dict}``), full training checkpoints
 (``model``, ``model_ema``, ``optimizer``, ``args`` as an argparse.Namespace ...), plain state
@@ -9,11 +9,12 @@ dicts and safetensors. Pickles are read with ``torch.load(weights_only=True)`` a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -187,19 +188,26 @@ def load_checkpoint(
     return model
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` with torch.save (or safetensors by suffix) to a temp file, then rename."""
+def atomic_write(path: str | Path, data: str | bytes | Callable[[str], Any]) -> Path:
+    """Write ``path`` all at once: into a temporary file beside it, synced, then renamed over it.
+
+    A reader (or a run killed mid-write) sees the old file or the new one, never a part.
+
+    Args:
+        path: the file to write; its folder is created.
+        data: the content (``str`` is written as UTF-8), or a function that writes the file
+            whose name it is given (``torch.save``, safetensors' ``save_file`` ...).
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
     try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
+        if callable(data):
+            data(tmp)
         else:
-            torch.save(obj, tmp)
+            with open(tmp, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, p)
@@ -207,3 +215,61 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return p
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """:func:`atomic_write` of ``obj`` with torch.save, or as safetensors for that suffix."""
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        tensors = {k: v.contiguous() for k, v in obj.items()}
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+# Kept in float32 on export: the SSM's decay and step-size parameters (tiny, precision-sensitive).
+FP32_SUFFIXES = ("A_log", "A_b_log", ".D", ".D_b", "dt_proj.bias", "dt_proj_b.bias")
+EXPORT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def export_weights(checkpoint: str | Path, output: str | Path, use_ema: bool | None = None,
+                   dtype: str = "fp16") -> Path:
+    """Write a training run's weights as safetensors in ``dtype`` (SSM decay parameters: fp32).
+
+    The file's metadata holds the class names, the model name, the merge settings and the
+    epoch, when the checkpoint has them.
+
+    Args:
+        checkpoint: a training checkpoint (``OUTPUT/last.pth``) or any file
+            :func:`read_checkpoint` reads.
+        output: the ``.safetensors`` file to write (atomically).
+        use_ema: the EMA weights; ``None`` takes them when the checkpoint has them.
+        dtype: ``fp16``, ``bf16`` or ``fp32`` for the floating-point tensors.
+    """
+    from safetensors.torch import save_file
+
+    obj = read_checkpoint(checkpoint)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{checkpoint} does not hold a state dict")
+    has_ema = isinstance(obj.get("model_ema"), dict) and bool(obj["model_ema"])
+    if use_ema is None:
+        use_ema = has_ema
+    if use_ema and not has_ema:
+        raise CheckpointError(f"{checkpoint} has no EMA weights: export with --weights raw")
+    sd = extract_state_dict(obj, use_ema=use_ema)
+    cast = EXPORT_DTYPES[dtype]
+    tensors = {}
+    for k, v in sd.items():
+        keep = not v.is_floating_point() or k.endswith(FP32_SUFFIXES)
+        tensors[k] = (v if keep else v.to(cast)).contiguous()
+    meta = {"format": "pt", "weights": "ema" if use_ema else "raw", "dtype": dtype}
+    args = obj.get("args") or {}
+    args = vars(args) if isinstance(args, argparse.Namespace) else args
+    if obj.get("classes"):
+        meta["classes"] = json.dumps(list(obj["classes"]))
+    for key in ("model", "method", "ratio", "r", "flops", "merge_opt"):
+        if args.get(key) not in (None, []):
+            meta[key] = json.dumps(args[key]) if isinstance(args[key], list) else str(args[key])
+    if "epoch" in obj:
+        meta["epoch"] = str(int(obj["epoch"]) + 1)
+    return atomic_write(output, lambda tmp: save_file(tensors, tmp, metadata=meta))
