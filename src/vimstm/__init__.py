@@ -6,6 +6,7 @@
 """
 
 from vimstm.errors import CheckpointError, ConfigError, DataError, VimstmError
+from vimstm.merge import patch, unpatch
 from vimstm.models import VisionMamba, create_model, list_models, load_checkpoint
 
 __version__ = "0.1.0"
@@ -20,12 +21,6 @@ __all__ = [
     "create_model",
     "list_models",
     "load_checkpoint",
+    "patch",
+    "unpatch",
 ]
-
-
-def __getattr__(name: str):  # lazy: merging imports only when used
-    if name in ("patch", "unpatch"):
-        from vimstm import merge
-
-        return getattr(merge, name)
-    raise AttributeError(name)

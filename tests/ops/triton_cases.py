@@ -200,7 +200,7 @@ def test_auto_picks_triton_on_cuda_only():
 @pytest.mark.parametrize("d,with_res", [(32, True), (300, True), (7, False)])
 def test_adjacent_dissimilarity(d, with_res):
     """The fused merge similarity equals its PyTorch definition (fp16 hidden, fp32 residual)."""
-    from vimstm.ops.scan_ref import adjacent_dissimilarity_ref
+    from vimstm.ops.merge_ref import adjacent_dissimilarity_ref
     from vimstm.ops.triton_merge import adjacent_dissimilarity_triton
 
     g = torch.Generator().manual_seed(d)
@@ -245,12 +245,12 @@ def test_merged_model_same_with_fused_kernels(method, opts, arch, all_triton, mo
         if all_triton:
             model.set_scan_backend("triton")
         else:
-            import vimstm.merge.base as base
+            from vimstm.ops import dispatch
 
-            monkeypatch.setattr(base, "resolve_backend", lambda backend, device: "triton")
+            monkeypatch.setattr(dispatch, "merge_backend", lambda backend, device: "triton")
         out = model(x)
     info = model.merge_info
-    assert model.merger.kernels == "triton"
+    assert model.merger.backend == "triton"
     assert info["tokens_per_block"] == ref_info["tokens_per_block"]
     assert info["cls_index_per_block"] == ref_info["cls_index_per_block"]
     assert torch.equal(info["size"], ref_info["size"])

@@ -90,7 +90,7 @@ def build_merger(
     if r is not None and ((every or 1) != 1 or (shape or "even") != "even"):
         raise ConfigError("every= and shape= apply to ratio/flops schedules; with r, write "
                           "the list yourself")
-    # defaults (see DEFAULT_EVERY): few merge steps, each removing a share of its tokens
+    # defaults (see DEFAULT_EVERY_DIV): few merge steps, each removing a share of its tokens
     every = every if every is not None else max(1, depth // DEFAULT_EVERY_DIV)
     shape = shape if shape is not None else DEFAULT_SHAPE
     given = [k for k, v in (("ratio", ratio), ("r", r), ("flops", flops)) if v is not None]
@@ -121,8 +121,6 @@ def build_merger(
     if not _try_schedule(merger, schedule, "protect" in options, m + 1, c):
         merger.simulate(m + 1, c)  # fails again, raising the clear error of the step at fault
     merger.trace_source = bool(trace_source)
-    merger.every = every  # type: ignore[attr-defined]
-    merger.shape = shape  # type: ignore[attr-defined]
     return merger
 
 
@@ -164,35 +162,15 @@ def patch(
     """Install token merging on ``model`` in place and return it (see the module docstring)."""
     merger = build_merger(model, method, ratio, r, flops, trace_source, **options)
     unpatch(model)
-    saved = []
-    for i, layer in enumerate(model.layers):
-        mixer = layer.mixer
-        saved.append((mixer.record_ssm, getattr(mixer, "record_delta_full", False),
-                      getattr(mixer, "record_parts", None)))
-        step_follows = i < len(merger.schedule) and merger.schedule[i] > 0
-        if merger.needs_ssm and step_follows:
-            mixer.record_ssm = True
-            mixer.record_delta_full = merger.needs_delta_full
-            mixer.record_parts = tuple(merger.ssm_parts)  # only what the method reads
-    merger._saved_flags = saved  # type: ignore[attr-defined]
-    model.merger = merger
-    model.merge_info = {}
+    merger.attach(model)
     return model
 
 
 def unpatch(model: Any) -> Any:
     """Remove merging from ``model`` (restores the mixers' recording flags) and return it."""
     merger = getattr(model, "merger", None)
-    if merger is None:
-        return model
-    for layer, (rec, full, parts) in zip(model.layers, getattr(merger, "_saved_flags", [])):
-        layer.mixer.record_ssm = rec
-        layer.mixer.record_delta_full = full
-        layer.mixer.record_parts = parts
-        if not rec:
-            layer.mixer.last_ssm = None
-    model.merger = None
-    model.merge_info = {}
+    if merger is not None:
+        merger.detach(model)
     return model
 
 

@@ -7,22 +7,24 @@ of its group, with one ``scatter_add`` into a fresh buffer per tensor, so the sa
 hidden_states, the fp32 residual, the token sizes and the traced source identically, stays
 differentiable, and costs no host synchronisation (all counts are known from the schedule).
 
-Methods whose groups are at most two tokens and keep the token order (STM, random, pruning)
-set ``pair_groups``: their plan is turned into, per new slot, its first and last token and the
-last one's weight (:func:`pair_plan`), and every tensor is merged by two row gathers and one
-``lerp`` (:func:`apply_pairs`), which writes contiguous outputs with no atomics. Bipartite
-merging (groups of any size) keeps the ``scatter_add`` path.
+A step's plan is a :data:`MergePlan`, which applies itself. Methods whose groups are at most
+two tokens and keep the token order (STM, random, pruning) return a :class:`PairPlan`: per new
+slot, its first and last token and the last one's weight, merged by two row gathers and one
+``lerp`` per tensor (contiguous outputs, no atomics). Bipartite merging (groups of any size)
+returns a :class:`GroupPlan`, merged by ``scatter_add``. Which kernels run (Triton or PyTorch)
+is decided by :mod:`vimstm.ops.dispatch` from the model's scan backend.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
 from vimstm.errors import ConfigError
-from vimstm.ops.dispatch import resolve_backend
+from vimstm.ops import dispatch
+from vimstm.ops.merge_ref import apply_pairs
 
 
 def apply_merge(x: Tensor, dest: Tensor, wn: Tensor | None, new_len: int, trash: bool) -> Tensor:
@@ -46,7 +48,7 @@ def apply_merge(x: Tensor, dest: Tensor, wn: Tensor | None, new_len: int, trash:
 def pair_plan(
     dest: Tensor, wn: Tensor, new_len: int, sorted_dest: bool, grid: tuple[Tensor, Tensor]
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(first, last, weight of last, is-pair) per new slot, each (batch * new_len, 1).
+    """(first, last, weight of last, is-pair) per new slot, as :class:`PairPlan` holds them.
 
     Valid for plans whose groups are one token or two (consecutive in the sorted order) and
     whose weights sum to one per group; dropped tokens (``dest == new_len``) are left out.
@@ -73,23 +75,53 @@ def pair_grid(b: int, t: int, new_len: int, device: torch.device) -> tuple[Tenso
     return slots, (torch.arange(b, device=device) * t).unsqueeze(1)
 
 
-def apply_pairs(x: Tensor, first: Tensor, last: Tensor, w_last: Tensor) -> Tensor:
-    """``x[first] + w_last * (x[last] - x[first])`` per slot (a lone token: an exact copy).
+class PairPlan(NamedTuple):
+    """A merge into groups of one or two tokens that keeps the order (STM, random, pruning).
 
-    For token sizes and traced sources pass ``w_last`` = :func:`pair_plan`'s is-pair mask:
-    the pair is then summed, a lone token counted once. ``x`` is (batch, tokens) or
-    (batch, tokens, channels); the output is contiguous.
+    Per new slot (flat over the batch): ``first`` and ``last`` token as rows of
+    (batch * tokens), the weight of ``last`` and whether the slot is a pair (a lone token is
+    copied exactly); see :func:`pair_plan`.
     """
-    b = x.shape[0]
-    n = first.shape[0] // b
-    rows = x.reshape(b * x.shape[1], -1)
-    a = rows.index_select(0, first)
-    z = rows.index_select(0, last)
-    if w_last.dtype == torch.bool:
-        out = torch.where(w_last, a + z, a)
-    else:
-        out = torch.lerp(a, z, w_last.to(x.dtype))
-    return out.view(b, n, *x.shape[2:])
+
+    first: Tensor  # (batch * new_len,) int64
+    last: Tensor
+    w_last: Tensor  # (batch * new_len, 1) fp32
+    is_pair: Tensor  # (batch * new_len, 1) bool
+    cls_index: int  # the class token's index after the step
+
+    def apply(self, hidden: Tensor, residual: Tensor, state: Any,
+              backend: str) -> tuple[Tensor, Tensor]:
+        """Merge hidden and residual (weighted) and ``state``'s sizes and sources (summed)."""
+        hidden, residual = dispatch.pair_lerp(hidden, residual, self.first, self.last,
+                                              self.w_last, backend)
+        state.size = apply_pairs(state.size, self.first, self.last, self.is_pair)
+        if state.source is not None:
+            state.source = apply_pairs(state.source, self.first, self.last, self.is_pair)
+        return hidden, residual
+
+
+class GroupPlan(NamedTuple):
+    """A merge into groups of any size (bipartite): each token's new slot and its weight."""
+
+    dest: Tensor  # (batch, tokens) int64: the slot of each token; new_len is the trash slot
+    wn: Tensor  # (batch, tokens): weights summing to one inside each group
+    new_len: int
+    trash: bool  # whether some tokens are dropped (dest == new_len)
+    cls_index: int
+
+    def apply(self, hidden: Tensor, residual: Tensor, state: Any,
+              backend: str) -> tuple[Tensor, Tensor]:
+        """Merge hidden and residual (weighted) and ``state``'s sizes and sources (summed)."""
+        dest, n, trash = self.dest, self.new_len, self.trash
+        hidden = apply_merge(hidden, dest, self.wn, n, trash)
+        residual = apply_merge(residual, dest, self.wn, n, trash)
+        state.size = apply_merge(state.size, dest, None, n, trash)
+        if state.source is not None:
+            state.source = apply_merge(state.source, dest, None, n, trash)
+        return hidden, residual
+
+
+MergePlan = PairPlan | GroupPlan
 
 
 def group_normalize(dest: Tensor, w: Tensor, new_len: int) -> Tensor:
@@ -117,10 +149,8 @@ class Merger:
     needs_ssm = False  # record the previous block's SSM statistics
     ssm_parts: tuple[str, ...] = ("B", "decay", "importance")  # what of them (SSM_PARTS)
     needs_delta_full = False
-    keeps_order = True
-    kernels = "reference"  # "triton" where the model's scan backend is (set by begin)
-    pair_groups = False  # groups of <= 2 tokens in order: merged by gathers (apply_pairs)
-    sorted_dest = False  # plan's dest is non-decreasing (no sort needed for pair_plan)
+    backend = "reference"  # merge kernels: "triton" where the model's scan runs Triton (begin)
+    sorted_dest = False  # a PairPlan's dest is non-decreasing (no sort needed in pair_plan)
     option_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
@@ -134,6 +164,7 @@ class Merger:
         self._cache: dict[Any, Any] = {}  # index tensors per (shape, device), built once
         self.schedule: list[int] = []
         self.trace_source = False
+        self._saved_recording: list[tuple[Any, ...]] = []  # the mixers' flags before attach
         self._check_options()
 
     def _check_options(self) -> None:
@@ -168,6 +199,35 @@ class Merger:
             clss.append(cls_index)
         return toks, clss
 
+    # -- installation (vimstm.merge.patch / unpatch) ----------------------------------------
+    def attach(self, model: Any) -> None:
+        """Install on ``model``: ``model.merger``, and SSM recording in the blocks whose
+        statistics a merge step reads (only the parts it reads)."""
+        self._saved_recording = []
+        for i, layer in enumerate(model.layers):
+            mixer = layer.mixer
+            self._saved_recording.append(
+                (mixer.record_ssm, mixer.record_delta_full, mixer.record_parts))
+            step_follows = i < len(self.schedule) and self.schedule[i] > 0
+            if self.needs_ssm and step_follows:
+                mixer.record_ssm = True
+                mixer.record_delta_full = self.needs_delta_full
+                mixer.record_parts = tuple(self.ssm_parts)
+        model.merger = self
+        model.merge_info = {}
+
+    def detach(self, model: Any) -> None:
+        """Undo :meth:`attach`: the mixers' recording flags as they were, no merger."""
+        for layer, (rec, full, parts) in zip(model.layers, self._saved_recording):
+            layer.mixer.record_ssm = rec
+            layer.mixer.record_delta_full = full
+            layer.mixer.record_parts = parts
+            if not rec:
+                layer.mixer.last_ssm = None
+        self._saved_recording = []
+        model.merger = None
+        model.merge_info = {}
+
     # -- hooks called by VisionMamba.forward_features -----------------------------------
     def cached(self, key: Any, build: Any) -> Any:
         """``build()`` once per ``key`` (index tensors of a step's shape, on its device)."""
@@ -178,10 +238,8 @@ class Merger:
 
     def begin(self, model: Any, hidden: Tensor, state: Any) -> Any:
         b, t, _ = hidden.shape
-        # fused kernels follow the model's scan backend ("reference" keeps everything PyTorch)
-        backend = getattr(model, "scan_backend", "auto")
-        self.kernels = "triton" if resolve_backend(backend, hidden.device.type) == "triton" \
-            else "reference"
+        self.backend = dispatch.merge_backend(getattr(model, "scan_backend", "auto"),
+                                              hidden.device.type)
         # token sizes (batch, tokens) fp32; one expand of a cached row, no fill kernel per call
         dev = hidden.device
         ones = self.cached(("ones", t, dev), lambda: torch.ones(1, t, device=dev))
@@ -195,57 +253,23 @@ class Merger:
 
     def step(self, model: Any, i: int, hidden: Tensor, residual: Tensor, state: Any):
         r = self.schedule[i - 1] if i - 1 < len(self.schedule) else 0
-        t = hidden.shape[1]
         if r > 0:
             ssm = model.layers[i - 1].mixer.last_ssm if self.needs_ssm else None
             # the plan is index and weight bookkeeping: no autograd, and no autocast (its few
             # matrix products must stay fp32; similarities read the block input as it is)
             with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-                pairs = self.plan_pairs(hidden, residual, state, ssm, r)
-                if pairs is None:
-                    dest, wn, new_cls, trash = self.plan(hidden, residual, state, ssm, r)
-                    if self.pair_groups:
-                        pairs = (*self._pairs_from_dest(dest, wn, t, t - r), new_cls)
-            if pairs is None:
-                hidden, residual = self._apply_dest(hidden, residual, state, dest, wn, t - r,
-                                                    trash)
-            else:
-                new_cls = pairs[-1]
-                hidden, residual = self._apply_pairs(hidden, residual, state, *pairs[:-1])
-            state.cls_index = new_cls
+                plan = self.plan(hidden, residual, state, ssm, r)
+            hidden, residual = plan.apply(hidden, residual, state, self.backend)
+            state.cls_index = plan.cls_index
         self._tokens.append(hidden.shape[1])
         self._cls.append(state.cls_index)
         return hidden, residual, state
 
-    def _pairs_from_dest(self, dest: Tensor, wn: Tensor, t: int, new_len: int):
-        b, dev = dest.shape[0], dest.device
+    def pairs(self, dest: Tensor, wn: Tensor, new_len: int, cls_index: int) -> PairPlan:
+        """The :class:`PairPlan` of a plan given by destination and weight per token."""
+        b, t, dev = dest.shape[0], dest.shape[1], dest.device
         grid = self.cached(("pair_grid", b, t, new_len, dev), lambda: pair_grid(b, t, new_len, dev))
-        return pair_plan(dest, wn, new_len, self.sorted_dest, grid)
-
-    def _apply_pairs(self, hidden: Tensor, residual: Tensor, state: Any, first: Tensor,
-                     last: Tensor, w_last: Tensor, is_pair: Tensor) -> tuple[Tensor, Tensor]:
-        """Merge by (first, last, weight) per slot; one fused kernel when no gradient is needed."""
-        if self.kernels == "triton" and not torch.is_grad_enabled():
-            from vimstm.ops.triton_merge import pair_lerp_triton
-
-            hidden, residual = pair_lerp_triton(hidden, residual, first, last, w_last)
-        else:
-            hidden = apply_pairs(hidden, first, last, w_last)
-            residual = apply_pairs(residual, first, last, w_last)
-        state.size = apply_pairs(state.size, first, last, is_pair)
-        if state.source is not None:
-            state.source = apply_pairs(state.source, first, last, is_pair)
-        return hidden, residual
-
-    def _apply_dest(self, hidden: Tensor, residual: Tensor, state: Any, dest: Tensor,
-                    wn: Tensor, new_len: int, trash: bool) -> tuple[Tensor, Tensor]:
-        """Merge by destination slot and weight (groups of any size: bipartite methods)."""
-        hidden = apply_merge(hidden, dest, wn, new_len, trash)
-        residual = apply_merge(residual, dest, wn, new_len, trash)
-        state.size = apply_merge(state.size, dest, None, new_len, trash)
-        if state.source is not None:
-            state.source = apply_merge(state.source, dest, None, new_len, trash)
-        return hidden, residual
+        return PairPlan(*pair_plan(dest, wn, new_len, self.sorted_dest, grid), cls_index)
 
     def end(self, model: Any, hidden: Tensor, state: Any) -> None:
         info: dict[str, Any] = {
@@ -258,14 +282,9 @@ class Merger:
             info["source"] = state.source
         model.merge_info = info
 
-    def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
-        """Return ``(dest, wn, new_cls_index, trash)`` for removing ``r`` tokens."""
+    def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int) -> MergePlan:
+        """The merge that removes ``r`` tokens from this step's sequence."""
         raise NotImplementedError
-
-    def plan_pairs(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
-        """A fused plan for ``pair_groups`` methods: ``(first, last, w_last, is_pair, new_cls)``
-        as :func:`pair_plan` returns them, or None to use :meth:`plan` (the default)."""
-        return None
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

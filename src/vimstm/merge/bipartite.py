@@ -23,12 +23,11 @@ import torch
 from torch import Tensor
 
 from vimstm.errors import ConfigError
-from vimstm.merge.base import Merger, block_input, group_normalize
+from vimstm.merge.base import GroupPlan, Merger, block_input, group_normalize
 
 
 class BipartiteMerger(Merger):
     name = "tome"
-    keeps_order = False
     option_defaults: ClassVar[dict[str, Any]] = {"similarity": "x"}
 
     def _check_options(self) -> None:
@@ -72,7 +71,7 @@ class BipartiteMerger(Merger):
 
         return self.cached(("layout", t, c, r, str(dev)), build)
 
-    def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
+    def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int) -> GroupPlan:
         b, t, _ = hidden.shape
         c = state.cls_index
         lay = self._layout(t, c, r, hidden.device)
@@ -98,12 +97,11 @@ class BipartiteMerger(Merger):
         patch_dest = patch_rank + (patch_rank >= new_c).long()
         dest = torch.cat((patch_dest[:, :c], lay["cls"].expand(b, 1), patch_dest[:, c:]), 1)
         wn = group_normalize(dest, state.size, t - r)
-        return dest, wn, new_c, False
+        return GroupPlan(dest, wn, t - r, False, new_c)
 
 
 class RMeeToMerger(BipartiteMerger):
     name = "rmeeto"
-    keeps_order = True
 
     def next_cls(self, tokens: int, cls_index: int, r: int) -> int:
         return cls_index * (tokens - r) // tokens

@@ -21,12 +21,11 @@ import torch
 from torch import Tensor
 
 from vimstm.errors import ConfigError
-from vimstm.merge.base import Merger, block_input, split_sides
+from vimstm.merge.base import Merger, PairPlan, block_input, split_sides
 
 
 class PruneMerger(Merger):
     name = "prune-norm"
-    pair_groups = True  # groups of one token (dropped ones go to the trash slot)
     option_defaults: ClassVar[dict[str, Any]] = {"balance": True}
 
     def _check_options(self) -> None:
@@ -67,7 +66,7 @@ class PruneMerger(Merger):
 
         return self.cached(("layout", t, c, r, str(dev)), build)
 
-    def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
+    def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int) -> PairPlan:
         t = hidden.shape[1]
         c = state.cls_index
         lay = self._layout(t, c, r, hidden.device)
@@ -90,7 +89,7 @@ class PruneMerger(Merger):
             rank = torch.where(lay["is_cls"], lay["new_c"],
                                patch_rank + (patch_rank >= new_c).long())
         dest = rank.masked_fill(~keep, new_len)
-        return dest, keep.float(), new_c, True
+        return self.pairs(dest, keep.float(), new_len, new_c)  # groups of one, the rest dropped
 
 
 class TopPruneMerger(PruneMerger):

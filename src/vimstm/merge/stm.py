@@ -35,30 +35,53 @@ weights are ``α_s ∝ size_s Σ_dir g_s Δ_s max(⟨B_s, B̄⟩, 0)`` normalise
 are not known before the merge); ``size_s`` counts the writes a merged token stands for.
 ``weights="size"`` is the size-weighted average. hidden_states and residual get the same weights.
 
-**Two implementations, one result.** :meth:`AdjacentMerger.plan` is the PyTorch path (any
-device, the reference). Where the model runs the Triton scan, :meth:`AdjacentMerger.plan_pairs`
-computes the same step with the kernels of :mod:`vimstm.ops.triton_merge` (similarity, pair
-weights, pair choice with the run resolution, merge layout): a handful of launches instead of
-~100 small ones, which is what makes a merge step cheap on a GPU (BENCHMARKS.md). The costs and
-scores it reads are the PyTorch ones, so both paths choose the same pairs (tested).
+**Two implementations, one result.** Where the model runs the Triton scan, the similarity, the
+pair weights, and the pair choice with the run resolution and merge layout run as the kernels of
+:mod:`vimstm.ops.triton_merge` (:mod:`vimstm.ops.dispatch` decides): a handful of launches
+instead of ~100 small ones, which is what makes a merge step cheap on a GPU (BENCHMARKS.md).
+Elsewhere their PyTorch definitions run (:mod:`vimstm.ops.merge_ref` and
+:meth:`AdjacentMerger.plan`). Both choose the same pairs (tested).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from vimstm.errors import ConfigError
-from vimstm.merge.base import Merger, split_sides
-from vimstm.ops.dispatch import adjacent_dissimilarity
+from vimstm.merge.base import Merger, PairPlan, split_sides
+from vimstm.ops import dispatch
+from vimstm.ops.merge_ref import adjacent_dissimilarity_of
 
 _BIG = 1e4  # cost of an impossible side (finite, so the run prefix sums stay exact)
-# which (direction, token of the pair) gets the one-step decay: forward/left, backward/right
-_DIR_MASK = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(1, 2, 1, 2)
+
+
+class AdjacentLayout(NamedTuple):
+    """Index tensors of one step's shape (tokens, class index, r): the A tokens of both sides.
+
+    Side 0 is left of the class token, side 1 right of it; A tokens are numbered from each
+    side's far end (j = 1, 3, 5, ...), so side 1 mirrors side 0. Edge e joins tokens e and e+1.
+    """
+
+    n_a: int  # A tokens per side (the larger side's count)
+    n_side: tuple[int, int]  # mergeable tokens per side (outside the protected window)
+    a_tok: Tensor  # (2, n_a): each A token's index in the sequence
+    left_tok: Tensor  # (2, n_a): its left neighbour
+    right_tok: Tensor  # (2, n_a): its right neighbour
+    edges: Tensor  # (2 [left/right partner] * 2 [side] * n_a,): the edge to either partner
+    a_is_left: Tensor  # (2, 2, n_a): the A token is the left token of that edge
+    invalid: Tensor  # (2, n_a): no such A token on this side
+    bad_side: Tensor  # (2 [partner], 2, n_a): the right partner does not exist
+    take: Tensor  # (2, n_a): the first r_side ranks of each side are merged
+    tri: Tensor  # _tri_masks(n_a)
+    mirrored: Tensor  # (2, 1): side 1, whose partners are mirrored
+    pos: Tensor  # (1, tokens) fp32: token positions
+    a_tok3: Tensor  # (1, 3, 2 * n_a): a_tok repeated for the three per-token scatters
+    fade: Tensor | None  # STMMerger._fade_matrix, or None
 
 
 class AdjacentMerger(Merger):
@@ -69,7 +92,6 @@ class AdjacentMerger(Merger):
     """
 
     fading_kind = "none"
-    pair_groups = True
     sorted_dest = True
 
     def _protect(self) -> int:
@@ -85,12 +107,12 @@ class AdjacentMerger(Merger):
     def next_cls(self, tokens: int, cls_index: int, r: int) -> int:
         return cls_index - split_sides(tokens, cls_index, r)[0]
 
-    def _layout(self, tokens: int, c: int, r: int, device: torch.device) -> dict[str, Any]:
-        """Index tensors of the A tokens of both sides (cached per shape and device)."""
+    def _layout(self, tokens: int, c: int, r: int, device: torch.device) -> AdjacentLayout:
+        """:class:`AdjacentLayout` of this step (cached per shape and device)."""
         key = ("layout", tokens, c, r, self._protect(), self.fading_kind, str(device))
         return self.cached(key, lambda: self._build_layout(tokens, c, r, device))
 
-    def _build_layout(self, tokens: int, c: int, r: int, device: torch.device) -> dict[str, Any]:
+    def _build_layout(self, tokens: int, c: int, r: int, device: torch.device) -> AdjacentLayout:
         w = self._protect()
         n = (max(c - w, 0), max(tokens - 1 - c - w, 0))  # mergeable tokens per side
         n_a = max(max(n) // 2, 1)
@@ -98,43 +120,40 @@ class AdjacentMerger(Merger):
         t_hi, e_hi = tokens - 1, max(tokens - 2, 0)
         # side 0 (left of the class token): global = local; edge e joins tokens e and e+1
         ga0, ga1 = j, tokens - 1 - j
-        g_a = torch.stack((ga0, ga1)).clamp(0, t_hi)  # (2, n_a)
-        g_bl = torch.stack((ga0 - 1, ga1 + 1)).clamp(0, t_hi)
-        g_br = torch.stack((ga0 + 1, ga1 - 1)).clamp(0, t_hi)
+        a_tok = torch.stack((ga0, ga1)).clamp(0, t_hi)  # (2, n_a)
         e_l = torch.stack((ga0 - 1, ga1)).clamp(0, e_hi)
         e_r = torch.stack((ga0, ga1 - 1)).clamp(0, e_hi)
-        edges = torch.stack((e_l, e_r))  # (2 [left/right partner], 2 [side], n_a)
-        # whether the A token is the left token of that edge
-        a_left = torch.tensor([[False, True], [True, False]]).view(2, 2, 1).expand(2, 2, n_a)
-        nn = torch.tensor(n).view(2, 1)
-        valid, valid_r = j < nn, (j + 1) < nn
+        valid, valid_r = j < torch.tensor(n).view(2, 1), (j + 1) < torch.tensor(n).view(2, 1)
         r_left, r_right = split_sides(tokens, c, r)
-        take = torch.arange(n_a) < torch.tensor([r_left, r_right]).view(2, 1)
-        bad = torch.stack((torch.zeros_like(valid_r), ~valid_r))  # right partner impossible
-        out: dict[str, Any] = {
-            "n_a": n_a,
-            "n_side": n,
-            "g_a": g_a, "g_bl": g_bl, "g_br": g_br,
-            "edges": edges.flatten(),
-            "a_left": a_left.clone(),
-            "invalid": ~valid,
-            "bad_side": bad,
-            "take": take,
-            "tri": _tri_masks(n_a),
-            "side1": torch.tensor([False, True]).view(2, 1),  # right side: partners mirrored
-            "pos": torch.arange(tokens, dtype=torch.float32).unsqueeze(0),
-            "g_a3": g_a.flatten().view(1, 1, -1).expand(1, 3, -1).clone(),
-        }
-        fade = self._fade_matrix(tokens, c, g_a, e_l, e_r)
-        if fade is not None:
-            out["fade"] = fade
-        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in out.items()}
 
-    def _fade_matrix(self, t: int, c: int, g_a: Tensor, e_l: Tensor, e_r: Tensor):
+        def dev(x: Tensor) -> Tensor:
+            return x.to(device)
+
+        fade = self._fade_matrix(tokens, c, a_tok, e_l, e_r)
+        return AdjacentLayout(
+            n_a=n_a,
+            n_side=n,
+            a_tok=dev(a_tok),
+            left_tok=dev(torch.stack((ga0 - 1, ga1 + 1)).clamp(0, t_hi)),
+            right_tok=dev(torch.stack((ga0 + 1, ga1 - 1)).clamp(0, t_hi)),
+            edges=dev(torch.stack((e_l, e_r)).flatten()),
+            a_is_left=dev(torch.tensor([[False, True], [True, False]]).view(2, 2, 1)
+                          .expand(2, 2, n_a).clone()),
+            invalid=dev(~valid),
+            bad_side=dev(torch.stack((torch.zeros_like(valid_r), ~valid_r))),
+            take=dev(torch.arange(n_a) < torch.tensor([r_left, r_right]).view(2, 1)),
+            tri=dev(_tri_masks(n_a)),
+            mirrored=dev(torch.tensor([False, True]).view(2, 1)),
+            pos=dev(torch.arange(tokens, dtype=torch.float32).unsqueeze(0)),
+            a_tok3=dev(a_tok.flatten().view(1, 1, -1).expand(1, 3, -1).clone()),
+            fade=None if fade is None else dev(fade),
+        )
+
+    def _fade_matrix(self, t: int, c: int, a_tok: Tensor, e_l: Tensor, e_r: Tensor):
         """Linear map from per-token log-fades to (own, left pair - own, right pair - own)."""
         return None
 
-    def _costs(self, hidden: Tensor, residual: Tensor, ssm: Any, lay: dict[str, Any]):
+    def _costs(self, hidden: Tensor, residual: Tensor, ssm: Any, layout: AdjacentLayout):
         """(costs (batch, 2 [left/right], 2 [side], n_a), rank score (batch, 2, n_a))."""
         raise NotImplementedError
 
@@ -143,60 +162,46 @@ class AdjacentMerger(Merger):
         su = state.size.unfold(1, 2, 1)
         return su[..., 0] / su.sum(-1)
 
-    def _choices(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
-        """Layout, clamped costs, rank scores and the A tokens' weights with either partner."""
-        b, t, _ = hidden.shape
-        lay = self._layout(t, state.cls_index, r, hidden.device)
-        n_a = lay["n_a"]
-        cost, score = self._costs(hidden, residual, ssm, lay)
-        score = score.masked_fill(lay["invalid"], math.inf)
-        cost = cost.clamp(max=_BIG).masked_fill(lay["bad_side"], _BIG)
-        ea = self._edge_alpha(state, ssm).index_select(1, lay["edges"]).view(b, 2, 2, n_a)
-        ea = torch.where(lay["a_left"], ea, 1.0 - ea)  # the A token's weight
-        return lay, cost, score, ea
-
-    def plan_pairs(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
-        """The fused (Triton) plan: (first, last, w_last, is_pair, new_cls), or None."""
-        if self.kernels != "triton":
-            return None
-        from vimstm.ops.triton_merge import MAX_FUSED_A, pair_plan_triton
-
-        t, c = hidden.shape[1], state.cls_index
-        if self._layout(t, c, r, hidden.device)["n_a"] > MAX_FUSED_A:
-            return None
-        lay, cost, score, ea = self._choices(hidden, residual, state, ssm, r)
-        r_side = split_sides(t, c, r)
-        out = pair_plan_triton(cost, score, ea, t, c, lay["n_side"], r_side, _BIG)
-        return (*out, c - r_side[0])
-
-    def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int):
+    def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int) -> PairPlan:
         b, t, _ = hidden.shape
         c = state.cls_index
-        lay, cost, score, ea = self._choices(hidden, residual, state, ssm, r)
-        n_a = lay["n_a"]
+        layout = self._layout(t, c, r, hidden.device)
+        n_a = layout.n_a
+        cost, score = self._costs(hidden, residual, ssm, layout)
+        score = score.masked_fill(layout.invalid, math.inf)
+        cost = cost.clamp(max=_BIG).masked_fill(layout.bad_side, _BIG)
+        # the A token's weight in a pair with either partner
+        edge_w = self._edge_alpha(state, ssm).index_select(1, layout.edges).view(b, 2, 2, n_a)
+        a_weight = torch.where(layout.a_is_left, edge_w, 1.0 - edge_w)
+        r_side = split_sides(t, c, r)
+        new_c = c - r_side[0]
+        fused = dispatch.pair_choice(cost, score, a_weight, t, c, layout.n_side, r_side, _BIG,
+                                     self.backend)
+        if fused is not None:
+            return PairPlan(*fused, new_c)
 
         # the r_side A tokens of lowest score on each side
         order = score.argsort(dim=-1)
-        take = lay["take"].expand(b, 2, n_a)
+        take = layout.take.expand(b, 2, n_a)
         sel = torch.zeros_like(take).scatter_(-1, order, take)
 
         # sides: runs of adjacent chosen A tokens take L..LR..R with the cheapest split
-        go_left = _resolve_sides(sel, cost[:, 0], cost[:, 1], lay["tri"])
-        alpha = torch.where(go_left, ea[:, 0], ea[:, 1])
+        go_left = _resolve_sides(sel, cost[:, 0], cost[:, 1], layout.tri)
+        alpha = torch.where(go_left, a_weight[:, 0], a_weight[:, 1])
 
         # per token: removed, merged into the next token, own weight (A), partner weight
-        g_p = torch.where(go_left, lay["g_bl"], lay["g_br"]).view(b, 1, -1)
-        idx = torch.cat((lay["g_a3"].expand(b, 3, -1), g_p), 1)
+        partner = torch.where(go_left, layout.left_tok, layout.right_tok).view(b, 1, -1)
+        idx = torch.cat((layout.a_tok3.expand(b, 3, -1), partner), 1)
         sf, gl = sel.float(), go_left.float()
         al = alpha * sf
-        after = torch.where(lay["side1"], gl, sf - gl)  # merged into the token after it
+        after = torch.where(layout.mirrored, gl, sf - gl)  # merged into the token after it
         vals = torch.stack((sf, after, al, al), 1).view(b, 4, -1)
         tok = hidden.new_zeros(b, 4, t, dtype=torch.float32).scatter_add_(2, idx, vals)
-        removed, right, own, partner = tok.unbind(1)
+        removed, right, own, partner_w = tok.unbind(1)
         # a kept token moves left by the removals before it; a removed one joins its partner
-        dest = (lay["pos"] - removed.cumsum(1) + right).long()
-        wn = (own + 1.0) - removed - partner
-        return dest, wn, c - split_sides(t, c, r)[0], False
+        dest = (layout.pos - removed.cumsum(1) + right).long()
+        wn = (own + 1.0) - removed - partner_w
+        return self.pairs(dest, wn, t - r, new_c)
 
     def merge_macs(self, tokens: int, r: int, dim: int, d_state: int, d_inner: int) -> float:
         feat = {"x": dim, "b": 4 * d_state, "delta": 4 * d_inner}.get(
@@ -283,20 +288,16 @@ class STMMerger(AdjacentMerger):
         """``1 - cos`` of every adjacent pair (batch, tokens - 1): edge e joins e and e+1."""
         sim = self.options["similarity"]
         if sim == "x":
-            return adjacent_dissimilarity(hidden, residual, self.kernels)
+            return dispatch.adjacent_dissimilarity(hidden, residual, self.backend)
         if sim == "b":
-            f = torch.cat((ssm.B_fwd, ssm.B_bwd), -1)
-        else:
-            if ssm.delta_full is None:
-                raise ConfigError(
-                    "similarity='delta' needs the mixers' record_delta_full (set by patch)"
-                )
-            f = ssm.delta_full
-        norm = torch.linalg.vector_norm(f, dim=-1, dtype=torch.float32).clamp_min_(1e-6)
-        dot = (f[:, :-1] * f[:, 1:]).sum(-1, dtype=torch.float32)
-        return (1.0 - dot / (norm[:, :-1] * norm[:, 1:])).clamp_min_(0.0)
+            return adjacent_dissimilarity_of(torch.cat((ssm.B_fwd, ssm.B_bwd), -1))
+        if ssm.delta_full is None:
+            raise ConfigError(
+                "similarity='delta' needs the mixers' record_delta_full (set by patch)"
+            )
+        return adjacent_dissimilarity_of(ssm.delta_full)
 
-    def _fade_matrix(self, t: int, c: int, g_a: Tensor, e_l: Tensor, e_r: Tensor):
+    def _fade_matrix(self, t: int, c: int, a_tok: Tensor, e_l: Tensor, e_r: Tensor):
         """Map from the log-decays to each A token's (log fade, pair fades relative to it).
 
         The log fade of token u on the class token is ``sum_{u<q<=c} log_decay_fwd[q]`` left of
@@ -315,24 +316,22 @@ class STMMerger(AdjacentMerger):
             m_f = ((u < c) & (q > u) & (q <= c)).double()  # (q, u)
             m_b = ((u > c) & (q >= c) & (q < u)).double()
             m = torch.cat((m_f, m_b), 0)  # (2t, t)
-        own = m[:, g_a]
+        own = m[:, a_tok]
         pair_l = 0.5 * (m[:, e_l] + m[:, e_l + 1]) - own
         pair_r = 0.5 * (m[:, e_r] + m[:, e_r + 1]) - own
         return torch.stack((own, pair_l, pair_r), 1).flatten(1).float()  # (2t or 1, 6 n_a)
 
-    def _costs(self, hidden, residual, ssm, lay):
+    def _costs(self, hidden, residual, ssm, layout):
         b = hidden.shape[0]
-        n_a = lay["n_a"]
+        n_a = layout.n_a
         dis = self._dissimilarity(hidden, residual, ssm)
-        d = dis.index_select(1, lay["edges"]).view(b, 2, 2, n_a)
+        d = dis.index_select(1, layout.edges).view(b, 2, 2, n_a)
         if self.fading_kind == "none":
             return d, (d.amin(1) + 1e-6).log()
         if self.fading_kind == "gamma":
-            fade = lay["fade"].view(1, 3, 2, n_a)
-        else:
-            ld = ssm.tok[:, 2:].flatten(1) if ssm.tok is not None else torch.cat(
-                (ssm.log_decay_fwd, ssm.log_decay_bwd), 1)
-            fade = (ld @ lay["fade"]).view(b, 3, 2, n_a)
+            fade = layout.fade.view(1, 3, 2, n_a)
+        else:  # the log-decays of both directions, (b, 2 * tokens), times the fade matrix
+            fade = (ssm.tok[:, 2:].flatten(1) @ layout.fade).view(b, 3, 2, n_a)
         cost = d * fade[:, 1:].exp()  # relative to the A token's own fade
         score = (cost.amin(1) + 1e-6).log() + fade[:, 0]  # absolute: log(dissimilarity x fade)
         return cost, score
@@ -340,26 +339,7 @@ class STMMerger(AdjacentMerger):
     def _edge_alpha(self, state, ssm):
         if self.options["weights"] == "size":
             return super()._edge_alpha(state, ssm)
-        if self.kernels == "triton" and ssm.tok is not None:
-            from vimstm.ops.triton_merge import edge_alpha_triton
-
-            return edge_alpha_triton(ssm.B_fwd, ssm.B_bwd, ssm.tok, state.size)
-        # least-squares weights of every adjacent pair (e, e+1) in both scan directions; with
-        # B̄ = (B_e + B_e+1)/2: <B_s, B̄> ∝ |B_s|^2 + B_e.B_e+1 (the common 1/2 cancels)
-        bm = torch.stack((ssm.B_fwd, ssm.B_bwd), 1)  # (b, 2 dirs, t, N)
-        sq = bm.square().sum(-1)  # (b, 2, t)
-        cross = (bm[:, :, :-1] * bm[:, :, 1:]).sum(-1)  # (b, 2, t-1)
-        tok = ssm.tok if ssm.tok is not None else torch.stack(
-            (ssm.delta_fwd, ssm.delta_bwd, ssm.log_decay_fwd, ssm.log_decay_bwd), 1)
-        delta, ld = tok[:, :2], tok[:, 2:]
-        # (b, 2 dirs, t-1, 2 [left, right token]): Δ_s max(<B_s, B̄>, 0)
-        w = delta.unfold(-1, 2, 1) * (sq.unfold(-1, 2, 1) + cross.unsqueeze(-1)).clamp_min(0)
-        # the scan's earlier token decays by one step of the later one: forward, the left
-        # token by exp(ld_fwd[e+1]); backward, the right token by exp(ld_bwd[e])
-        dmask = self.cached(("dir_mask", ld.device), lambda: _DIR_MASK.to(ld.device))
-        w = w * (ld.unfold(-1, 2, 1).flip(-1) * dmask).exp()
-        w = w.sum(1) * state.size.unfold(1, 2, 1) + 1e-12  # (b, t-1, 2)
-        return w[..., 0] / w.sum(-1)
+        return dispatch.edge_alpha(ssm.B_fwd, ssm.B_bwd, ssm.tok, state.size, self.backend)
 
 
 class RandomMerger(AdjacentMerger):
@@ -375,8 +355,8 @@ class RandomMerger(AdjacentMerger):
         seed = self.options["seed"]
         self._gen_seed = None if seed is None else int(seed)
 
-    def _costs(self, hidden, residual, ssm, lay):
-        shape = (3, hidden.shape[0], 2, lay["n_a"])
+    def _costs(self, hidden, residual, ssm, layout):
+        shape = (3, hidden.shape[0], 2, layout.n_a)
         if self._gen_seed is None:
             u = torch.rand(shape, device=hidden.device)
         else:  # the same draw at every step of this shape: made once, then cached

@@ -1,4 +1,4 @@
-"""One dispatch point for the scan implementations.
+"""One dispatch point: which implementation runs the scan, the conv and the merge kernels.
 
 ``scan_backend`` is one of:
 
@@ -7,6 +7,10 @@
   ``TRITON_INTERPRET=1`` for tests);
 * ``"mamba_ssm"``: the official CUDA extension, only where the user installed it (comparisons);
 * ``"auto"``: the fastest available for the tensor's device ("triton" on CUDA, else "reference").
+
+A merge step follows the model's scan (:func:`merge_backend`): the kernels of
+:mod:`vimstm.ops.triton_merge` where it runs Triton, their PyTorch definitions in
+:mod:`vimstm.ops.merge_ref` elsewhere.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from torch import Tensor
 
 from vimstm.errors import ConfigError
+from vimstm.ops.merge_ref import adjacent_dissimilarity_ref, apply_pairs, edge_alpha_ref
 from vimstm.ops.scan_ref import causal_conv1d_ref, scan_token_stats, selective_scan_ref
 
 BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
@@ -119,18 +124,59 @@ def _selective_scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplu
     return out.flip(-1) if reverse else out
 
 
-def adjacent_dissimilarity(
-    hidden: Tensor, residual: Tensor | None, backend: str = "auto"
-) -> Tensor:
-    """``1 - cos`` of scan-adjacent tokens of ``residual + hidden``: (batch, tokens - 1) fp32.
+# ---------------------------------------------------------------------------------------------
+# token merging: one backend for a merge step, "triton" (the kernels of triton_merge) or
+# "reference" (merge_ref, PyTorch)
+# ---------------------------------------------------------------------------------------------
+def merge_backend(scan_backend: str, device_type: str) -> str:
+    """The merge kernels follow the model's scan: "triton" where it resolves to Triton."""
+    return "triton" if resolve_backend(scan_backend, device_type) == "triton" else "reference"
 
-    One fused Triton pass where ``backend`` resolves to "triton" (:mod:`vimstm.ops.triton_merge`),
-    PyTorch otherwise.
-    """
-    if resolve_backend(backend, hidden.device.type) == "triton":
+
+def adjacent_dissimilarity(
+    hidden: Tensor, residual: Tensor | None, backend: str = "reference"
+) -> Tensor:
+    """``1 - cos`` of scan-adjacent tokens of ``residual + hidden``: (batch, tokens - 1) fp32."""
+    if backend == "triton":
         from vimstm.ops.triton_merge import adjacent_dissimilarity_triton
 
         return adjacent_dissimilarity_triton(hidden, residual)
-    from vimstm.ops.scan_ref import adjacent_dissimilarity_ref
-
     return adjacent_dissimilarity_ref(hidden, residual)
+
+
+def edge_alpha(B_fwd: Tensor, B_bwd: Tensor, stats: Tensor, size: Tensor,
+               backend: str = "reference") -> Tensor:
+    """STM's weight of the left token of every adjacent pair (:func:`merge_ref.edge_alpha_ref`)."""
+    if backend == "triton":
+        from vimstm.ops.triton_merge import edge_alpha_triton
+
+        return edge_alpha_triton(B_fwd, B_bwd, stats, size)
+    return edge_alpha_ref(B_fwd, B_bwd, stats, size)
+
+
+def pair_choice(cost: Tensor, score: Tensor, alpha: Tensor, tokens: int, cls_index: int,
+                n_side: tuple[int, int], r_side: tuple[int, int], big: float,
+                backend: str = "reference") -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """STM's pair choice and layout in Triton, or None where the caller's PyTorch code runs.
+
+    None for the reference backend and for more A tokens per side than the kernel's tiles hold
+    (``triton_merge.MAX_FUSED_A``); see :func:`triton_merge.pair_plan_triton` for the values.
+    """
+    if backend != "triton":
+        return None
+    from vimstm.ops.triton_merge import MAX_FUSED_A, pair_plan_triton
+
+    if cost.shape[-1] > MAX_FUSED_A:
+        return None
+    return pair_plan_triton(cost, score, alpha, tokens, cls_index, n_side, r_side, big)
+
+
+def pair_lerp(hidden: Tensor, residual: Tensor, first: Tensor, last: Tensor, w_last: Tensor,
+              backend: str = "reference") -> tuple[Tensor, Tensor]:
+    """:func:`merge_ref.apply_pairs` of hidden and residual; one fused Triton pass when the
+    backend is "triton" and no gradient is needed (the kernel has no backward)."""
+    if backend == "triton" and not torch.is_grad_enabled():
+        from vimstm.ops.triton_merge import pair_lerp_triton
+
+        return pair_lerp_triton(hidden, residual, first, last, w_last)
+    return apply_pairs(hidden, first, last, w_last), apply_pairs(residual, first, last, w_last)

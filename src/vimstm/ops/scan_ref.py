@@ -84,11 +84,3 @@ def scan_token_stats(delta: Tensor, A: Tensor, delta_bias: Tensor | None,
         dt = F.softplus(dt)
     w = torch.stack((torch.ones(A.shape[0], device=A.device), A.float().mean(-1))) / A.shape[0]
     return torch.matmul(w, dt)
-
-
-def adjacent_dissimilarity_ref(hidden: Tensor, residual: Tensor | None) -> Tensor:
-    """PyTorch definition of ``triton_merge.adjacent_dissimilarity_triton`` (any device)."""
-    f = hidden.float() if residual is None else residual + hidden.float()
-    norm = torch.linalg.vector_norm(f, dim=-1, dtype=torch.float32).clamp_min(1e-6)
-    dot = (f[:, :-1] * f[:, 1:]).sum(-1, dtype=torch.float32)
-    return (1.0 - dot / (norm[:, :-1] * norm[:, 1:])).clamp_min(0.0)

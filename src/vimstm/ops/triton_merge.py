@@ -2,7 +2,7 @@
 
 :func:`adjacent_dissimilarity_triton`: ``1 - cos`` between scan-adjacent tokens of the block
 input ``residual + hidden`` in one pass over both tensors, with no fp32 copy of the sum and no
-(batch, tokens, channels) temporaries; :func:`vimstm.ops.scan_ref.adjacent_dissimilarity_ref`
+(batch, tokens, channels) temporaries; :func:`vimstm.ops.merge_ref.adjacent_dissimilarity_ref`
 is the PyTorch definition it is tested against.
 """
 
@@ -115,7 +115,7 @@ def edge_alpha_triton(B_fwd: Tensor, B_bwd: Tensor, tok: Tensor, size: Tensor) -
     """STM's least-squares weight of the left token of every adjacent pair: (batch, tokens - 1).
 
     ``B_*`` (b, t, n), ``tok`` (b, 4, t) = (Δ fwd, Δ bwd, log-decay fwd, log-decay bwd),
-    ``size`` (b, t); the PyTorch definition is ``STMMerger._edge_alpha``.
+    ``size`` (b, t); the PyTorch definition is :func:`vimstm.ops.merge_ref.edge_alpha_ref`.
     """
     b, t, n = B_fwd.shape
     out = torch.empty(b, max(t - 1, 0), device=B_fwd.device, dtype=torch.float32)
@@ -272,7 +272,7 @@ def _pair_lerp_kernel(
 def pair_lerp_triton(
     hidden: Tensor, residual: Tensor, first: Tensor, last: Tensor, w_last: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Both of :func:`vimstm.merge.base.apply_pairs`'s merges of hidden and residual in one pass
+    """Both of :func:`vimstm.ops.merge_ref.apply_pairs`'s merges of hidden and residual in one pass
     (inference only: no autograd). Inputs contiguous (batch, tokens, channels)."""
     b, _, d = hidden.shape
     rows = first.shape[0]
