@@ -13,7 +13,7 @@ receives ``(hidden_states, residual)`` of all tokens and the exact class-token i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -279,7 +279,6 @@ class TokenState:
     cls_index: int
     size: Tensor | None = None  # (batch, tokens) fp32: how many original tokens each one holds
     source: Tensor | None = None  # (batch, tokens, original tokens) 0/1, only when traced
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class VisionMamba(nn.Module):
