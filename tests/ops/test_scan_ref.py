@@ -1,4 +1,5 @@
-"""The reference selective scan and conv1d against independent float64 formulations."""
+"""The reference selective scan and conv1d against independent formulations: a float64
+element-by-element recurrence and the token-by-token loop (the oracle of the chunked scan)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from vimstm.errors import ConfigError
-from vimstm.ops import causal_conv1d_ref, resolve_backend, selective_scan, selective_scan_ref
+from vimstm.ops import (
+    causal_conv1d_ref,
+    resolve_backend,
+    scan_ref,
+    selective_scan,
+    selective_scan_ref,
+)
 
 
 def naive_scan(u, delta, A, B, C, D, z, bias):
@@ -24,6 +31,29 @@ def naive_scan(u, delta, A, B, C, D, z, bias):
                 h = torch.exp(dt * A[di]) * h + dt * B[bi, :, t] * u[bi, di, t]
                 y[bi, di, t] = (h * C[bi, :, t]).sum() + D[di] * u[bi, di, t]
     return y * F.silu(z)
+
+
+def token_loop_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
+                    reverse=False):
+    """The scan one token at a time over (b, d, n) states, in the inputs' precision (>= fp32)."""
+    acc = torch.promote_types(u.dtype, torch.float32)
+    u32, dt = u.to(acc), delta.to(acc)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(acc)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    h = u32.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = [None] * u.shape[-1]
+    for t in (range(u.shape[-1] - 1, -1, -1) if reverse else range(u.shape[-1])):
+        h = torch.exp(dt[..., t, None] * A.to(acc)) * h \
+            + (dt[..., t] * u32[..., t])[..., None] * B.to(acc)[:, None, :, t]
+        ys[t] = (h * C.to(acc)[:, None, :, t]).sum(-1)
+    y = torch.stack(ys, -1) if ys else u32.clone()
+    if D is not None:
+        y = y + u32 * D.to(acc)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(acc))
+    return y.to(u.dtype)
 
 
 def make_inputs(b=2, d=3, n=4, L=9, dtype=torch.float32):
@@ -93,3 +123,33 @@ def test_dispatch_resolves_and_rejects():
         resolve_backend("mamba_ssm", "cpu")
     i = make_inputs()
     torch.testing.assert_close(selective_scan(**i, backend="reference"), selective_scan_ref(**i))
+
+
+@pytest.mark.parametrize("L", [1, 2, 5, 16, 17, 50, 257])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_chunked_scan_equals_token_loop(L, reverse):
+    i = make_inputs(b=3, d=5, n=4, L=L)
+    i["delta"] = i["delta"] * 3  # decays from ~0 to ~1: chunk products must not under/overflow
+    oracle = token_loop_scan(**{k: v.double() for k, v in i.items()}, reverse=reverse)
+    with torch.no_grad():
+        y = selective_scan_ref(**i, reverse=reverse)
+    torch.testing.assert_close(y.double(), oracle, rtol=1e-5, atol=1e-5)
+    assert torch.equal(y, selective_scan_ref(**i, reverse=reverse))  # autograd path: same sums
+
+
+def test_chunk_length_does_not_change_the_result(monkeypatch):
+    i = make_inputs(b=5, d=3, n=4, L=23)
+    with torch.no_grad():
+        whole = selective_scan_ref(**i)
+        monkeypatch.setattr(scan_ref, "_CHUNK_ELEMENTS", 1)  # one token per chunk
+        torch.testing.assert_close(selective_scan_ref(**i), whole, rtol=1e-6, atol=1e-6)
+
+
+def test_scan_without_optional_inputs_and_plain_delta():
+    i = make_inputs(L=11)
+    i["delta"] = i["delta"].abs()
+    y = selective_scan_ref(i["u"], i["delta"], i["A"], i["B"], i["C"], delta_softplus=False)
+    ref = token_loop_scan(i["u"].double(), i["delta"].double(), i["A"].double(),
+                          i["B"].double(), i["C"].double(), delta_softplus=False)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+

@@ -3,7 +3,13 @@
 Layouts follow mamba_ssm: ``u, delta, z: (batch, dim, length)``, ``A: (dim, state)``,
 ``B, C: (batch, state, length)``, ``D, delta_bias: (dim,)``. Arithmetic is in float32 and the
 output takes the dtype of ``u``. ``reverse=True`` scans from the last token to the first, which
-equals ``flip(scan(flip(inputs)))`` without materialising any flipped copy of the inputs.
+equals ``flip(scan(flip(inputs)))`` without flipped copies.
+
+The scan walks the tokens in cache-sized chunks: per chunk, the decays ``exp(Δ A)`` and inputs
+``Δ B u`` of all its tokens are computed in one vectorised pass each, the state update is one
+in-place multiply-add per token on a contiguous (batch, dim, state) slice, and the outputs
+``C h`` are one batched product. Nothing of size (length, batch, dim, state) is materialised.
+Without autograd it updates in place; with autograd it keeps every state for the backward pass.
 """
 
 from __future__ import annotations
@@ -11,6 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+_LOG2E = 1.4426950408889634
+_CHUNK_ELEMENTS = 1 << 18  # decay and state elements per chunk: ~1 MB each, cache-sized
 
 
 def selective_scan_ref(
@@ -34,26 +43,50 @@ def selective_scan_ref(
         dt = dt + delta_bias.to(acc)[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    A32 = A.to(acc)
-    # Time-major (length, batch, dim, state) so that every step reads one contiguous slice.
-    dt_t = dt.permute(2, 0, 1)
-    dA = torch.exp(dt_t[..., None] * A32)
-    dBu = (dt_t * u32.permute(2, 0, 1))[..., None] * B.to(acc).permute(2, 0, 1)[:, :, None, :]
-    length = u.shape[-1]
-    h = u32.new_zeros(dA.shape[1:])
-    states: list[Tensor] = [h] * length
-    steps = range(length - 1, -1, -1) if reverse else range(length)
-    dA_t, dBu_t = dA.unbind(0), dBu.unbind(0)  # one autograd node, not one per step (O(L) bwd)
-    for t in steps:
-        h = torch.addcmul(dBu_t[t], dA_t[t], h)
-        states[t] = h
-    hs = torch.stack(states, dim=0) if length else dA
-    y = torch.einsum("lbdn,bnl->bdl", hs, C.to(acc))
+    y = _chunked_scan(dt, dt * u32, A.to(acc), B.to(acc), C.to(acc), reverse)
     if D is not None:
         y = y + u32 * D.to(acc)[:, None]
     if z is not None:
         y = y * F.silu(z.to(acc))
     return y.to(dtype_in)
+
+
+def _chunked_scan(dt: Tensor, dtu: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                  reverse: bool) -> Tensor:
+    """``sum_n C_t h_t``; dt, dtu (b, d, l), A (d, n), B, C (b, n, l); chunks and the tokens in
+    them walked backwards for ``reverse``."""
+    b, d, length = dt.shape
+    n = A.shape[1]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (dt, dtu, A, B, C))
+    # time-major: every step reads and writes one contiguous (b, d, n) slice
+    dt, dtu = dt.permute(2, 0, 1).contiguous(), dtu.permute(2, 0, 1).contiguous()
+    B, C = B.permute(2, 0, 1).contiguous(), C.permute(2, 0, 1).contiguous()
+    a2 = A * _LOG2E  # exp(Δ A) as exp2(Δ A log2 e): ~3x faster on a CPU
+    k = max(1, _CHUNK_ELEMENTS // max(1, b * d * n))  # tokens per chunk
+    h = dt.new_zeros(b, d, n)
+    ys = []
+
+    def order(m: int) -> range:
+        return range(m - 1, -1, -1) if reverse else range(m)
+
+    starts = range(0, length, k)
+    for t0 in reversed(starts) if reverse else starts:
+        decay = torch.exp2(dt[t0:t0 + k, :, :, None] * a2)  # (k, b, d, n)
+        states = dtu[t0:t0 + k, :, :, None] * B[t0:t0 + k, :, None, :]
+        if grad:
+            hs: list[Tensor] = [h] * states.shape[0]
+            for j in order(states.shape[0]):
+                h = hs[j] = torch.addcmul(states[j], decay[j], h)
+            states = torch.stack(hs)
+        else:
+            for j in order(states.shape[0]):
+                h = states[j].addcmul_(decay[j], h)
+        # C_t h_t as (1, n) @ (n, d): a CPU runs this form ~4x faster than (d, n) @ (n, 1)
+        ys.append(torch.matmul(C[t0:t0 + k, :, None, :], states.transpose(-1, -2))[..., 0, :])
+    if reverse:
+        ys.reverse()
+    y = torch.cat(ys) if ys else dt.new_zeros(0, b, d)
+    return y.permute(1, 2, 0)
 
 
 def causal_conv1d_ref(
