@@ -220,7 +220,7 @@ def bench_models(results: dict) -> None:
         for dtype in ("fp32", "fp16", "bf16"):
             r = measure_throughput(m, batch_size=256, dtype=dtype, warmup=3, runs=10)
             results[f"{name} {dtype}"] = r
-            say(f"{name} {dtype} b256: {r['images_per_s']:.0f} img/s, {r['peak_mem_mb']:.0f} MB")
+            say(f"{name} {dtype} b256: {r['images_per_s']:.1f} img/s, {r['peak_mem_mb']:.0f} MB")
         if name == "vim_tiny":
             r = measure_throughput(m, batch_size=256, dtype="fp16", warmup=3, runs=10,
                                    cuda_graph=True)

@@ -149,3 +149,18 @@ def test_eval_with_merging_reports_method(ckpt, folder, tmp_path, capsys):
     res = json.loads((tmp_path / "m.json").read_text())
     assert res["method"] == "stm" and res["ratio"] == 0.25 and res["images"] == 15
     assert "stm" in capsys.readouterr().out
+
+
+def test_cpu_threads_leave_a_core_free_unless_told(monkeypatch):
+    from vimstm.cli import cpu_threads
+
+    monkeypatch.delenv("VIMSTM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert cpu_threads() == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert cpu_threads() == 7
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads() == 3
+    monkeypatch.setenv("VIMSTM_THREADS", "2")
+    assert cpu_threads() == 2

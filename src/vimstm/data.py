@@ -285,6 +285,66 @@ def open_dataset(
     return ImageFolderDataset(folder, samples, classes, transform, labels)
 
 
+DEMO_SET = Path(__file__).resolve().parent / "assets" / "cifar10_test_1000.npz"
+
+
+class EmbeddedImages(Dataset):
+    """Images stored as JPEG bytes in one ``.npz`` (see ``vimstm/assets/README.md``).
+
+    Same interface as :class:`ImageFolderDataset` for evaluation: ``(image, label)`` items,
+    ``classes``, ``num_classes``, ``root``, ``imagenet`` (False).
+    """
+
+    def __init__(self, path: Path, transform: Callable[[Any], Tensor] | None = None) -> None:
+        import numpy as np
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                self._jpeg = z["jpeg"].tobytes()
+                self._offsets = z["offsets"].tolist()
+                self.targets = z["labels"].astype(int).tolist()
+                self.files = z["files"].tolist()
+                self.classes = z["classes"].tolist()
+                self.source = str(z["source"])
+        except (OSError, KeyError, ValueError) as e:
+            raise DataError(f"cannot read the embedded images {path} ({e}); reinstall vimstm"
+                            ) from None
+        self.root = path
+        self.num_classes = len(self.classes)
+        self.transform = transform
+        self.imagenet = False
+        self.labels = "list"
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def image(self, index: int) -> Any:
+        """The decoded PIL image at ``index``."""
+        import io
+
+        from PIL import Image
+
+        lo, hi = self._offsets[index], self._offsets[index + 1]
+        with Image.open(io.BytesIO(self._jpeg[lo:hi])) as im:
+            return im.convert("RGB")
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        img = self.image(index)
+        if self.transform is None:
+            from torchvision.transforms.functional import to_tensor
+
+            return to_tensor(img), self.targets[index]
+        return self.transform(img), self.targets[index]
+
+    def __repr__(self) -> str:
+        return f"EmbeddedImages({str(self.root)!r}, images={len(self)}, classes={self.num_classes})"
+
+
+def demo_cifar10(transform: Callable[[Any], Tensor] | None = None) -> EmbeddedImages:
+    """The 1,000 CIFAR-10 test images shipped inside the package (100 per class)."""
+    return EmbeddedImages(DEMO_SET, transform)
+
+
 # ---------------------------------------------------------------- preprocessing
 
 

@@ -35,8 +35,11 @@ def test_bench_cli_writes_json(tmp_path, capsys):
     rc = main(["bench", "--model", "vim_tiny", "--device", "cpu", "--img-size", "32",
                "--batch-size", "1", "--warmup", "0", "--runs", "1", "--json", str(out)])
     assert rc == 0
-    data = json.loads(out.read_text())
+    text = out.read_text()
+    assert "NaN" not in text  # strict JSON: the CPU has no peak memory, written as null
+    data = json.loads(text)
     assert data["scan_backend"] == "reference" and data["dense"]["images_per_s"] > 0
+    assert data["dense"]["peak_mem_mb"] is None and data["dense"]["spread"] == 0.0
     printed = capsys.readouterr().out
     assert "command: vimstm bench" in printed and "images/s" in printed
 
@@ -65,3 +68,11 @@ def test_bench_cli_dense_vs_merged(tmp_path, capsys):
     d, m = data["dense"], data["stm"]
     assert m["gmacs_literature"] < d["gmacs_literature"] < d["gmacs"]
     assert "fewer" in printed and "of the reduction" in printed
+
+
+def test_relative_spread():
+    from vimstm.engine.benchmark import relative_spread
+
+    assert relative_spread([1.0]) == 0.0
+    assert relative_spread([1.0, 1.0, 1.0, 1.0]) == 0.0
+    assert relative_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0 / 3.0)

@@ -49,10 +49,9 @@ def test_missing_weights_fall_back_to_speed_and_flops(tmp_path: Path,
 
     monkeypatch.setattr(registry, "weights_dir", lambda: tmp_path)
     monkeypatch.setattr(demo, "untrained_model", lambda device="cpu": tiny_cifar_model())
-    data = make_test_folder(tmp_path / "test", demo.CIFAR10_CLASSES)
-    assert main(["demo", "--data", str(data), "--speed-runs", "1", "--ratios", "0.3"]) == 0
+    assert main(["demo", "--ratios", "0.3"]) == 0
     out = capsys.readouterr().out
-    assert "random weights" in out and "reporting speed and FLOPs only" in out
+    assert "random weights" in out and "speed and FLOPs only" in out
     assert [line.split()[2] for line in out.splitlines()
             if line.startswith(("dense", "stm"))] == ["n/a", "n/a"]
 
@@ -61,14 +60,15 @@ def test_demo_table_with_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(demo, "load_bundled", lambda device="cpu": tiny_cifar_model())
     data = make_test_folder(tmp_path / "test", demo.CIFAR10_CLASSES)
-    assert main(["demo", "--data", str(data), "--workers", "0", "--speed-runs", "1"]) == 0
+    assert main(["demo", "--data", str(data), "--workers", "0", "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
-    assert "evaluating on 20 of 20 CIFAR-10 test images" in out
+    assert f"evaluating 20 of 20 images of {data}" in out
     rows = [line.split() for line in out.splitlines() if line.startswith(("dense", "stm"))]
     assert [(r[0], r[1]) for r in rows] == [("dense", "0%"), ("stm", "20%"), ("stm", "40%")]
     gflops = [float(r[3]) for r in rows]
     assert gflops[0] > gflops[1] > gflops[2] > 0
-    assert all(0 <= float(r[2]) <= 100 for r in rows) and rows[0][5] == "1.00x"
+    assert all(0 <= float(r[2]) <= 100 for r in rows) and rows[0][5].startswith("1.00x")
+    assert all(len(r[4].split(".")[1]) == 1 for r in rows)  # images/s with one decimal
 
 
 def test_demo_rows_top1_matches_evaluate(tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_demo_rows_top1_matches_evaluate(tmp_path: Path) -> None:
 
     model = tiny_cifar_model()
     data = make_test_folder(tmp_path / "test", demo.CIFAR10_CLASSES)
-    ds = demo.open_test_data(model, str(data), download=False)
+    ds = demo.open_test_data(model, str(data))
     rows = demo.demo_rows(model, ds, "stm", [0.4], torch.device("cpu"), "fp32", 8, 0, 1)
     loader = torch.utils.data.DataLoader(open_dataset(data, transform=ds.transform),
                                          batch_size=8)
@@ -85,15 +85,55 @@ def test_demo_rows_top1_matches_evaluate(tmp_path: Path) -> None:
     assert rows[1]["method"] == "stm" and rows[1]["gflops"] < rows[0]["gflops"]
 
 
-def test_demo_without_data_reports_speed_and_flops_only(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_demo_evaluates_the_embedded_set(monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """No data given: top-1 on the embedded CIFAR-10 images, a CPU subset spread over classes."""
     monkeypatch.setattr(demo, "load_bundled", lambda device="cpu": tiny_cifar_model())
-    assert main(["demo", "--speed-runs", "1", "--ratios", "0.3"]) == 0
+    assert main(["demo", "--ratios", "0.3", "--limit", "20"]) == 0
     out = capsys.readouterr().out
-    assert "reporting speed and FLOPs only" in out
-    assert [line.split()[2] for line in out.splitlines()
-            if line.startswith(("dense", "stm"))] == ["n/a", "n/a"]
+    assert "evaluating 20 of 1000 images of the embedded CIFAR-10 test set" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("dense", "stm"))]
+    assert len(rows) == 2 and all(0 <= float(r[2]) <= 100 for r in rows)
+
+
+def test_embedded_set_holds_100_images_of_each_class() -> None:
+    from collections import Counter
+
+    from vimstm.data import demo_cifar10
+
+    ds = demo_cifar10()
+    assert len(ds) == 1000 and ds.classes == demo.CIFAR10_CLASSES
+    assert Counter(ds.targets) == dict.fromkeys(range(10), 100)
+    assert "sha256 0401897c" in ds.source and ds.files[0].startswith("test/airplane/")
+    img, label = ds[999]
+    assert img.shape == (3, 32, 32) and label == 9
+    assert 0 <= float(img.min()) <= float(img.max()) <= 1
+
+
+def test_auto_limit_fits_the_budget() -> None:
+    model = tiny_cifar_model()
+    n = demo.auto_limit(model, 1000, 8, cost=3.0, budget=1e-9)
+    assert n == 10  # at least one image per class
+    assert demo.auto_limit(model, 1000, 8, cost=3.0, budget=1e9) == 1000
+    assert demo.auto_limit(model, 1000, 8, cost=3.0, budget=5.0) % 10 == 0
+
+
+def test_rough_speedups_are_marked() -> None:
+    rows = [{"method": "dense", "ratio": 0.0, "top1": None, "gflops": 1.0, "images_per_s": 10.0,
+             "spread": 0.3, "speedup": 1.0},
+            {"method": "stm", "ratio": 0.4, "top1": None, "gflops": 0.6, "images_per_s": 15.0,
+             "spread": 0.01, "speedup": 1.5}]
+    table = demo.format_table(rows)
+    assert "1.50x?" in table and "not supported by the timing" in table
+    rows[0]["spread"] = 0.02
+    assert "?" not in demo.format_table(rows)
+
+
+def test_demo_help_shows_plain_percent(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = capsys.readouterr().out
+    assert "20% and 40%" in out and "%%" not in out
 
 
 def test_demo_refuses_data_with_other_classes(tmp_path: Path,
@@ -101,7 +141,7 @@ def test_demo_refuses_data_with_other_classes(tmp_path: Path,
     monkeypatch.setattr(demo, "load_bundled", lambda device="cpu": tiny_cifar_model())
     data = make_test_folder(tmp_path / "test", ["cat", "dog"])
     with pytest.raises(DataError, match="differ"):
-        demo.open_test_data(tiny_cifar_model(), str(data), download=False)
+        demo.open_test_data(tiny_cifar_model(), str(data))
     assert main(["demo", "--data", str(data)]) == 2
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from vimstm.errors import ConfigError
 
+SPREAD_LIMIT = 0.10  # relative interquartile range above which a speed-up is called rough
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -36,6 +37,14 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+def relative_spread(seconds: list[float]) -> float:
+    """Interquartile range over median of timings (0 for fewer than 2)."""
+    if len(seconds) < 2:
+        return 0.0
+    q = statistics.quantiles(seconds, n=4, method="inclusive")
+    return (q[2] - q[0]) / statistics.median(seconds)
+
+
 def measure_throughput(
     model: nn.Module,
     batch_size: int = 256,
@@ -45,11 +54,13 @@ def measure_throughput(
     warmup: int = 10,
     runs: int = 30,
     cuda_graph: bool = False,
+    desc: str | None = None,
 ) -> dict[str, Any]:
     """Median images/s of ``model`` on random input (fp16/bf16 run under autocast).
 
-    Returns images_per_s, ms_per_batch (median), peak_mem_mb, dtype, batch_size, device_name,
-    runs, and cuda_graph (whether a CUDA graph was replayed).
+    Returns images_per_s, ms_per_batch (median), spread (interquartile range / median of the
+    run times), peak_mem_mb (None off CUDA), dtype, batch_size, device_name, runs, and
+    cuda_graph (whether a CUDA graph was replayed). ``desc`` shows a progress bar so labelled.
     """
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -98,18 +109,21 @@ def measure_throughput(
         else:
             run_once = step  # type: ignore[assignment]
         times = []
-        for _ in range(runs):
+        from tqdm import tqdm
+
+        for _ in tqdm(range(runs), desc=desc, unit="run", disable=desc is None, leave=False):
             _sync(dev)
             t0 = time.perf_counter()
             run_once()
             _sync(dev)
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else float("nan")
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     return {
         "images_per_s": batch_size / med,
         "ms_per_batch": med * 1e3,
+        "spread": relative_spread(times),
         "peak_mem_mb": peak,
         "dtype": dtype,
         "batch_size": batch_size,
@@ -219,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for label, m in variants:
         m = m.to(dev)
-        r = measure_throughput(m, **kw)  # type: ignore[arg-type]
+        r = measure_throughput(m, desc=f"{label} speed", **kw)  # type: ignore[arg-type]
         g = _gflops(m)
         r["gmacs_literature"], r["gmacs"] = g if g is not None else (None, None)
         if label != "dense":
@@ -233,17 +247,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"device: {first['device_name']}  dtype: {args.dtype}  batch: {args.batch_size}  "
           f"scan: {backend}  cuda_graph: {first['cuda_graph']}  tf32: {args.tf32}")
     print(f"{'model':12s} {'GMACs lit':>9s} {'GMACs full':>10s} {'images/s':>10s} "
-          f"{'ms/batch':>9s} {'peak MB':>9s} {'speed-up':>8s}")
+          f"{'ms/batch':>9s} {'spread':>7s} {'peak MB':>9s} {'speed-up':>8s}")
     base = rows[0][1]["images_per_s"]
     for label, r in rows:
         gl = f"{r['gmacs_literature']:.3f}" if r.get("gmacs_literature") is not None else "-"
         g = f"{r['gmacs']:.3f}" if r.get("gmacs") is not None else "-"
+        peak = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
         print(f"{label:12s} {gl:>9s} {g:>10s} {r['images_per_s']:10.1f} {r['ms_per_batch']:9.2f} "
-              f"{r['peak_mem_mb']:9.0f} {r['images_per_s'] / base:7.2f}x")
+              f"{r['spread']:7.1%} {peak:>9s} {r['images_per_s'] / base:7.2f}x")
         if "tokens_per_block" in r:
             print(f"  tokens per block: {r['tokens_per_block']}")
     if len(rows) > 1:
         results["speedup"] = rows[1][1]["images_per_s"] / base
+        worst = max(r["spread"] for _, r in rows)
+        if worst > SPREAD_LIMIT:
+            print(f"NOTE: run times spread by {worst:.0%} (interquartile range / median) > "
+                  f"{SPREAD_LIMIT:.0%}: the speed-up is not supported by this timing (other "
+                  "processes on the device or host?); rerun with more --runs on an idle machine")
         d, mg = rows[0][1].get("gmacs_literature"), rows[1][1].get("gmacs_literature")
         if d and mg:
             cut = d / mg
