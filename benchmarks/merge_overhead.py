@@ -24,12 +24,13 @@ import time
 
 import torch
 
-from vimstm.engine.benchmark import DTYPES, measure_throughput
+from vimstm.engine.benchmark import measure_throughput
 from vimstm.errors import ConfigError
 from vimstm.flops import count_flops
 from vimstm.merge import METHODS, patch, unpatch
 from vimstm.merge.opcount import count_ops
 from vimstm.models.registry import create_model
+from vimstm.runtime import DTYPES
 
 
 def _tokens(tokens: list[int]) -> str:

@@ -522,6 +522,15 @@ def check_classes(dataset: ImageFolderDataset, model: torch.nn.Module) -> None:
                     f"but model {name} has {n_model} outputs; {hint}")
 
 
+def spread_subset(dataset: Dataset, n: int) -> Dataset:
+    """``n`` items spread evenly over ``dataset`` (class-sorted data keeps every class); the
+    data set itself when it has no more than ``n``."""
+    total = len(dataset)  # type: ignore[arg-type]
+    if n >= total:
+        return dataset
+    return Subset(dataset, [i * total // n for i in range(n)])
+
+
 def build_eval_loader(
     root: str | Path,
     model: torch.nn.Module,
@@ -544,8 +553,6 @@ def build_eval_loader(
     import torch.distributed as dist
 
     if batch_size < 1:
-        from vimstm.errors import ConfigError
-
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     on = dist.is_available() and dist.is_initialized()
     if distributed is not None:
@@ -559,13 +566,10 @@ def build_eval_loader(
                            synsets=synsets)
     check_classes(dataset, model)
     data: Dataset = dataset
-    if limit is not None and limit < len(dataset):
+    if limit is not None:
         if limit < 1:
-            from vimstm.errors import ConfigError
-
             raise ConfigError(f"--limit must be >= 1, got {limit}")
-        n = len(dataset)
-        data = Subset(dataset, [i * n // limit for i in range(limit)])
+        data = spread_subset(dataset, limit)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     return DataLoader(

@@ -140,10 +140,10 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from vimstm import create_model
     from vimstm.engine.sweep import _has_weights
-    from vimstm.merge import _parse_r_arg, parse_merge_opts
+    from vimstm.merge import is_dense, parse_merge_opts, parse_r_arg
 
     method = args.method or "stm"
-    if method in ("none", "dense"):
+    if is_dense(method):
         raise ConfigError("viz needs a merging method (--method stm, tome, ...)")
     ratio = args.ratio
     if ratio is None and args.r is None and args.flops is None:
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if args.flops is not None:
         opts["flops"] = args.flops
     res = visualize(model, args.image, args.out, method=method, ratio=ratio,
-                    r=_parse_r_arg(args.r), **opts)
+                    r=parse_r_arg(args.r), **opts)
     print(f"wrote {res['out']}: {res['tokens']} tokens in the last block "
           f"(per block {res['tokens_per_block']}), class token at {res['cls_index']}")
     return 0

@@ -168,7 +168,10 @@ def test_exported_weights_load_by_name(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_cpu_subset_is_spread_over_the_classes() -> None:
     """A class-sorted test split limited to N images must still hold every class."""
-    idx = demo.spread_indices(8000, 100)
+    from vimstm.data import spread_subset
+
+    idx = spread_subset(list(range(8000)), 100).indices
     assert len(idx) == 100 and len(set(idx)) == 100 and idx[0] == 0 and max(idx) < 8000
     assert {i * 10 // 8000 for i in idx} == set(range(10))  # 800 images per class, sorted
-    assert demo.spread_indices(5, 10) == [0, 1, 2, 3, 4]
+    five = list(range(5))
+    assert spread_subset(five, 10) is five

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from vimstm.errors import ConfigError
+from vimstm.merge import is_dense
+from vimstm.runtime import DTYPES, sync
 
 SPREAD_LIMIT = 0.10  # relative interquartile range above which a speed-up is called rough
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -30,11 +31,6 @@ def _device(device: str | torch.device) -> torch.device:
         raise ConfigError("--device cuda was asked for but no CUDA device is visible; "
                           "use --device cpu")
     return dev
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def relative_spread(seconds: list[float]) -> float:
@@ -86,7 +82,7 @@ def measure_throughput(
             torch.cuda.reset_peak_memory_stats(dev)
         for _ in range(max(warmup, 1 if cuda_graph else 0)):
             step()
-        _sync(dev)
+        sync(dev)
         if cuda_graph:
             if dev.type != "cuda":
                 raise ConfigError("--cuda-graph needs a CUDA device")
@@ -104,7 +100,7 @@ def measure_throughput(
                     f"with the host: {str(e).splitlines()[0][:120]}); run without --cuda-graph"
                 ) from None
             torch.cuda.current_stream(dev).wait_stream(stream)
-            _sync(dev)
+            sync(dev)
             run_once = graph.replay
         else:
             run_once = step  # type: ignore[assignment]
@@ -112,10 +108,10 @@ def measure_throughput(
         from tqdm import tqdm
 
         for _ in tqdm(range(runs), desc=desc, unit="run", disable=desc is None, leave=False):
-            _sync(dev)
+            sync(dev)
             t0 = time.perf_counter()
             run_once()
-            _sync(dev)
+            sync(dev)
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
@@ -164,7 +160,7 @@ def register(subparsers: Any) -> None:
 
 
 def _merge_active(args: argparse.Namespace) -> bool:
-    return getattr(args, "method", None) not in (None, "none", "dense")
+    return not is_dense(getattr(args, "method", None))
 
 
 def _gflops(model: nn.Module) -> tuple[float, float] | None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vimstm.data import spread_subset
 from vimstm.engine.benchmark import SPREAD_LIMIT, measure_throughput, relative_spread
 from vimstm.errors import ConfigError, VimstmError
 
@@ -57,12 +58,6 @@ def register(subparsers: Any) -> None:
                    help="fail when the bundled weights are missing instead of falling back to "
                         "speed and FLOPs of the untrained architecture")
     p.set_defaults(func=run)
-
-
-def spread_indices(total: int, n: int) -> list[int]:
-    """``n`` indices spread evenly over ``range(total)`` (every class of a sorted folder)."""
-    n = max(0, min(n, total))
-    return [i * total // n for i in range(n)]
 
 
 def load_bundled(device: torch.device | str = "cpu") -> nn.Module:
@@ -224,8 +219,8 @@ def run(args: argparse.Namespace) -> int:
             cost = sum(_gflops(patch(copy.deepcopy(model), method=args.method, ratio=r))
                        for r in args.ratios) / _gflops(model) + 1.0
             limit = auto_limit(model, total, batch, cost)
-        if limit is not None and limit < total:  # evenly spread: the images are sorted by class
-            dataset = torch.utils.data.Subset(dataset, spread_indices(total, limit))
+        if limit is not None:  # evenly spread: the images are sorted by class
+            dataset = spread_subset(dataset, limit)
         where = args.data or "the embedded CIFAR-10 test set (vimstm/assets)"
         note = ("; evenly spread, as many as fit ~40 s on this CPU: --limit N for more"
                 if cpu and args.limit is None and len(dataset) < total else "")

@@ -12,7 +12,6 @@ checkpoint says which shapes the file holds).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import time
@@ -22,22 +21,9 @@ import torch
 from torch import nn
 
 from vimstm.errors import ConfigError, DataError
+from vimstm.merge import is_dense
 from vimstm.models.checkpoint import atomic_write
-
-AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _amp_context(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
-    if amp in (None, "", "fp32", "none"):
-        return contextlib.nullcontext()
-    if amp not in AMP_DTYPES:
-        raise ConfigError(f"unknown amp mode {amp!r}; use fp16 or bf16 (or leave it out for fp32)")
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from vimstm.runtime import AMP_NAMES, autocast, sync
 
 
 def evaluate(
@@ -64,7 +50,7 @@ def evaluate(
     from vimstm.engine.distributed import all_reduce_max, all_reduce_sum, is_main
 
     device = torch.device(device)
-    amp_ctx = _amp_context(device, amp)  # validate before the loop
+    amp_ctx = autocast(device, amp)  # validate before the loop
     model.eval().to(device)
     correct1 = torch.zeros((), dtype=torch.long, device=device)
     correct5 = torch.zeros((), dtype=torch.long, device=device)
@@ -73,7 +59,7 @@ def evaluate(
     total = len(loader) if hasattr(loader, "__len__") else None
     bar = tqdm(loader, total=total, desc=desc, unit="batch", dynamic_ncols=True,
                disable=(None if progress and is_main() else True))
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for step, batch in enumerate(bar):
@@ -85,12 +71,12 @@ def evaluate(
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             if batch_seconds is not None:
-                _sync(device)
+                sync(device)
                 tb = time.perf_counter()
             with amp_ctx:
                 logits = model(x)
             if batch_seconds is not None:
-                _sync(device)
+                sync(device)
                 batch_seconds.append(time.perf_counter() - tb)
             n_out = logits.shape[-1]
             if hi >= n_out or lo < 0:
@@ -103,7 +89,7 @@ def evaluate(
             images += y.shape[0]
             if (device.type == "cpu" or step % 10 == 0 or step + 1 == total) and images:
                 bar.set_postfix(top1=f"{100.0 * correct1.item() / images:.2f}")
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - t0
     bar.close()
     counts = torch.tensor([correct1.item(), correct5.item(), images, skipped], dtype=torch.float64)
@@ -152,7 +138,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="data-loading processes (0: load in this process)")
-    p.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None,
+    p.add_argument("--amp", choices=sorted(AMP_NAMES), default=None,
                    help="autocast dtype (default: fp32)")
     p.add_argument("--img-size", type=int, default=None,
                    help="input size (default: the model's; another size interpolates the "
@@ -209,7 +195,7 @@ def _build_model(args: argparse.Namespace) -> nn.Module:
 
 def _merge_settings(args: argparse.Namespace) -> dict[str, Any]:
     method = getattr(args, "method", None)
-    if method in (None, "none", "dense"):
+    if is_dense(method):
         return {}
     out = {"method": method}
     for key in ("ratio", "r", "flops"):

@@ -23,7 +23,6 @@ uninterrupted one. The training transforms are :func:`vimstm.data.train_transfor
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import math
@@ -52,6 +51,7 @@ from vimstm.data import (
     collate_skip,
     eval_transform,
     open_dataset,
+    spread_subset,
     train_transform,
 )
 from vimstm.engine import distributed
@@ -66,6 +66,7 @@ from vimstm.models.checkpoint import (
     read_checkpoint,
 )
 from vimstm.models.registry import create_model, get_spec, weights_dir
+from vimstm.runtime import autocast
 
 SYNC_EVERY = 25  # steps between host syncs (loss check, progress bar)
 
@@ -337,10 +338,11 @@ def _validate(args: argparse.Namespace) -> None:
             raise ConfigError(msg)
 
 
-def _resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+def _resolve_amp(amp: str, device: torch.device) -> str | None:
+    """``--amp`` as an autocast precision name: auto is bf16 on CUDA, none on the CPU."""
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+        return "bf16" if device.type == "cuda" else None
+    return None if amp == "none" else amp
 
 
 def _open_data(args: argparse.Namespace, model_cfg: dict[str, Any], img_size: int) -> tuple:
@@ -361,8 +363,7 @@ def _open_data(args: argparse.Namespace, model_cfg: dict[str, Any], img_size: in
             img_size, crop_pct=crop, mean=mean, std=std))
         check_classes(val.classes, classes, None, f"the training data ({args.data})")
         if args.limit_val:
-            n = min(args.limit_val, len(val))  # evenly spread: class-sorted data keeps all classes
-            val = torch.utils.data.Subset(val, [i * len(val) // n for i in range(n)])
+            val = spread_subset(val, args.limit_val)
     return train, val, classes
 
 
@@ -416,7 +417,7 @@ class TrainContext:
     criterion: nn.Module
     mixup: Any  # timm Mixup, or None
     device: torch.device
-    amp_dtype: torch.dtype | None
+    amp: str | None  # autocast precision (fp16, bf16) or None
     args: argparse.Namespace
     main: bool  # rank 0: progress bar
 
@@ -428,7 +429,7 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    amp_dtype = _resolve_amp(args.amp, device)
+    amp = _resolve_amp(args.amp, device)
 
     # -- resume: read the checkpoint first, it decides the classes -----------------------------
     resume = resume_path(args.resume, out)
@@ -490,7 +491,7 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
         min_lr=args.min_lr, warmup_lr=args.warmup_lr, step_on_epochs=args.sched_on == "epoch",
         updates_per_epoch=steps_per_epoch,
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     state = TrainState(model, optimizer, scheduler, scaler, ema)
 
     mixup = None
@@ -515,14 +516,14 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     ctx = TrainContext(state, train_model, teacher, train_loader, criterion, mixup, device,
-                       amp_dtype, args, main)
+                       amp, args, main)
 
     if main:
         what = "fine-tuning" if args.finetune else "training"
         print(f"{what} {args.model} ({n_params / 1e6:.2f} M parameters) on {len(train_set)} "
               f"images, {len(classes)} classes, {world} process(es) on {device}, "
               f"total batch {args.batch_size * world}, {steps_per_epoch} steps/epoch, "
-              f"amp {amp_dtype}, output {out}")
+              f"amp {amp or 'none'}, output {out}")
         write_log(out, history)
 
     last: dict[str, Any] = history[-1] if history else {}
@@ -560,9 +561,9 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
             entry["tokens_per_block"] = plain(model.merge_info.get("tokens_per_block"))
         if val_loader is not None:
             t0 = time.perf_counter()
-            entry["val_top1"] = _evaluate(model, val_loader, device, amp_dtype)
+            entry["val_top1"] = _evaluate(model, val_loader, device, amp)
             if ema is not None:
-                entry["ema_top1"] = _evaluate(ema.module, val_loader, device, amp_dtype)
+                entry["ema_top1"] = _evaluate(ema.module, val_loader, device, amp)
             entry["eval_seconds"] = time.perf_counter() - t0
         score = max(entry.get("val_top1", -1.0), entry.get("ema_top1", -1.0))
         is_best = val_loader is not None and score > best
@@ -599,7 +600,7 @@ def _train_one_epoch(ctx: TrainContext, epoch: int, step: int) -> _Meter:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         x, target = ctx.mixup(x, y) if ctx.mixup is not None else (x, y)
-        with _autocast(device, ctx.amp_dtype):
+        with autocast(device, ctx.amp):
             logits = ctx.train_model(x)
             loss = ctx.criterion(logits, target)
             if ctx.teacher is not None:
@@ -646,16 +647,8 @@ def _check_finite(value: float, epoch: int, step: int) -> None:
             "epoch; continue with --resume auto)")
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def _evaluate(model: nn.Module, loader: Any, device: torch.device,
-              amp_dtype: torch.dtype | None) -> float:
+def _evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str | None) -> float:
     """Top-1 (percent) over all ranks' shards (:func:`vimstm.engine.evaluate.evaluate`)."""
-    amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype)  # type: ignore[arg-type]
     return float(evaluate(model, loader, device=device, amp=amp, progress=False)["top1"])
 
 

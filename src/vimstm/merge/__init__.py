@@ -45,14 +45,16 @@ METHODS: tuple[str, ...] = tuple(_CLASSES)
 # shape="even" is ToMe's per-block constant schedule.
 DEFAULT_EVERY_DIV = 4
 DEFAULT_SHAPE = "geometric"
-DENSE_NAMES = ("none", "dense")
+DENSE_NAMES = ("none", "dense")  # --method values that mean no merging
 
 __all__ = [
     "METHODS",
     "Merger",
     "add_merge_args",
     "build_merger",
+    "is_dense",
     "parse_merge_opts",
+    "parse_r_arg",
     "patch",
     "patch_from_args",
     "unpatch",
@@ -201,7 +203,12 @@ def parse_merge_opts(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _parse_r_arg(text: str | None) -> Any:
+def is_dense(method: str | None) -> bool:
+    """Whether a ``--method`` value means the dense model (no merging)."""
+    return method is None or method in DENSE_NAMES
+
+
+def parse_r_arg(text: str | None) -> Any:
     """``"8"`` -> 8; ``"8,8,4"`` -> [8, 8, 4]; ``"8:-0.5"`` -> (8, -0.5)."""
     if text is None:
         return None
@@ -236,13 +243,13 @@ def add_merge_args(parser: argparse.ArgumentParser) -> None:
 def patch_from_args(model: Any, args: argparse.Namespace) -> Any:
     """Patch ``model`` from parsed ``add_merge_args`` flags; a no-op without --method."""
     method = getattr(args, "method", None)
-    if method is None or method in DENSE_NAMES:
+    if is_dense(method):
         return model
     return patch(
         model,
         method=method,
         ratio=getattr(args, "ratio", None),
-        r=_parse_r_arg(getattr(args, "r", None)),
+        r=parse_r_arg(getattr(args, "r", None)),
         flops=getattr(args, "flops", None),
         **parse_merge_opts(getattr(args, "merge_opt", None)),
     )

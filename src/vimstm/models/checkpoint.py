@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vimstm.errors import CheckpointError
+from vimstm.runtime import DTYPES
 
 SAFE_GLOBALS: list[Any] = [argparse.Namespace]
 
@@ -229,7 +230,6 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
 # Kept in float32 on export: the SSM's decay and step-size parameters (tiny, precision-sensitive).
 FP32_SUFFIXES = ("A_log", "A_b_log", ".D", ".D_b", "dt_proj.bias", "dt_proj_b.bias")
-EXPORT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def export_weights(checkpoint: str | Path, output: str | Path, use_ema: bool | None = None,
@@ -257,7 +257,7 @@ def export_weights(checkpoint: str | Path, output: str | Path, use_ema: bool | N
     if use_ema and not has_ema:
         raise CheckpointError(f"{checkpoint} has no EMA weights: export with --weights raw")
     sd = extract_state_dict(obj, use_ema=use_ema)
-    cast = EXPORT_DTYPES[dtype]
+    cast = DTYPES[dtype]
     tensors = {}
     for k, v in sd.items():
         keep = not v.is_floating_point() or k.endswith(FP32_SUFFIXES)
