@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -10,6 +12,21 @@ import vimstm
 # before any fixture: module-scoped ones (a training run reused by several tests) must compute
 # with the same thread count as the tests that compare against them
 torch.set_num_threads(2)
+
+# Tests marked `gpu` run Triton kernels: in this process on CUDA or when Triton's interpreter was
+# on from the start (TRITON_INTERPRET=1); otherwise test_triton_interpreter.py runs them in a
+# fresh process with the interpreter on, and they are deselected here.
+GPU_CASES_HERE = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if GPU_CASES_HERE:
+        return
+    kept = [it for it in items if it.get_closest_marker("gpu") is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[it for it in items if it not in kept])
+        items[:] = kept
+
 
 TINY = dict(depth=2, embed_dim=32, img_size=32, patch_size=8, stride=8, num_classes=10)
 
