@@ -9,9 +9,12 @@ Configurations (default schedule: merges after blocks 6, 12, 18, geometric): den
 method at ratio 0.2 and 0.4 and at flops 0.6 (the GFLOPs-matched point); STM ablations (no
 protection, no fading, gamma fading, size weights, B similarity) at flops 0.6; and ToMe's
 per-block constant schedule (every=1, even) at flops 0.6 for stm, prune-top and random.
+``--schedule per-block`` writes the same table with ToMe's per-block schedule everywhere
+(ablations at ratio 0.4; the last rows: the default schedule, every=6 geometric, at flops 0.6)
+as ``cifar_results_perblock.{json,csv}``.
 
     PYTHONPATH=src python benchmarks/cifar_results.py --checkpoint W.safetensors \\
-        --data .data/test.tar.xz --out results/
+        --data .data/test.tar.xz --out results/cifar10 [--schedule per-block]
 """
 
 from __future__ import annotations
@@ -33,23 +36,28 @@ from vimstm.flops import count_flops
 from vimstm.merge import METHODS
 
 PER_BLOCK = {"every": 1, "shape": "even"}  # ToMe's constant per-block schedule
+DEFAULT_24 = {"every": 6, "shape": "geometric"}  # the default schedule of a 24-block model
 
 
-def configs(methods: list[str]) -> list[tuple[str, str, dict]]:
-    """(label, method, patch kwargs) in table order (default schedule unless labelled)."""
+def configs(methods: list[str], per_block: bool = False) -> list[tuple[str, str, dict]]:
+    """(label, method, patch kwargs) in table order (the main schedule unless labelled)."""
+    main = PER_BLOCK if per_block else {}
     out: list[tuple[str, str, dict]] = [("dense", "dense", {})]
     for target in ({"ratio": 0.2}, {"ratio": 0.4}, {"flops": 0.6}):
         for m in methods:
             extra = {"seed": 0} if m == "random" else {}
             key, val = next(iter(target.items()))
-            out.append((f"{m} {key}={val}", m, {**target, **extra}))
+            out.append((f"{m} {key}={val}", m, {**target, **main, **extra}))
+    ablate = "ratio=0.4" if per_block else "flops=0.6"
+    at = {"ratio": 0.4} if per_block else {"flops": 0.6}
     for name, opts in (("protect=0", {"protect": 0}), ("fading=none", {"fading": "none"}),
                        ("fading=gamma", {"fading": "gamma"}), ("weights=size", {"weights": "size"}),
                        ("similarity=b", {"similarity": "b"})):
-        out.append((f"stm flops=0.6 {name}", "stm", {"flops": 0.6, **opts}))
-    for m in ("stm", "prune-top", "random"):
+        out.append((f"stm {ablate} {name}", "stm", {**at, **main, **opts}))
+    other, name = (DEFAULT_24, "every=6 geometric") if per_block else (PER_BLOCK, "every=1 even")
+    for m in ("stm", "tome", "prune-top") if per_block else ("stm", "prune-top", "random"):
         extra = {"seed": 0} if m == "random" else {}
-        out.append((f"{m} flops=0.6 every=1 even", m, {"flops": 0.6, **PER_BLOCK, **extra}))
+        out.append((f"{m} flops=0.6 {name}", m, {"flops": 0.6, **other, **extra}))
     return out
 
 
@@ -67,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--depth", type=int, default=None, help="override (quick CPU runs)")
     p.add_argument("--random-init", action="store_true", help="no weights (smoke tests)")
+    p.add_argument("--schedule", choices=("default", "per-block"), default="default",
+                   help="the schedule of the main rows (per-block: ToMe's every=1 even)")
     args = p.parse_args(argv)
     dev = torch.device(args.device)
     over = {} if args.depth is None else {"depth": args.depth}
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     dense_ips = None
-    for label, method, kw in configs(args.methods.split(",")):
+    for label, method, kw in configs(args.methods.split(","), args.schedule == "per-block"):
         vimstm.unpatch(model)
         if method != "dense":
             try:
@@ -113,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cifar_results.json").write_text(json.dumps({"args": vars(args), "rows": rows},
+    stem = "cifar_results" if args.schedule == "default" else "cifar_results_perblock"
+    (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "rows": rows},
                                                        indent=1))
     keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k)
                   if k in rows[0] else 99)
-    with open(out / "cifar_results.csv", "w", newline="") as fh:
+    with open(out / f"{stem}.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
