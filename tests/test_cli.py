@@ -58,7 +58,9 @@ def test_eval_end_to_end_matches_a_manual_evaluation(ckpt, folder, tmp_path, cap
     assert main(_eval_args(ckpt, folder, "--batch-size", "4", "--json", str(out_json))) == 0
     printed = capsys.readouterr().out
     assert "top-1" in printed and "top-5" in printed and "images/s" in printed
+    assert "mean token reduction 0.000" in printed and "(both directions)" in printed
     res = json.loads(out_json.read_text())
+    assert res["operating_point"]["ratio"] == 0 and res["operating_point"]["gmacs_full"] > 0
     for key in ("top1", "top5", "images", "skipped", "seconds", "images_per_s", "model",
                 "num_classes", "crop_pct", "img_size", "device"):
         assert key in res

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "vimstm.engine.evaluate",  # eval
     "vimstm.engine.benchmark",  # bench
     "vimstm.engine.sweep",  # sweep
+    "vimstm.engine.calibrate",  # calibrate
     "vimstm.engine.train",  # train, finetune
     "vimstm.viz",  # viz
     "vimstm.engine.demo",  # demo

@@ -39,6 +39,7 @@ class FlopsReport:
     dense_gmacs_literature: float
     dense_gmacs_full: float
     per_block_gmacs_full: list[float] = field(default_factory=list)
+    num_patches: int = 0
 
     @property
     def reduction_literature(self) -> float:
@@ -49,11 +50,52 @@ class FlopsReport:
     def reduction_full(self) -> float:
         return 1.0 - self.gmacs_full / self.dense_gmacs_full
 
+    @property
+    def mean_token_reduction(self) -> float:
+        """The papers' reduction ratio: mean over blocks of the share of patch tokens removed
+        before the block runs (:func:`vimstm.merge.schedule.mean_token_reduction`)."""
+        m, t = self.num_patches, self.tokens_per_block
+        return sum(m + 1 - n for n in t) / (len(t) * m)
+
+    @property
+    def token_ratio(self) -> float:
+        """vimstm's ``ratio``: the share of patch tokens gone by the last block."""
+        return (self.num_patches + 1 - self.tokens_per_block[-1]) / self.num_patches
+
+    @property
+    def tokens_last_block(self) -> int:
+        """Tokens entering the last block (class token included)."""
+        return self.tokens_per_block[-1]
+
+    def operating_point(self) -> dict[str, Any]:
+        """Where this schedule sits on every paper's axis (see :func:`describe`)."""
+        return {
+            "mean_token_reduction": self.mean_token_reduction,
+            "ratio": self.token_ratio,
+            "tokens_last_block": self.tokens_last_block,
+            "gmacs_literature": self.gmacs_literature,
+            "gmacs_full": self.gmacs_full,
+        }
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["reduction_literature"] = self.reduction_literature
         d["reduction_full"] = self.reduction_full
+        d.update(self.operating_point())
         return d
+
+
+def operating_point(model: Any) -> dict[str, Any]:
+    """Mean token reduction, ratio, tokens in the last block and GMACs (both conventions)."""
+    return count_flops(model).operating_point()
+
+
+def describe(point: dict[str, Any]) -> str:
+    """One line of :func:`operating_point`'s numbers, each named by its definition."""
+    return (f"mean token reduction {point['mean_token_reduction']:.3f}  ratio "
+            f"{point['ratio']:.3f}  tokens in the last block {point['tokens_last_block']}  "
+            f"GMACs {point['gmacs_literature']:.3f} (literature) / {point['gmacs_full']:.3f} "
+            "(both directions)")
 
 
 def _dims(model: Any) -> dict[str, int]:
@@ -99,6 +141,8 @@ def count_flops(model: Any, merger: Any = None) -> FlopsReport:
     full = stem + sum(per_full)
     merge = 0.0
     if merger is not None:
+        if getattr(merger, "pre", 0):
+            merge += merger.merge_macs(t0, merger.pre, d["C"], d["N"], d["di"])
         for i in range(depth - 1):
             if schedule[i] > 0:
                 merge += merger.merge_macs(tokens[i], schedule[i], d["C"], d["N"], d["di"])
@@ -113,4 +157,5 @@ def count_flops(model: Any, merger: Any = None) -> FlopsReport:
         dense_gmacs_literature=dense_lit * g,
         dense_gmacs_full=dense_full * g,
         per_block_gmacs_full=[v * g for v in per_full],
+        num_patches=d["M"],
     )

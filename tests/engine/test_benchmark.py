@@ -68,6 +68,10 @@ def test_bench_cli_dense_vs_merged(tmp_path, capsys):
     d, m = data["dense"], data["stm"]
     assert m["gmacs_literature"] < d["gmacs_literature"] < d["gmacs"]
     assert "fewer" in printed and "of the reduction" in printed
+    # where the point sits on every paper's axis
+    point = m["operating_point"]
+    assert point["tokens_last_block"] == tokens[-1] and point["mean_token_reduction"] > 0
+    assert point["mean_token_reduction"] < point["ratio"] and "mean red." in printed
 
 
 def test_relative_spread():

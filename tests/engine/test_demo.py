@@ -65,10 +65,12 @@ def test_demo_table_with_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert f"evaluating 20 of 20 images of {data}" in out
     rows = [line.split() for line in out.splitlines() if line.startswith(("dense", "stm"))]
     assert [(r[0], r[1]) for r in rows] == [("dense", "0%"), ("stm", "20%"), ("stm", "40%")]
-    gflops = [float(r[3]) for r in rows]
+    gflops = [float(r[5]) for r in rows]
     assert gflops[0] > gflops[1] > gflops[2] > 0
-    assert all(0 <= float(r[2]) <= 100 for r in rows) and rows[0][5].startswith("1.00x")
-    assert all(len(r[4].split(".")[1]) == 1 for r in rows)  # images/s with one decimal
+    assert all(float(r[6]) > float(r[5]) for r in rows)  # both directions > one direction
+    assert rows[0][3] == "0%" and int(rows[0][4]) > int(rows[2][4])  # mean red., last block
+    assert all(0 <= float(r[2]) <= 100 for r in rows) and rows[0][8].startswith("1.00x")
+    assert all(len(r[7].split(".")[1]) == 1 for r in rows)  # images/s with one decimal
 
 
 def test_demo_rows_top1_matches_evaluate(tmp_path: Path) -> None:

@@ -33,6 +33,27 @@ def test_sweep_writes_csv_json_and_plots(tiny_model, tmp_path):
         assert (tmp_path / name).stat().st_size > 1000
 
 
+def test_sweep_over_reduction_and_schedule_file(small_model, tmp_path):
+    from vimstm.merge.schedule import mean_token_reduction, schedule_document
+
+    loader = [(torch.randn(2, 3, 32, 32), torch.tensor([1, 2]))]
+    rows = run_sweep(small_model, loader, ["tome", "mtr"], [0.2], axis="reduction",
+                     schedule="even-blocks")
+    tome, mtr = rows[1], rows[2]
+    assert tome["setting"] == "reduction=0.2 schedule=even-blocks" and not tome["error"]
+    assert abs(tome["mean_token_reduction"] - 0.2) < 0.05 and tome["pre"] > 0
+    assert tome["mean_token_reduction"] == mean_token_reduction(tome["schedule"], 4, 64,
+                                                                tome["pre"])
+    assert "before block 0" in mtr["error"]  # mtr reads the previous block's Δ
+    rows = run_sweep(small_model, loader, ["mtr"], [0.2], axis="reduction")
+    assert not rows[1]["error"] and abs(rows[1]["mean_token_reduction"] - 0.2) < 0.05
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(schedule_document([8, 4, 0], 4, 64)))
+    rows = run_sweep(small_model, None, ["stm", "tome"], [0.1, 0.2], schedule=str(path))
+    assert [r["schedule"] for r in rows[1:]] == [[8, 4, 0], [8, 4, 0]]
+    assert rows[1]["tokens_last_block"] == 65 - 12 and rows[1]["ratio"] == 12 / 64
+
+
 def test_sweep_cli_takes_architecture_overrides(tmp_path):
     import json
 

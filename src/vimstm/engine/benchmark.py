@@ -163,15 +163,15 @@ def _merge_active(args: argparse.Namespace) -> bool:
     return not is_dense(getattr(args, "method", None))
 
 
-def _gflops(model: nn.Module) -> tuple[float, float] | None:
-    """(literature, full) GMACs per image, or None if they cannot be counted."""
-    from vimstm.flops import count_flops
+def _operating_point(model: nn.Module) -> dict[str, Any] | None:
+    """Mean token reduction, ratio, tokens in the last block and both GMACs, or None if they
+    cannot be counted."""
+    from vimstm.flops import operating_point
 
     try:
-        rep = count_flops(model)
+        return operating_point(model)
     except Exception:  # the FLOP counter must not break a speed measurement
         return None
-    return float(rep.gmacs_literature), float(rep.gmacs_full)
 
 
 def _tokens_per_block(model: nn.Module, args: argparse.Namespace, dev: torch.device) -> list[int]:
@@ -230,8 +230,10 @@ def run(args: argparse.Namespace) -> int:
     for label, m in variants:
         m = m.to(dev)
         r = measure_throughput(m, desc=f"{label} speed", **kw)  # type: ignore[arg-type]
-        g = _gflops(m)
-        r["gmacs_literature"], r["gmacs"] = g if g is not None else (None, None)
+        point = _operating_point(m)
+        r["gmacs_literature"] = point["gmacs_literature"] if point else None
+        r["gmacs"] = point["gmacs_full"] if point else None
+        r["operating_point"] = point
         if label != "dense":
             r["tokens_per_block"] = _tokens_per_block(m, args, dev)
         results[label] = r
@@ -242,14 +244,19 @@ def run(args: argparse.Namespace) -> int:
     first = rows[0][1]
     print(f"device: {first['device_name']}  dtype: {args.dtype}  batch: {args.batch_size}  "
           f"scan: {backend}  cuda_graph: {first['cuda_graph']}  tf32: {args.tf32}")
-    print(f"{'model':12s} {'GMACs lit':>9s} {'GMACs full':>10s} {'images/s':>10s} "
-          f"{'ms/batch':>9s} {'spread':>7s} {'peak MB':>9s} {'speed-up':>8s}")
+    print(f"{'model':12s} {'mean red.':>9s} {'ratio':>6s} {'last':>5s} {'GMACs lit':>9s} "
+          f"{'GMACs full':>10s} {'images/s':>10s} {'ms/batch':>9s} {'spread':>7s} "
+          f"{'peak MB':>9s} {'speed-up':>8s}")
     base = rows[0][1]["images_per_s"]
     for label, r in rows:
         gl = f"{r['gmacs_literature']:.3f}" if r.get("gmacs_literature") is not None else "-"
         g = f"{r['gmacs']:.3f}" if r.get("gmacs") is not None else "-"
         peak = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
-        print(f"{label:12s} {gl:>9s} {g:>10s} {r['images_per_s']:10.1f} {r['ms_per_batch']:9.2f} "
+        p = r.get("operating_point")
+        red, rat, last = ((f"{p['mean_token_reduction']:.3f}", f"{p['ratio']:.3f}",
+                           str(p["tokens_last_block"])) if p else ("-", "-", "-"))
+        print(f"{label:12s} {red:>9s} {rat:>6s} {last:>5s} {gl:>9s} {g:>10s} "
+              f"{r['images_per_s']:10.1f} {r['ms_per_batch']:9.2f} "
               f"{r['spread']:7.1%} {peak:>9s} {r['images_per_s'] / base:7.2f}x")
         if "tokens_per_block" in r:
             print(f"  tokens per block: {r['tokens_per_block']}")

@@ -104,9 +104,13 @@ def timing_stats(seconds: list[float], batch: int) -> tuple[float, float]:
 
 
 def _gflops(model: nn.Module) -> float:
-    from vimstm.flops import count_flops
+    return float(_point(model)["gmacs_literature"])
 
-    return float(count_flops(model).gmacs_literature)
+
+def _point(model: nn.Module) -> dict[str, Any]:
+    from vimstm.flops import operating_point
+
+    return operating_point(model)
 
 
 def auto_limit(model: nn.Module, total: int, batch: int, cost: float,
@@ -156,15 +160,19 @@ def demo_rows(dense: nn.Module, dataset: Any, method: str, ratios: list[float],
             ips, spread = float(r["images_per_s"]), float(r["spread"])
         else:
             ips, spread = timing_stats(times[1:], batch_size)
+        point = _point(model)
         rows.append({"method": "dense" if ratio == 0 else method, "ratio": ratio, "top1": top1,
-                     "gflops": _gflops(model), "images_per_s": ips, "spread": spread,
+                     "gflops": point["gmacs_literature"], "gflops_full": point["gmacs_full"],
+                     "mean_token_reduction": point["mean_token_reduction"],
+                     "tokens_last_block": point["tokens_last_block"],
+                     "images_per_s": ips, "spread": spread,
                      "speedup": ips / rows[0]["images_per_s"] if rows else 1.0})
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'method':<8} {'ratio':>6} {'top-1 %':>8} {'GFLOPs*':>8} {'images/s':>10} "
-            f"{'speed-up':>9}")
+    head = (f"{'method':<8} {'ratio':>6} {'top-1 %':>8} {'mean red.':>9} {'last':>5} "
+            f"{'GFLOPs*':>8} {'full**':>7} {'images/s':>10} {'speed-up':>9}")
     lines = [head, "-" * len(head)]
     rough = False
     for r in rows:
@@ -173,9 +181,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         noisy = max(r["spread"], rows[0]["spread"]) > SPREAD_LIMIT
         rough |= noisy
         speedup = f"{r['speedup']:.2f}x" + ("?" if noisy else " ")
-        lines.append(f"{r['method']:<8} {r['ratio']:>6.0%} {top1:>8} {gf:>8} "
+        full = "n/a" if r.get("gflops_full") is None else f"{r['gflops_full']:.3g}"
+        red = "n/a" if r.get("mean_token_reduction") is None else \
+            f"{r['mean_token_reduction']:.0%}"
+        lines.append(f"{r['method']:<8} {r['ratio']:>6.0%} {top1:>8} {red:>9} "
+                     f"{r.get('tokens_last_block', ''):>5} {gf:>8} {full:>7} "
                      f"{r['images_per_s']:>10.1f} {speedup:>9}")
-    lines.append("* GMACs of one scan direction, the Vision Mamba papers' FLOPs convention")
+    lines.append("ratio: patch tokens gone by the last block; mean red.: mean share removed before "
+                 "each block (the papers' reduction ratio); last: tokens entering the last block")
+    lines.append("* GMACs of one scan direction, the Vision Mamba papers' FLOPs convention; "
+                 "** both directions, what the model runs")
     if rough:
         lines.append(f"? the batch times spread by more than {SPREAD_LIMIT:.0%} (interquartile "
                      "range / median; other processes on this machine?): that speed-up is not "

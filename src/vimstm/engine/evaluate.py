@@ -198,7 +198,7 @@ def _merge_settings(args: argparse.Namespace) -> dict[str, Any]:
     if is_dense(method):
         return {}
     out = {"method": method}
-    for key in ("ratio", "r", "flops"):
+    for key in ("ratio", "reduction", "r", "flops", "schedule"):
         if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
     if getattr(args, "merge_opt", None):
@@ -243,6 +243,10 @@ def run(args: argparse.Namespace) -> int:
             "device": str(info.device), "device_name": device_name,
             "world_size": info.world_size, **merge, **res, "vimstm_version": __version__,
         }
+        from vimstm.flops import describe, operating_point
+
+        point = operating_point(model)
+        out["operating_point"] = point
         label = ", ".join(f"{k} {v}" for k, v in merge.items())
         print(f"{out['model']} on {base.root} ({out['labels']} labels, {base.num_classes} "
               f"classes){'  merge: ' + label if label else ''}")
@@ -250,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
               f"images/s {res['images_per_s']:.1f}  ({res['images']} images, "
               f"{res['skipped']} skipped, {res['seconds']:.1f} s, {device_name}, "
               f"{out['amp']}, {info.world_size} process{'es' if info.world_size > 1 else ''})")
+        print(describe(point))
         if args.json:
             atomic_write(args.json, json.dumps(out, indent=2) + "\n")
             print(f"wrote {args.json}")

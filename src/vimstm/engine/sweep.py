@@ -22,10 +22,11 @@ from vimstm.errors import ConfigError, VimstmError
 from vimstm.models.checkpoint import atomic_write
 
 FIELDS = (
-    "method", "ratio", "top1", "top5", "images", "gmacs_literature", "gmacs_full",
-    "merge_gmacs", "reduction_literature", "images_per_s", "ms_per_batch", "speedup",
-    "tokens_last_block", "schedule", "options", "error",
+    "method", "setting", "ratio", "mean_token_reduction", "tokens_last_block", "top1", "top5",
+    "images", "gmacs_literature", "gmacs_full", "merge_gmacs", "reduction_literature",
+    "images_per_s", "ms_per_batch", "speedup", "pre", "schedule", "options", "error",
 )
+AXES = ("ratio", "reduction", "flops")
 
 
 def run_sweep(
@@ -38,12 +39,19 @@ def run_sweep(
     amp: str | None = None,
     bench: dict[str, Any] | None = None,
     progress: bool = False,
+    axis: str = "ratio",
+    schedule: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of results: the dense model, then every method x ratio (ratio 0 is the dense row).
+    """Rows of results: the dense model, then every method x value (0 is the dense row).
 
+    ``ratios`` are values of ``axis`` (``ratio``, ``reduction`` or ``flops``: the patch
+    argument they are given as); ``schedule`` is passed to every patch (a preset such as
+    ``"even-blocks"``, or a schedule file: then one row per method and no values).
     ``options`` maps a method name to its patch options (e.g. ``{"stm": {"protect": 2}}``).
     ``bench`` holds :func:`measure_throughput` arguments, or None to skip timing; ``loader``
-    None skips accuracy.
+    None skips accuracy. Every row reports the realised ``ratio`` (share of patch tokens gone
+    by the last block), ``mean_token_reduction`` (the papers' ratio), ``tokens_last_block``
+    and both GMAC conventions; ``setting`` says what was asked for.
     """
     from vimstm.flops import count_flops
     from vimstm.merge import patch, unpatch
@@ -51,14 +59,17 @@ def run_sweep(
     options = options or {}
     rows: list[dict[str, Any]] = []
 
-    def measure(method: str, ratio: float) -> dict[str, Any]:
-        row: dict[str, Any] = {"method": method, "ratio": ratio, "error": ""}
+    if axis not in AXES:
+        raise ConfigError(f"sweep axis {axis!r}: choose one of {', '.join(AXES)}")
+
+    def measure(method: str, setting: str) -> dict[str, Any]:
+        row: dict[str, Any] = {"method": method, "setting": setting, "error": ""}
         flops = count_flops(model)
         row.update(
-            gmacs_literature=flops.gmacs_literature, gmacs_full=flops.gmacs_full,
+            **flops.operating_point(),
             merge_gmacs=flops.merge_gmacs, reduction_literature=flops.reduction_literature,
-            tokens_last_block=flops.tokens_per_block[-1],
             schedule=list(getattr(model.merger, "schedule", []) or []),
+            pre=int(getattr(model.merger, "pre", 0) or 0),
             options=dict(getattr(model.merger, "options", {}) or {}),
         )
         if loader is not None:
@@ -73,18 +84,23 @@ def run_sweep(
             row.update(images_per_s=res["images_per_s"], ms_per_batch=res["ms_per_batch"])
         return row
 
+    from vimstm.merge import PRESETS
+
     unpatch(model)
-    dense = measure("dense", 0.0)
+    dense = measure("dense", "dense")
     rows.append(dense)
+    from_file = schedule is not None and schedule not in PRESETS
+    values: Sequence[float | None] = [None] if from_file else [v for v in ratios if v != 0]
     for method in methods:
-        for ratio in ratios:
-            if ratio == 0:
-                continue
+        for value in values:
+            kw = {} if value is None else {axis: value}
+            setting = " ".join([f"{k}={v}" for k, v in kw.items()]
+                               + ([f"schedule={schedule}"] if schedule else []))
             try:
-                patch(model, method=method, ratio=ratio, **options.get(method, {}))
-                row = measure(method, ratio)
+                patch(model, method=method, schedule=schedule, **kw, **options.get(method, {}))
+                row = measure(method, setting)
             except ConfigError as e:  # e.g. a ratio this method cannot reach on this model
-                row = {"method": method, "ratio": ratio, "error": str(e)}
+                row = {"method": method, "setting": setting, "ratio": value, "error": str(e)}
             finally:
                 unpatch(model)
             rows.append(row)
@@ -141,7 +157,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
             continue
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for method in dict.fromkeys(r["method"] for r in pts if r["method"] != "dense"):
-            line = sorted((r for r in pts if r["method"] == method), key=lambda r: r["ratio"])
+            line = sorted((r for r in pts if r["method"] == method), key=lambda r: r[key])
             if dense is not None and dense.get(key) is not None:
                 line = [dense, *line]
             ax.plot([r[key] for r in line], [r["top1"] for r in line], "o-", label=method, ms=4)
@@ -181,7 +197,15 @@ def register(subparsers: Any) -> None:
                    "without it only GFLOPs and images/s are measured")
     p.add_argument("--methods", default="stm,tome,rmeeto,prune-top,prune-norm,random",
                    help="comma-separated methods")
-    p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5", help="comma-separated ratios")
+    p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5",
+                   help="comma-separated values of --axis (default: ratios)")
+    p.add_argument("--axis", choices=AXES, default="ratio",
+                   help="what --ratios are: ratio (share of patch tokens gone by the last "
+                   "block), reduction (the papers' mean share removed per block) or flops "
+                   "(share of the dense GFLOPs kept)")
+    p.add_argument("--schedule", default=None, metavar="PRESET|FILE",
+                   help="'even-blocks' (the peers' schedule) or a `vimstm calibrate` file "
+                   "(then one row per method; --ratios is not used)")
     p.add_argument("--merge-opt", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
                    help="method option (repeatable); prefix METHOD: to give it to one method")
     p.add_argument("--out", default="sweep_out", help="output folder")
@@ -245,18 +269,21 @@ def run(args: argparse.Namespace) -> int:
     bench = None if args.no_bench else {"batch_size": args.bench_batch,
                                         "dtype": args.bench_dtype, "runs": args.bench_runs}
     rows = run_sweep(model, loader, methods, ratios, _method_options(args.merge_opt, methods),
-                     device=device, amp=args.amp, bench=bench, progress=False)
+                     device=device, amp=args.amp, bench=bench, progress=False, axis=args.axis,
+                     schedule=args.schedule)
     meta = {"model": args.model, "checkpoint": args.checkpoint, "data": args.data,
             "device": device, "limit": args.limit, "bench": bench}
     paths = write_outputs(rows, args.out, meta)
     for r in rows:
         if r.get("error"):
-            print(f"{r['method']:>10s} {r['ratio']:.2f}  skipped: {r['error']}")
+            print(f"{r['method']:>10s} {r['setting']}  skipped: {r['error']}")
             continue
         top1 = f"{r['top1']:6.2f}" if r.get("top1") is not None else "   n/a"
         ips = f"{r['images_per_s']:9.1f}" if r.get("images_per_s") else "      n/a"
-        print(f"{r['method']:>10s} {r['ratio']:.2f}  top1 {top1}  GMACs "
-              f"{r['gmacs_literature']:.3f}  img/s {ips}  tokens(last) {r['tokens_last_block']}")
+        print(f"{r['method']:>10s} {r['setting']:<16s} top1 {top1}  mean reduction "
+              f"{r['mean_token_reduction']:.3f}  ratio {r['ratio']:.3f}  tokens(last) "
+              f"{r['tokens_last_block']}  GMACs {r['gmacs_literature']:.3f} lit / "
+              f"{r['gmacs_full']:.3f} full  img/s {ips}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

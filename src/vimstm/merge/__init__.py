@@ -7,23 +7,34 @@
 
 ``patch`` sets ``model.merger`` (a plain object, so the state dict and checkpoints are
 unchanged) and turns on the mixers' SSM recording where the method reads it; ``unpatch`` undoes
-both. Methods: ``stm``, ``tome``, ``rmeeto``, ``prune-top``, ``prune-norm``, ``random`` (see the
-module of each). Schedules: :mod:`vimstm.merge.schedule`.
+both. Methods: ``stm``, ``mtr``, ``tome``, ``rmeeto``, ``prune-top``, ``prune-norm``, ``random``
+(see the module of each). Schedules: :mod:`vimstm.merge.schedule`: ``ratio`` (share of patch
+tokens gone by the last block), ``reduction`` (the papers' mean share removed per block),
+``flops`` (share of the dense GFLOPs kept), ``r`` (tokens per step), and ``schedule``: a preset
+(``"even-blocks"``) or a file written by ``vimstm calibrate``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from vimstm.errors import ConfigError
 from vimstm.merge.base import Merger
 from vimstm.merge.bipartite import BipartiteMerger, RMeeToMerger
+from vimstm.merge.mtr import MTRMerger
 from vimstm.merge.prune import PruneMerger, TopPruneMerger
 from vimstm.merge.schedule import (
+    PRESETS,
+    check_preset,
     check_ratio,
     check_shape,
+    even_blocks,
+    even_blocks_r,
     from_flops,
+    from_reduction,
+    load_schedule_file,
     parse_r,
     shaped_schedule,
 )
@@ -31,6 +42,7 @@ from vimstm.merge.stm import RandomMerger, STMMerger
 
 _CLASSES: dict[str, type[Merger]] = {
     "stm": STMMerger,
+    "mtr": MTRMerger,
     "tome": BipartiteMerger,
     "rmeeto": RMeeToMerger,
     "prune-top": TopPruneMerger,
@@ -76,6 +88,8 @@ def build_merger(
     r: Any = None,
     flops: float | None = None,
     trace_source: bool = False,
+    reduction: float | None = None,
+    schedule: Any = None,
     **options: Any,
 ) -> Merger:
     """The merger ``patch`` would install, with its schedule checked (nothing is changed)."""
@@ -89,20 +103,43 @@ def build_merger(
         check_shape(shape)
     merger = _CLASSES[method](**options)
     depth, m, c = _dims(model)
+    given = [k for k, v in (("ratio", ratio), ("r", r), ("flops", flops),
+                            ("reduction", reduction)) if v is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give only one of ratio, r, flops, reduction (got {', '.join(given)})")
+    named = schedule if isinstance(schedule, str) and schedule in PRESETS else None
+    if isinstance(schedule, str) and named is None and not schedule.endswith(".json") \
+            and not os.path.exists(schedule):
+        check_preset(schedule)  # neither a preset nor a file: says which presets exist
+    if schedule is not None and named is None:  # a schedule file (or its parsed dict)
+        if given or every is not None or shape is not None:
+            extra = ", ".join(given + [k for k, v in (("every", every), ("shape", shape))
+                                       if v is not None])
+            raise ConfigError(f"a schedule file fixes the tokens removed at every block; drop "
+                              f"{extra} or drop the schedule file")
+        doc = load_schedule_file(schedule, depth, m)
+        return _finish(merger, doc["schedule"], options, m, c, trace_source, doc["pre"])
+    if named is not None:
+        if every is not None or shape is not None:
+            raise ConfigError(f"schedule={named!r} fixes every and shape; drop them")
+        r_even = _even_blocks_r(model, merger, named, depth, m, c, options, ratio, r, flops,
+                                reduction)
+        pre, steps = even_blocks(depth, r_even)
+        return _finish(merger, steps, options, m, c, trace_source, pre)
     if r is not None and ((every or 1) != 1 or (shape or "even") != "even"):
-        raise ConfigError("every= and shape= apply to ratio/flops schedules; with r, write "
-                          "the list yourself")
+        raise ConfigError("every= and shape= apply to ratio/flops/reduction schedules; with r, "
+                          "write the list yourself")
     # defaults (see DEFAULT_EVERY_DIV): few merge steps, each removing a share of its tokens
     every = every if every is not None else max(1, depth // DEFAULT_EVERY_DIV)
     shape = shape if shape is not None else DEFAULT_SHAPE
-    given = [k for k, v in (("ratio", ratio), ("r", r), ("flops", flops)) if v is not None]
-    if len(given) > 1:
-        raise ConfigError(f"give only one of ratio, r, flops (got {', '.join(given)})")
     if not given:
-        raise ConfigError("give a schedule: ratio=FRACTION, r=TOKENS_PER_BLOCK or flops=FRACTION")
+        raise ConfigError("give a schedule: ratio=FRACTION, reduction=FRACTION, "
+                          "r=TOKENS_PER_BLOCK, flops=FRACTION or schedule=FILE")
     if ratio is not None:
         total = round(check_ratio(ratio) * m)
         schedule = shaped_schedule(depth, total, m, every, shape)
+    elif reduction is not None:
+        schedule = from_reduction(depth, m, reduction, every, shape)
     elif r is not None:
         schedule = parse_r(depth, r)
     else:
@@ -118,8 +155,52 @@ def build_merger(
 
         schedule = from_flops(depth, m, float(flops), gmacs, feasible, every,  # type: ignore[arg-type]
                               shape)
-    if sum(schedule) > m - 1:
-        raise ConfigError(f"the schedule removes {sum(schedule)} of {m} patch tokens; keep some")
+    return _finish(merger, schedule, options, m, c, trace_source)
+
+
+def _even_blocks_r(model: Any, merger: Merger, name: str, depth: int, m: int, c: int,
+                   options: dict[str, Any], ratio: Any, r: Any, flops: Any,
+                   reduction: Any) -> int:
+    """The one ``r`` of the even-blocks preset that meets the given target."""
+    n_steps = 1 + (depth - 1) // 2
+    if r is not None:
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ConfigError(f"schedule={name!r} takes one int r (tokens per step), got {r!r}")
+        return r
+    if reduction is not None:
+        return even_blocks_r(depth, m, reduction)
+    if ratio is not None:
+        return round(check_ratio(ratio) * m / n_steps)
+    if flops is None:
+        raise ConfigError(f"schedule={name!r} needs r=, reduction=, ratio= or flops=")
+    from vimstm.flops import count_flops
+
+    if not isinstance(flops, (int, float)) or not 0.0 < float(flops) <= 1.0:
+        raise ConfigError(f"flops {flops!r} must be the fraction of dense GFLOPs to keep, in "
+                          "(0, 1]")
+    if merger.needs_ssm:
+        merger.check_pre()
+    for r_even in range(m // n_steps + 1):  # smallest r that meets the target
+        pre, steps = even_blocks(depth, r_even)
+        merger.pre = pre
+        if not _try_schedule(merger, steps, "protect" in options, m + 1, c):
+            break
+        rep = count_flops(model, merger=merger)
+        if rep.gmacs_literature <= flops * rep.dense_gmacs_literature:
+            return r_even
+    raise ConfigError(f"flops={flops} is not reachable with schedule={name!r} and this method; "
+                      "ask for more GFLOPs")
+
+
+def _finish(merger: Merger, schedule: list[int], options: dict[str, Any], m: int, c: int,
+            trace_source: bool, pre: int = 0) -> Merger:
+    """Check ``schedule`` (and ``pre``) against the method and record it on ``merger``."""
+    if pre:
+        merger.check_pre()
+    merger.pre = pre
+    if pre + sum(schedule) > m - 1:
+        raise ConfigError(f"the schedule removes {pre + sum(schedule)} of {m} patch tokens; "
+                          "keep some")
     if not _try_schedule(merger, schedule, "protect" in options, m + 1, c):
         merger.simulate(m + 1, c)  # fails again, raising the clear error of the step at fault
     merger.trace_source = bool(trace_source)
@@ -159,10 +240,13 @@ def patch(
     r: Any = None,
     flops: float | None = None,
     trace_source: bool = False,
+    reduction: float | None = None,
+    schedule: Any = None,
     **options: Any,
 ) -> Any:
     """Install token merging on ``model`` in place and return it (see the module docstring)."""
-    merger = build_merger(model, method, ratio, r, flops, trace_source, **options)
+    merger = build_merger(model, method, ratio, r, flops, trace_source, reduction, schedule,
+                          **options)
     unpatch(model)
     merger.attach(model)
     return model
@@ -226,12 +310,20 @@ def parse_r_arg(text: str | None) -> Any:
 
 
 def add_merge_args(parser: argparse.ArgumentParser) -> None:
-    """Add --method, --ratio, --r, --flops and --merge-opt to a command's parser."""
+    """Add --method, --ratio, --reduction, --r, --flops, --schedule and --merge-opt."""
     g = parser.add_argument_group("token merging")
     g.add_argument("--method", default=None,
                    help=f"merging method: {', '.join(METHODS)} (default: none, the dense model)")
     g.add_argument("--ratio", type=float, default=None,
                    help="fraction of patch tokens removed by the last block, in [0, 0.9)")
+    g.add_argument("--reduction", type=float, default=None,
+                   help="mean share of patch tokens removed per block, in [0, 0.9): the "
+                   "papers' reduction ratio (AMVim, R-MeeTo: r=5/8/11/14 at every even block "
+                   "is 0.17/0.27/0.36/0.46 on 196 tokens)")
+    g.add_argument("--schedule", default=None, metavar="PRESET|FILE",
+                   help=f"'{', '.join(PRESETS)}' (r tokens after blocks 0, 2, 4, ...: with "
+                   "--r, --reduction, --ratio or --flops) or a JSON file written by "
+                   "`vimstm calibrate` (the whole schedule)")
     g.add_argument("--r", default=None,
                    help="tokens removed after each block: 8, a list 8,8,4, or r:inflection")
     g.add_argument("--flops", type=float, default=None,
@@ -251,5 +343,7 @@ def patch_from_args(model: Any, args: argparse.Namespace) -> Any:
         ratio=getattr(args, "ratio", None),
         r=parse_r_arg(getattr(args, "r", None)),
         flops=getattr(args, "flops", None),
+        reduction=getattr(args, "reduction", None),
+        schedule=getattr(args, "schedule", None),
         **parse_merge_opts(getattr(args, "merge_opt", None)),
     )

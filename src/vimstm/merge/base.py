@@ -163,6 +163,7 @@ class Merger:
         self.options = {**self.option_defaults, **options}
         self._cache: dict[Any, Any] = {}  # index tensors per (shape, device), built once
         self.schedule: list[int] = []
+        self.pre = 0  # tokens removed before block 0, from the embeddings (the peers' schedule)
         self.trace_source = False
         self._saved_recording: list[tuple[Any, ...]] = []  # the mixers' flags before attach
         self._check_options()
@@ -183,8 +184,26 @@ class Merger:
         """Multiply-accumulates of one merge step (per image)."""
         return 2.0 * tokens * dim  # applying the plan to hidden_states and residual
 
+    def check_pre(self) -> None:
+        """ConfigError if this method cannot merge before block 0 (no previous block's SSM)."""
+        if self.needs_ssm:
+            raise ConfigError(
+                f"method {self.name!r} reads the previous block's scan, which does not exist "
+                "before block 0; the 'even-blocks' schedule merges there: use every=2 (merges "
+                "before blocks 2, 4, ...) or a method that reads the tokens (stm, tome, rmeeto, "
+                "prune-norm, random)"
+            )
+
     def simulate(self, tokens: int, cls_index: int) -> tuple[list[int], list[int]]:
         """Tokens and class-token index entering each block; ConfigError if a step can't run."""
+        if self.pre:
+            if not self.cap(tokens, cls_index, self.pre):
+                raise ConfigError(
+                    f"method {self.name!r} cannot remove {self.pre} tokens before block 0 (from "
+                    f"{tokens} tokens, {self.options}); lower the ratio/r"
+                )
+            cls_index = self.next_cls(tokens, cls_index, self.pre)
+            tokens -= self.pre
         toks, clss = [tokens], [cls_index]
         for i, r in enumerate(self.schedule):
             if r and not self.cap(tokens, cls_index, r):
@@ -251,16 +270,28 @@ class Merger:
         self._cls = [state.cls_index]
         return state
 
-    def step(self, model: Any, i: int, hidden: Tensor, residual: Tensor, state: Any):
-        r = self.schedule[i - 1] if i - 1 < len(self.schedule) else 0
+    def step(self, model: Any, i: int, hidden: Tensor, residual: Tensor | None, state: Any):
+        """Merge before block ``i``: ``schedule[i - 1]`` tokens, or ``pre`` before block 0.
+
+        Before block 0 there is no residual yet: it becomes the embeddings and the mixer output
+        zero, which block 0 adds up to the same input; no previous block's SSM exists there.
+        """
+        if i == 0:
+            r = self.pre
+            if r and residual is None:
+                residual, hidden = hidden.float(), torch.zeros_like(hidden)
+        else:
+            r = self.schedule[i - 1] if i - 1 < len(self.schedule) else 0
         if r > 0:
-            ssm = model.layers[i - 1].mixer.last_ssm if self.needs_ssm else None
+            ssm = model.layers[i - 1].mixer.last_ssm if self.needs_ssm and i > 0 else None
             # the plan is index and weight bookkeeping: no autograd, and no autocast (its few
             # matrix products must stay fp32; similarities read the block input as it is)
             with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
                 plan = self.plan(hidden, residual, state, ssm, r)
             hidden, residual = plan.apply(hidden, residual, state, self.backend)
             state.cls_index = plan.cls_index
+        if i == 0:  # the counts entering block 0 replace the embedding's
+            self._tokens, self._cls = [], []
         self._tokens.append(hidden.shape[1])
         self._cls.append(state.cls_index)
         return hidden, residual, state

@@ -11,6 +11,13 @@ before block ``i+1``; ``r[i]`` is the number of tokens it removes. A schedule is
 * ``ratio``: the fraction of the patch tokens removed by the last block, spread as evenly as
   possible over the steps (remainders go to the earliest steps, where there are more tokens);
   ``every=k`` (a patch option of every method) merges only after every k-th block;
+* ``reduction``: the papers' reduction ratio, the mean over the blocks of the share of patch
+  tokens removed before each block runs (:func:`mean_token_reduction`); the schedule of the
+  chosen ``every``/``shape`` nearest to it is used;
+* ``schedule="even-blocks"``: the peers' schedule, the same ``r`` before every even-indexed
+  block (0, 2, 4, ...); the step before block 0 (``pre``) merges the embeddings. With ``r``,
+  ``reduction``, ``ratio`` or ``flops``, the one ``r`` that meets it;
+* a schedule file (:func:`load_schedule_file`, written by ``vimstm calibrate``);
 * ``flops``: the fraction of the dense GFLOPs (literature convention) to keep; the smallest
   schedule of the chosen shape that reaches it is chosen with
   :func:`vimstm.flops.count_flops`'s closed form.
@@ -27,6 +34,7 @@ pairing can remove at most half of the mergeable tokens on each side of the clas
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from vimstm.errors import ConfigError
 
@@ -72,6 +80,13 @@ def _check_count(v: object) -> int:
     return v
 
 
+def merge_slots(depth: int, every: int = 1) -> list[int]:
+    """Steps that merge: after blocks ``every - 1, 2 every - 1, ...`` (before blocks ``every,
+    2 every, ...``); the last step if none fits."""
+    steps = depth - 1
+    return list(range(every - 1, steps, every)) or [steps - 1]
+
+
 def even_schedule(depth: int, total: int, every: int = 1) -> list[int]:
     """``total`` removals spread over the steps after every ``every``-th block, remainders first.
 
@@ -81,7 +96,7 @@ def even_schedule(depth: int, total: int, every: int = 1) -> list[int]:
     steps = depth - 1
     if steps <= 0:
         return []
-    slots = [i for i in range(steps) if (i + 1) % every == 0] or [steps - 1]
+    slots = merge_slots(depth, every)
     base, extra = divmod(total, len(slots))
     out = [0] * steps
     for k, i in enumerate(slots):
@@ -97,7 +112,7 @@ def geometric_schedule(depth: int, total: int, num_patches: int, every: int = 1)
     steps = depth - 1
     if steps <= 0:
         return []
-    slots = [i for i in range(steps) if (i + 1) % every == 0] or [steps - 1]
+    slots = merge_slots(depth, every)
     keep = (max(num_patches - total, 0) / num_patches) ** (1.0 / len(slots))
     out, left = [0] * steps, num_patches
     for k, i in enumerate(slots):
@@ -168,3 +183,169 @@ def from_flops(
         else:
             lo = mid + 1
     return make(lo)
+
+
+# -- the literature's reduction ratio, presets and schedule files ---------------------------
+
+# Named schedules of the peers. "even-blocks": AMVim and R-MeeTo-style runs merge r tokens
+# before every even-indexed block, 12 steps on a 24-block model: before block 0 (``pre``, on
+# the embeddings) and after blocks 1, 3, ..., 21, the same r at each step.
+PRESETS: tuple[str, ...] = ("even-blocks",)
+SCHEDULE_FORMAT = "vimstm-schedule"
+
+
+def even_blocks(depth: int, r: int) -> tuple[int, list[int]]:
+    """``(pre, schedule)`` removing ``r`` tokens before blocks 0, 2, 4, ... (the peers')."""
+    return r, [r if i % 2 == 1 else 0 for i in range(depth - 1)]
+
+
+def tokens_removed_per_block(schedule: Sequence[int], depth: int, pre: int = 0) -> list[int]:
+    """Patch tokens removed before each block runs (block k sees ``M - removed[k]`` patches)."""
+    out, gone = [], pre
+    for k in range(depth):
+        out.append(gone)
+        gone += schedule[k] if k < len(schedule) else 0
+    return out
+
+
+def mean_token_reduction(schedule: Sequence[int], depth: int, num_patches: int,
+                         pre: int = 0) -> float:
+    """The peers' "reduction ratio": mean over the blocks of the share of patch tokens removed
+    before the block runs.
+
+    With 196 patches, 24 blocks and ``r`` tokens before each of blocks 0, 2, ..., 22 this is
+    ``6.5 r / 196``: r = 5 / 8 / 11 / 14 give 0.17 / 0.27 / 0.36 / 0.46 (AMVim's tables);
+    R-MeeTo's 11 steps (before blocks 2, ..., 22) give ``5.5 r / 196``: 0.14 for r = 5 and
+    0.31 for r = 11, as its README states. vimstm's ``ratio`` is the share gone by the last
+    block instead.
+    """
+    if depth < 1 or num_patches < 1:
+        return 0.0
+    return sum(tokens_removed_per_block(schedule, depth, pre)) / (depth * num_patches)
+
+
+def check_reduction(reduction: float) -> float:
+    if (isinstance(reduction, bool) or not isinstance(reduction, (int, float))
+            or not 0.0 <= float(reduction) < MAX_RATIO):
+        raise ConfigError(
+            f"reduction {reduction!r} is out of range: give the mean share of patch tokens "
+            f"removed per block (the papers' reduction ratio, e.g. 0.17), in [0, {MAX_RATIO})"
+        )
+    return float(reduction)
+
+
+def from_reduction(
+    depth: int,
+    num_patches: int,
+    target: float,
+    every: int = 1,
+    shape: str = "even",
+) -> list[int]:
+    """The schedule of ``shape`` whose :func:`mean_token_reduction` is nearest ``target``.
+
+    Ties go to the smaller schedule; a target the merge steps cannot reach is an error.
+    """
+    check_reduction(target)
+    if depth < 2:
+        raise ConfigError("a model of one block has no merge step; reduction needs depth >= 2")
+    hi = int(num_patches * MAX_RATIO)
+    return _nearest(
+        target, num_patches, hi,
+        lambda total: shaped_schedule(depth, total, num_patches, every, shape),
+        lambda s: mean_token_reduction(s, depth, num_patches),
+        "merge earlier or more often, e.g. schedule='even-blocks' or every=1",
+    )
+
+
+def even_blocks_r(depth: int, num_patches: int, target: float) -> int:
+    """The ``r`` of the even-blocks preset whose mean token reduction is nearest ``target``."""
+    check_reduction(target)
+    n_steps = 1 + (depth - 1) // 2
+    hi = int(num_patches * MAX_RATIO) // n_steps
+
+    def red(r: int) -> float:
+        pre, s = even_blocks(depth, r)
+        return mean_token_reduction(s, depth, num_patches, pre)
+
+    return _nearest(target, num_patches, hi, lambda r: r, red, "lower the reduction")
+
+
+def _nearest(target: float, num_patches: int, hi: int, make: Callable[[int], Any],
+             value: Callable[[Any], float], fix: str) -> Any:
+    best, best_err, reach = make(0), float("inf"), 0.0
+    for n in range(hi + 1):
+        cand = make(n)
+        v = value(cand)
+        reach = max(reach, v)
+        if abs(v - target) < best_err - 1e-12:
+            best, best_err = cand, abs(v - target)
+        if v > target:
+            break
+    if target - reach > 0.5 / num_patches:
+        raise ConfigError(f"reduction={target} is not reachable with these merge steps (at most "
+                          f"{reach:.3f}); {fix}")
+    return best
+
+
+def check_preset(name: str) -> str:
+    if name not in PRESETS:
+        raise ConfigError(
+            f"schedule={name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing "
+            "schedule file (.json, written by `vimstm calibrate`)"
+        )
+    return name
+
+
+def load_schedule_file(source: Any, depth: int, num_patches: int) -> dict[str, Any]:
+    """A schedule file (path, or its parsed dict) checked against a model's depth and patches."""
+    import json
+    from pathlib import Path
+
+    where = "the schedule"
+    if isinstance(source, dict):
+        data = source
+    else:
+        path = Path(source)
+        where = f"schedule file {path}"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{where} does not exist; give a file written by `vimstm "
+                              f"calibrate` or a preset ({', '.join(PRESETS)})") from None
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{where} is not readable JSON ({e}); write it again with "
+                              "`vimstm calibrate`") from None
+    if not isinstance(data, dict) or data.get("format") != SCHEDULE_FORMAT:
+        raise ConfigError(f"{where} is not a vimstm schedule (no \"format\": "
+                          f"\"{SCHEDULE_FORMAT}\"); write it with `vimstm calibrate`")
+    if data.get("depth") != depth:
+        raise ConfigError(
+            f"{where} was made for a {data.get('depth')}-block model but this model has {depth} "
+            "blocks; calibrate a schedule for this model (vimstm calibrate --model ...)"
+        )
+    if data.get("num_patches") not in (None, num_patches):
+        raise ConfigError(
+            f"{where} was made for {data.get('num_patches')} patch tokens but this model has "
+            f"{num_patches} (another image size?); calibrate a schedule at this image size"
+        )
+    steps = data.get("schedule")
+    if not isinstance(steps, list):
+        raise ConfigError(f"{where} has no \"schedule\" list of tokens removed per block")
+    data = dict(data)
+    data["schedule"] = parse_r(depth, [_check_count(v) for v in steps])
+    data["pre"] = _check_count(data.get("pre", 0))
+    return data
+
+
+def schedule_document(schedule: Sequence[int], depth: int, num_patches: int, pre: int = 0,
+                      **meta: Any) -> dict[str, Any]:
+    """The JSON object of a schedule file (see :func:`load_schedule_file`): ``schedule[i]``
+    tokens are removed after block i, ``pre`` before block 0."""
+    sched = list(schedule)
+    return {
+        "format": SCHEDULE_FORMAT, "version": 1, "depth": depth, "num_patches": num_patches,
+        "pre": pre, "schedule": sched,
+        "mean_token_reduction": mean_token_reduction(sched, depth, num_patches, pre),
+        "ratio": (pre + sum(sched)) / num_patches,
+        **meta,
+    }

@@ -34,6 +34,8 @@ weights are ``α_s ∝ size_s Σ_dir g_s Δ_s max(⟨B_s, B̄⟩, 0)`` normalise
 (the short conv and SiLU are ignored); B and Δ come from the previous block (the next block's
 are not known before the merge); ``size_s`` counts the writes a merged token stands for.
 ``weights="size"`` is the size-weighted average. hidden_states and residual get the same weights.
+Before block 0 (the ``even-blocks`` schedule merges there) no scan has run yet: that step uses
+the dissimilarity alone (or ``gamma`` fading) and the size-weighted average.
 
 **Two implementations, one result.** Where the model runs the Triton scan, the similarity, the
 pair weights, and the pair choice with the run resolution and merge layout run as the kernels of
@@ -321,12 +323,18 @@ class STMMerger(AdjacentMerger):
         pair_r = 0.5 * (m[:, e_r] + m[:, e_r + 1]) - own
         return torch.stack((own, pair_l, pair_r), 1).flatten(1).float()  # (2t or 1, 6 n_a)
 
+    def check_pre(self) -> None:
+        if self.options["similarity"] != "x":
+            raise ConfigError(f"stm similarity={self.options['similarity']!r} reads the previous "
+                              "block's scan, which does not exist before block 0 (where the "
+                              "'even-blocks' schedule merges); use similarity=x")
+
     def _costs(self, hidden, residual, ssm, layout):
         b = hidden.shape[0]
         n_a = layout.n_a
         dis = self._dissimilarity(hidden, residual, ssm)
         d = dis.index_select(1, layout.edges).view(b, 2, 2, n_a)
-        if self.fading_kind == "none":
+        if self.fading_kind == "none" or (ssm is None and self.fading_kind == "ssm"):
             return d, (d.amin(1) + 1e-6).log()
         if self.fading_kind == "gamma":
             fade = layout.fade.view(1, 3, 2, n_a)
@@ -337,7 +345,7 @@ class STMMerger(AdjacentMerger):
         return cost, score
 
     def _edge_alpha(self, state, ssm):
-        if self.options["weights"] == "size":
+        if self.options["weights"] == "size" or ssm is None:
             return super()._edge_alpha(state, ssm)
         return dispatch.edge_alpha(ssm.B_fwd, ssm.B_bwd, ssm.tok, state.size, self.backend)
 

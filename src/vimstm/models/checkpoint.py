@@ -267,7 +267,7 @@ def export_weights(checkpoint: str | Path, output: str | Path, use_ema: bool | N
     args = vars(args) if isinstance(args, argparse.Namespace) else args
     if obj.get("classes"):
         meta["classes"] = json.dumps(list(obj["classes"]))
-    for key in ("model", "method", "ratio", "r", "flops", "merge_opt"):
+    for key in ("model", "method", "ratio", "reduction", "r", "flops", "schedule", "merge_opt"):
         if args.get(key) not in (None, []):
             meta[key] = json.dumps(args[key]) if isinstance(args[key], list) else str(args[key])
     if "epoch" in obj:

@@ -390,7 +390,7 @@ class VisionMamba(nn.Module):
         if merger is not None:
             state = merger.begin(self, hidden, state)
         for i, layer in enumerate(self.layers):
-            if merger is not None and residual is not None:
+            if merger is not None and (residual is not None or merger.pre):
                 hidden, residual, state = merger.step(self, i, hidden, residual, state)
             hidden, residual = layer(hidden, residual)
         if merger is not None:
