@@ -13,8 +13,8 @@ from PIL import Image
 import vimstm
 from vimstm.cli import main
 from vimstm.engine.calibrate import allocate, calibrate
-from vimstm.flops import count_flops
 from vimstm.errors import ConfigError
+from vimstm.flops import count_flops
 from vimstm.merge import patch, unpatch
 from vimstm.models.checkpoint import atomic_save
 

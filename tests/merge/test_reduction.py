@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from vimstm.flops import count_flops
 from vimstm.errors import ConfigError
+from vimstm.flops import count_flops
 from vimstm.merge import add_merge_args, patch, patch_from_args, unpatch
 from vimstm.merge.schedule import (
     even_blocks,

@@ -206,7 +206,7 @@ def calibrate(
         images += x.shape[0]
     if not images:
         raise DataError("the calibration set gave no images; check --data")
-    steps = [i for i in merge_slots(depth, every, every - 1) if i < depth - 1]
+    steps = merge_slots(depth, every)
     if progress:
         print(f"calibrating {method} on {images} images: {len(steps)} candidate steps, "
               f"probe {probe:.0%} of {m} patch tokens", flush=True)
