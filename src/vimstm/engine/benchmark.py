@@ -54,9 +54,21 @@ def measure_throughput(
 ) -> dict[str, Any]:
     """Median images/s of ``model`` on random input (fp16/bf16 run under autocast).
 
-    Returns images_per_s, ms_per_batch (median), spread (interquartile range / median of the
-    run times), peak_mem_mb (None off CUDA), dtype, batch_size, device_name, runs, and
-    cuda_graph (whether a CUDA graph was replayed). ``desc`` shows a progress bar so labelled.
+    Args:
+        model: the model (moved to ``device``; dense or patched).
+        batch_size: images per forward.
+        img_size: input size (default: the model's).
+        dtype: ``fp32``, or ``fp16``/``bf16`` under autocast.
+        device: ``cuda`` or ``cpu``.
+        warmup: untimed forwards first (and CUDA-graph capture).
+        runs: timed forwards (their median counts).
+        cuda_graph: replay one captured CUDA graph per forward (CUDA only).
+        desc: show a progress bar so labelled.
+
+    Returns:
+        images_per_s, ms_per_batch (median), spread (interquartile range / median of the run
+        times), peak_mem_mb (None off CUDA), dtype, batch_size, device_name, runs, and
+        cuda_graph (whether a CUDA graph was replayed).
     """
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")

@@ -34,9 +34,11 @@ def _on() -> bool:
 def init_distributed(device: str | torch.device | None = None) -> DistInfo:
     """Join the torchrun process group if there is one; return this process's place.
 
-    ``device``: ``None`` picks ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU; a
-    ``"cuda"`` without an index also gets the local rank. The backend is NCCL for CUDA devices
-    and gloo for the CPU.
+    The backend is NCCL for CUDA devices and gloo for the CPU.
+
+    Args:
+        device: ``None`` picks ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU; a
+            ``"cuda"`` without an index also gets the local rank.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -37,13 +37,23 @@ def evaluate(
 ) -> dict[str, float | int]:
     """Top-1 and top-5 accuracy (percent) of ``model`` over ``loader``.
 
-    ``loader`` yields ``(images, labels)`` or ``(images, labels, number_skipped)`` (the
-    loaders of :func:`vimstm.data.build_eval_loader`). Returns ``top1``, ``top5``, ``images``
-    (evaluated), ``skipped`` (unreadable), ``seconds`` (wall time of the loop, data loading
-    included; the slowest rank under torchrun) and ``images_per_s`` (images / seconds).
-    With torch.distributed initialized the counts are summed over ranks. ``desc`` labels the
-    progress bar (its top-1 postfix follows every batch); ``batch_seconds``, if given, receives
-    the time of each batch's forward (device-synchronised), for speed from the evaluation itself.
+    With torch.distributed initialized the counts are summed over ranks.
+
+    Args:
+        model: the model, already on ``device`` (dense or patched).
+        loader: yields ``(images, labels)`` or ``(images, labels, number_skipped)`` (the
+            loaders of :func:`vimstm.data.build_eval_loader`).
+        device: where the images go.
+        amp: autocast precision, ``fp16`` or ``bf16``; None for fp32.
+        progress: show a progress bar (rank 0), labelled ``desc``, with the running top-1.
+        desc: the progress bar's label.
+        batch_seconds: if given, receives each batch's forward time (device-synchronised),
+            for speed from the evaluation itself.
+
+    Returns:
+        ``top1``, ``top5``, ``images`` (evaluated), ``skipped`` (unreadable), ``seconds``
+        (wall time of the loop, data loading included; the slowest rank under torchrun) and
+        ``images_per_s`` (images / seconds).
     """
     from tqdm import tqdm
 

@@ -44,14 +44,24 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Rows of results: the dense model, then every method x value (0 is the dense row).
 
-    ``ratios`` are values of ``axis`` (``ratio``, ``reduction`` or ``flops``: the patch
-    argument they are given as); ``schedule`` is passed to every patch (a preset such as
-    ``"even-blocks"``, or a schedule file: then one row per method and no values).
-    ``options`` maps a method name to its patch options (e.g. ``{"stm": {"protect": 2}}``).
-    ``bench`` holds :func:`measure_throughput` arguments, or None to skip timing; ``loader``
-    None skips accuracy. Every row reports the realised ``ratio`` (share of patch tokens gone
-    by the last block), ``mean_token_reduction`` (the papers' ratio), ``tokens_last_block``
-    and both GMAC conventions; ``setting`` says what was asked for.
+    Args:
+        model: a dense model, patched and unpatched in turn.
+        loader: evaluation data (:func:`vimstm.data.build_eval_loader`); None skips accuracy.
+        methods: merging methods (:data:`vimstm.merge.METHODS`).
+        ratios: values of ``axis``, each run with every method.
+        options: patch options per method, e.g. ``{"stm": {"protect": 2}}``.
+        device: where the model runs.
+        amp: autocast precision for accuracy (``fp16``, ``bf16`` or None).
+        bench: :func:`~vimstm.engine.benchmark.measure_throughput` arguments; None skips timing.
+        progress: progress bars.
+        axis: the patch argument the values are given as: ``ratio``, ``reduction`` or ``flops``.
+        schedule: passed to every patch: a preset such as ``"even-blocks"``, or a schedule
+            file (then one row per method and no values).
+
+    Returns:
+        One dict per configuration. Every row reports the realised ``ratio`` (share of patch
+        tokens gone by the last block), ``mean_token_reduction`` (the papers' ratio),
+        ``tokens_last_block`` and both GMAC conventions; ``setting`` says what was asked for.
     """
     from vimstm.flops import count_flops
     from vimstm.merge import patch, unpatch

@@ -48,13 +48,13 @@ class BipartiteMerger(Merger):
         feat = dim if self.options["similarity"] == "x" else 2 * d_state
         return tokens * feat + (tokens / 2) ** 2 * feat + 2.0 * tokens * dim
 
-    def _ranks(self, keep_a: Tensor, lay: dict[str, Tensor]) -> Tensor:
+    def _ranks(self, keep_a: Tensor, layout: dict[str, Tensor]) -> Tensor:
         """New patch ranks of the A tokens (the kept ones; merged ones are overwritten)."""
         return keep_a.long().cumsum(1) - 1
 
-    def _rank_b(self, keep_a: Tensor, lay: dict[str, Tensor]) -> Tensor:
+    def _rank_b(self, keep_a: Tensor, layout: dict[str, Tensor]) -> Tensor:
         """New patch ranks of the B tokens: after the n_a - r unmerged A tokens."""
-        return lay["rank_b"].expand(keep_a.shape[0], -1)
+        return layout["rank_b"].expand(keep_a.shape[0], -1)
 
     def _layout(self, t: int, c: int, r: int, dev: torch.device) -> dict[str, Any]:
         def build() -> dict[str, Any]:
@@ -74,20 +74,20 @@ class BipartiteMerger(Merger):
     def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int) -> GroupPlan:
         b, t, _ = hidden.shape
         c = state.cls_index
-        lay = self._layout(t, c, r, hidden.device)
+        layout = self._layout(t, c, r, hidden.device)
         if self.options["similarity"] == "x":
             f = block_input(hidden, residual)
         else:
             f = torch.cat((ssm.B_fwd, ssm.B_bwd), -1)
         # A (even patches) and B (odd patches), class token left out; cosine similarity
-        fa, fb = f.index_select(1, lay["pos_a"]), f.index_select(1, lay["pos_b"])
+        fa, fb = f.index_select(1, layout["pos_a"]), f.index_select(1, layout["pos_b"])
         fa = fa / torch.linalg.vector_norm(fa, dim=-1, keepdim=True).clamp_min_(1e-6)
         fb = fb / torch.linalg.vector_norm(fb, dim=-1, keepdim=True).clamp_min_(1e-6)
         node_max, node_idx = (fa @ fb.transpose(1, 2)).max(dim=-1)
         src = node_max.topk(r, dim=-1).indices  # the r most similar A tokens
         keep_a = torch.ones_like(node_max, dtype=torch.bool).scatter_(1, src, False)
-        rank_a = self._ranks(keep_a, lay)
-        rank_b = self._rank_b(keep_a, lay)
+        rank_a = self._ranks(keep_a, layout)
+        rank_b = self._rank_b(keep_a, layout)
         rank_a = rank_a.scatter(1, src, rank_b.gather(1, node_idx.gather(1, src)))
         new_c = self.next_cls(t, c, r)
         # interleave back (A, B, A, B, ...) and make room for the class token at new_c
@@ -95,7 +95,7 @@ class BipartiteMerger(Merger):
         if rank_a.shape[1] > rank_b.shape[1]:
             patch_rank = torch.cat((patch_rank, rank_a[:, -1:]), 1)
         patch_dest = patch_rank + (patch_rank >= new_c).long()
-        dest = torch.cat((patch_dest[:, :c], lay["cls"].expand(b, 1), patch_dest[:, c:]), 1)
+        dest = torch.cat((patch_dest[:, :c], layout["cls"].expand(b, 1), patch_dest[:, c:]), 1)
         wn = group_normalize(dest, state.size, t - r)
         return GroupPlan(dest, wn, t - r, False, new_c)
 
@@ -106,13 +106,13 @@ class RMeeToMerger(BipartiteMerger):
     def next_cls(self, tokens: int, cls_index: int, r: int) -> int:
         return cls_index * (tokens - r) // tokens
 
-    def _ranks(self, keep_a: Tensor, lay: dict[str, Tensor]) -> Tensor:
+    def _ranks(self, keep_a: Tensor, layout: dict[str, Tensor]) -> Tensor:
         """Original order: a patch's rank counts the kept patches before it."""
-        keep = torch.ones(keep_a.shape[0], lay["odd"].shape[0], dtype=torch.long,
+        keep = torch.ones(keep_a.shape[0], layout["odd"].shape[0], dtype=torch.long,
                           device=keep_a.device)
         keep[:, ::2] = keep_a
         self._rank = keep.cumsum(1) - 1
         return self._rank[:, ::2]
 
-    def _rank_b(self, keep_a: Tensor, lay: dict[str, Tensor]) -> Tensor:
+    def _rank_b(self, keep_a: Tensor, layout: dict[str, Tensor]) -> Tensor:
         return self._rank[:, 1::2]

@@ -69,12 +69,12 @@ class PruneMerger(Merger):
     def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int) -> PairPlan:
         t = hidden.shape[1]
         c = state.cls_index
-        lay = self._layout(t, c, r, hidden.device)
-        score = self._score(hidden, residual, ssm).float().masked_fill(lay["is_cls"], math.inf)
+        layout = self._layout(t, c, r, hidden.device)
+        score = self._score(hidden, residual, ssm).float().masked_fill(layout["is_cls"], math.inf)
         if self.options["balance"]:
             r_left, r_right = split_sides(t, c, r)
-            both = torch.stack((score.masked_fill(lay["not_left"], math.inf),
-                                score.masked_fill(lay["not_right"], math.inf)), 1)
+            both = torch.stack((score.masked_fill(layout["not_left"], math.inf),
+                                score.masked_fill(layout["not_right"], math.inf)), 1)
             low = both.topk(max(r_left, r_right), dim=-1, largest=False).indices
             drop_idx = torch.cat((low[:, 0, :r_left], low[:, 1, :r_right]), 1)
         else:
@@ -85,8 +85,8 @@ class PruneMerger(Merger):
         if self.options["balance"]:
             rank = keep.long().cumsum(1) - 1
         else:  # patches in order, class token moved to new_c
-            patch_rank = (keep & ~lay["is_cls"]).long().cumsum(1) - 1
-            rank = torch.where(lay["is_cls"], lay["new_c"],
+            patch_rank = (keep & ~layout["is_cls"]).long().cumsum(1) - 1
+            rank = torch.where(layout["is_cls"], layout["new_c"],
                                patch_rank + (patch_rank >= new_c).long())
         dest = rank.masked_fill(~keep, new_len)
         return self.pairs(dest, keep.float(), new_len, new_c)  # groups of one, the rest dropped

@@ -42,10 +42,7 @@ _SPECS: list[ModelSpec] = [
               mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_pct=1.0,
               weights="vim_tiny_cifar10.safetensors"),
 ]
-_BY_NAME: dict[str, ModelSpec] = {}
-for _s in _SPECS:
-    _BY_NAME[_s.name] = _s
-    _BY_NAME[_s.alias] = _s
+_BY_NAME: dict[str, ModelSpec] = {key: s for s in _SPECS for key in (s.name, s.alias)}
 
 OVERRIDES = (
     "depth", "embed_dim", "img_size", "patch_size", "stride", "num_classes", "in_chans",
