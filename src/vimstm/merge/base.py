@@ -17,6 +17,7 @@ is decided by :mod:`vimstm.ops.dispatch` from the model's scan backend.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -320,6 +321,74 @@ class Merger:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"{type(self).__name__}({opts})"
+
+
+class SelectLayout(NamedTuple):
+    """Masks of one step's shape for :class:`LowestScoreMerger` (cached per shape)."""
+
+    is_cls: Tensor  # (1, tokens) bool
+    not_left: Tensor  # (1, tokens): masked out when picking the removals left of the class token
+    not_right: Tensor
+    new_cls: Tensor  # (1, 1) int64: the class token's index after the step
+    r_side: tuple[int, int]  # removals (left, right) with balance=True
+
+
+class LowestScoreMerger(Merger):
+    """Base of the methods that take out the ``r`` patch tokens of lowest score (pruning, MTR).
+
+    With ``balance=True`` (default) half of them come from each side of the class token (the
+    odd one from the longer side), so its index stays exact for every sample; with
+    ``balance=False`` they come from anywhere, and the class token is moved to the middle of the
+    kept tokens (its true place would differ between samples). The others keep their order.
+    """
+
+    option_defaults: ClassVar[dict[str, Any]] = {"balance": True}
+
+    def _check_options(self) -> None:
+        if not isinstance(self.options["balance"], bool):
+            raise ConfigError(
+                f"{self.name} option balance={self.options['balance']!r} must be true or false")
+
+    def cap(self, tokens: int, cls_index: int, r: int) -> bool:
+        if r > tokens - 2:  # keep at least one patch token
+            return False
+        if not self.options["balance"]:
+            return True
+        r_left, r_right = split_sides(tokens, cls_index, r)
+        return r_left <= cls_index and r_right <= tokens - 1 - cls_index
+
+    def next_cls(self, tokens: int, cls_index: int, r: int) -> int:
+        if self.options["balance"]:
+            return cls_index - split_sides(tokens, cls_index, r)[0]
+        return (tokens - 1 - r) // 2
+
+    def _select_layout(self, t: int, c: int, r: int, dev: torch.device) -> SelectLayout:
+        def build() -> SelectLayout:
+            pos = torch.arange(t, device=dev).unsqueeze(0)
+            return SelectLayout(pos == c, pos >= c, pos <= c,
+                                torch.full((1, 1), self.next_cls(t, c, r), device=dev),
+                                split_sides(t, c, r))
+
+        return self.cached(("select_layout", t, c, r, str(dev)), build)
+
+    def lowest(self, score: Tensor, layout: SelectLayout, r: int) -> Tensor:
+        """Indices (batch, r) of the ``r`` patch tokens of lowest ``score`` (see the class)."""
+        score = score.masked_fill(layout.is_cls, math.inf)
+        if not self.options["balance"]:
+            return score.topk(r, dim=1, largest=False).indices
+        r_left, r_right = layout.r_side
+        both = torch.stack((score.masked_fill(layout.not_left, math.inf),
+                            score.masked_fill(layout.not_right, math.inf)), 1)
+        low = both.topk(max(r_left, r_right), dim=-1, largest=False).indices
+        return torch.cat((low[:, 0, :r_left], low[:, 1, :r_right]), 1)
+
+    def kept_ranks(self, keep: Tensor, layout: SelectLayout, new_cls: int) -> Tensor:
+        """Each token's index among the kept ones, in order (the class token at ``new_cls``)."""
+        if self.options["balance"]:
+            return keep.long().cumsum(1) - 1
+        patch_rank = (keep & ~layout.is_cls).long().cumsum(1) - 1
+        return torch.where(layout.is_cls, layout.new_cls,
+                           patch_rank + (patch_rank >= new_cls).long())
 
 
 def block_input(hidden: Tensor, residual: Tensor) -> Tensor:

@@ -35,10 +35,10 @@ import torch
 from torch import Tensor
 
 from vimstm.errors import ConfigError
-from vimstm.merge.base import GroupPlan, Merger, block_input, group_normalize, split_sides
+from vimstm.merge.base import GroupPlan, LowestScoreMerger, block_input, group_normalize
 
 
-class MTRMerger(Merger):
+class MTRMerger(LowestScoreMerger):
     name = "mtr"
     needs_ssm = True
     ssm_parts: tuple[str, ...] = ("decay",)  # the scan's per-token Δ statistics
@@ -50,46 +50,18 @@ class MTRMerger(Merger):
         if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 <= keep < 1:
             raise ConfigError(f"mtr option keep={keep!r} must lie in [0, 1): the share of the "
                               "tokens that are not merged away kept out of the Target group")
-        if not isinstance(o["balance"], bool):
-            raise ConfigError(f"mtr option balance={o['balance']!r} must be true or false")
+        super()._check_options()
         if o["similarity"] not in ("x", "b"):
             raise ConfigError(f"mtr option similarity={o['similarity']!r}: choose 'x' or 'b'")
         self.ssm_parts = ("B", "decay") if o["similarity"] == "b" else ("decay",)
 
     # -- closed form ------------------------------------------------------------------
-    def cap(self, tokens: int, cls_index: int, r: int) -> bool:
-        if r > tokens - 2:  # at least one patch token must stay to be a Target
-            return False
-        if not self.options["balance"]:
-            return True
-        r_left, r_right = split_sides(tokens, cls_index, r)
-        return r_left <= cls_index and r_right <= tokens - 1 - cls_index
-
-    def next_cls(self, tokens: int, cls_index: int, r: int) -> int:
-        if self.options["balance"]:
-            return cls_index - split_sides(tokens, cls_index, r)[0]
-        return (tokens - 1 - r) // 2
-
     def merge_macs(self, tokens: int, r: int, dim: int, d_state: int, d_inner: int) -> float:
         feat = dim if self.options["similarity"] == "x" else 2 * d_state
         # norms, Source x all-token cosines, then hidden_states and residual
         return tokens * feat + r * tokens * feat + 2.0 * tokens * dim
 
     # -- one step ---------------------------------------------------------------------
-    def _layout(self, t: int, c: int, r: int, dev: torch.device) -> dict[str, Any]:
-        def build() -> dict[str, Any]:
-            pos = torch.arange(t).unsqueeze(0)
-            r_left, r_right = split_sides(t, c, r)
-            out = {
-                "is_cls": pos == c,
-                "not_left": pos >= c,  # masked out when picking the left Sources
-                "not_right": pos <= c,
-                "new_c": torch.full((1, 1), self.next_cls(t, c, r)),
-            }
-            return {k: v.to(dev) for k, v in out.items()} | {"r_side": (r_left, r_right)}
-
-        return self.cached(("layout", t, c, r, str(dev)), build)
-
     def importance(self, ssm: Any) -> Tensor:
         """Mean-over-channels Δ summed over both scan directions, (batch, tokens) fp32."""
         if ssm is None or ssm.delta_fwd is None:
@@ -97,27 +69,16 @@ class MTRMerger(Merger):
                               "install it with vimstm.patch(model, method='mtr', ...)")
         return ssm.delta_fwd + ssm.delta_bwd
 
-    def _sources(self, imp: Tensor, lay: dict[str, Any], r: int) -> Tensor:
-        """Indices (batch, r) of the Source tokens: the lowest importance."""
-        score = imp.masked_fill(lay["is_cls"], math.inf)
-        if not self.options["balance"]:
-            return score.topk(r, dim=1, largest=False).indices
-        r_left, r_right = lay["r_side"]
-        both = torch.stack((score.masked_fill(lay["not_left"], math.inf),
-                            score.masked_fill(lay["not_right"], math.inf)), 1)
-        low = both.topk(max(r_left, r_right), dim=-1, largest=False).indices
-        return torch.cat((low[:, 0, :r_left], low[:, 1, :r_right]), 1)
-
     def plan(self, hidden: Tensor, residual: Tensor, state: Any, ssm: Any, r: int) -> GroupPlan:
         b, t, _ = hidden.shape
         c = state.cls_index
-        lay = self._layout(t, c, r, hidden.device)
+        layout = self._select_layout(t, c, r, hidden.device)
         imp = self.importance(ssm).float()
-        src = self._sources(imp, lay, r)
+        src = self.lowest(imp, layout, r)  # the Sources: the least important
         is_src = torch.zeros(b, t, dtype=torch.bool, device=hidden.device).scatter_(1, src, True)
         # Keep: the most important of the rest; Target: all other non-Source patch tokens
         n_keep = int(self.options["keep"] * (t - 1 - r))
-        out_of_play = is_src | lay["is_cls"]
+        out_of_play = is_src | layout.is_cls
         target = ~out_of_play
         if n_keep:
             keep_idx = imp.masked_fill(out_of_play, -math.inf).topk(n_keep, dim=1).indices
@@ -132,14 +93,8 @@ class MTRMerger(Merger):
         sim = (fs @ f.transpose(1, 2)).masked_fill(~target.unsqueeze(1), -math.inf)
         match = sim.argmax(dim=-1)  # (b, r) token index of the Target
         # order restored: survivors by position, a Source at its Target's new place
-        keep = ~is_src
         new_c = self.next_cls(t, c, r)
-        if self.options["balance"]:
-            rank = keep.long().cumsum(1) - 1
-        else:  # patches in order, the class token moved to new_c
-            patch_rank = (keep & ~lay["is_cls"]).long().cumsum(1) - 1
-            rank = torch.where(lay["is_cls"], lay["new_c"],
-                               patch_rank + (patch_rank >= new_c).long())
+        rank = self.kept_ranks(~is_src, layout, new_c)
         dest = rank.scatter(1, src, rank.gather(1, match))
         wn = group_normalize(dest, state.size, t - r)
         return GroupPlan(dest, wn, t - r, False, new_c)
