@@ -98,7 +98,8 @@ def describe(point: dict[str, Any]) -> str:
             "(both directions)")
 
 
-def _dims(model: Any) -> dict[str, int]:
+def model_dims(model: Any) -> dict[str, int]:
+    """The sizes the FLOPs formulas read (C, di, N, R, K, M, in_chans, p2, classes)."""
     mixer = model.layers[0].mixer
     p = model.patch_embed.patch_size
     return {
@@ -124,7 +125,7 @@ def block_macs(d: dict[str, int], length: int, both_directions: bool) -> float:
 
 def count_flops(model: Any, merger: Any = None) -> FlopsReport:
     """FLOPs of ``model`` (patched or not) at its image size; ``merger`` overrides model.merger."""
-    d = _dims(model)
+    d = model_dims(model)
     merger = merger if merger is not None else getattr(model, "merger", None)
     t0 = d["M"] + 1
     c0 = d["M"] // 2

@@ -93,8 +93,7 @@ def allocate(
     max_steps: int | None = 3,
 ) -> list[int]:
     """The schedule that meets the target with ``r_i ∝ c_i / s_i`` (module docstring)."""
-    from vimstm.flops import _dims as flop_dims
-    from vimstm.flops import block_macs, count_flops
+    from vimstm.flops import block_macs, count_flops, model_dims
     from vimstm.merge import build_merger
     from vimstm.merge.schedule import check_reduction
 
@@ -108,7 +107,7 @@ def allocate(
         check_reduction(reduction)
     depth = len(model.layers)
     m = model.patch_embed.num_patches
-    d = flop_dims(model)
+    d = model_dims(model)
     per_token = block_macs(d, 1, False) - block_macs(d, 0, False)  # literature convention
     floor = min(s for s in sens if s > 0) if any(s > 0 for s in sens) else 1.0
     weight = {i: per_token * (depth - 1 - i) / max(s, floor * 1e-3)
