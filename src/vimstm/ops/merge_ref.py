@@ -42,10 +42,9 @@ def edge_alpha_ref(B_fwd: Tensor, B_bwd: Tensor, stats: Tensor, size: Tensor) ->
     w = delta.unfold(-1, 2, 1) * (sq.unfold(-1, 2, 1) + cross.unsqueeze(-1)).clamp_min(0)
     # the scan's earlier token decays by one step of the later one: forward, the left token by
     # exp(log_decay_fwd[e+1]); backward, the right token by exp(log_decay_bwd[e])
-    fwd, bwd = log_decay[:, 0, 1:], log_decay[:, 1, :-1]
-    zero = torch.zeros_like(fwd)
-    step = torch.stack((torch.stack((fwd, zero), -1), torch.stack((zero, bwd), -1)), 1)
-    w = w * step.exp()
+    decay = log_decay.exp()
+    w[:, 0, :, 0].mul_(decay[:, 0, 1:])
+    w[:, 1, :, 1].mul_(decay[:, 1, :-1])
     w = w.sum(1) * size.unfold(1, 2, 1) + 1e-12  # (b, t-1, 2)
     return w[..., 0] / w.sum(-1)
 
