@@ -172,7 +172,26 @@ def calibrate(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Measure per-step sensitivity on ``loader``'s images and return the schedule document."""
+    """Measure per-step sensitivity on ``loader``'s images and return the schedule document.
+
+    Args:
+        model: a dense model (moved to ``device``).
+        loader: calibration images (labels only checked against the head), e.g. a few hundred
+            training images.
+        method: the merging method the schedule is for.
+        flops: target share of the dense GFLOPs kept; or
+        reduction: target mean share of patch tokens removed per block (one of the two).
+        options: the method's options.
+        every: candidate steps after every ``every``-th block.
+        probe: share of the patch tokens merged at one step to measure its sensitivity.
+        max_steps: at most this many merge steps in the schedule (None: no limit).
+        device: where the model runs.
+        progress: print each step's sensitivity.
+
+    Returns:
+        The schedule document (:func:`vimstm.merge.schedule.schedule_document`) that
+        ``patch(..., schedule=FILE)`` reads once written as JSON.
+    """
     from vimstm.flops import count_flops
     from vimstm.merge import METHODS, build_merger
     from vimstm.merge.schedule import merge_slots, schedule_document
