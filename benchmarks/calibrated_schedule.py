@@ -7,8 +7,9 @@ calibrated one (``patch(method, schedule=...)``), each with its operating point 
 reduction, ratio, tokens in the last block, GMACs in both conventions) and top-1.
 
     # GPU, the whole 8,000-image test split (a few minutes on one H100)
-    python benchmarks/calibrated_schedule.py --device cuda --calib-images 256 \\
-        --flops 0.6,0.8 --out results/calibrated_c10.json
+    CIFAR10=/path/to/cifar10 bash benchmarks/reproduce.sh cifar-calibrate
+    python benchmarks/calibrated_schedule.py --device cuda --calib-images 256 --amp bf16 \\
+        --flops 0.6,0.8 --out results/cifar10/calibrated_schedule.json
     # CPU subset (the reference scan is slow there)
     python benchmarks/calibrated_schedule.py --device cpu --calib-images 32 --every 2 \\
         --test-limit 200 --flops 0.6 --batch-size 16
@@ -39,6 +40,7 @@ DATA = Path("/work/shared/data/cifar10")
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="vim_tiny_cifar10")
+    p.add_argument("--checkpoint", default=None, help="weights (default: the bundled ones)")
     p.add_argument("--train", default=str(DATA / "train.tar.xz"))
     p.add_argument("--test", default=str(DATA / "test.tar.xz"))
     p.add_argument("--method", default="stm")
@@ -60,7 +62,8 @@ def main() -> int:
     print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
     print(f"device: {name}  dtype: {args.amp or 'fp32'}  batch: {args.batch_size}  "
           f"torch threads: {torch.get_num_threads()}")
-    model = create_model(args.model, pretrained=True).to(dev).eval()
+    model = create_model(args.model, checkpoint=args.checkpoint,
+                         pretrained=args.checkpoint is None).to(dev).eval()
     depth, m = len(model.layers), model.patch_embed.num_patches
 
     t0 = time.perf_counter()

@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         row = {"label": label, "method": method, **{k: v for k, v in kw.items() if k != "seed"},
                "top1": round(top1, 2), "gmacs": round(rep.gmacs_literature, 4),
                "gmacs_full": round(rep.gmacs_full, 4),
+               "mean_token_reduction": round(rep.mean_token_reduction, 4),
+               "token_ratio": round(rep.token_ratio, 4),
                "final_tokens": int(model.merge_info.get("tokens_per_block", [0])[-1])
                if method != "dense" else int(model.patch_embed.num_patches + 1),
                "eval_s": round(time.perf_counter() - t0, 1)}

@@ -21,6 +21,9 @@
 #                                                             -> $CIFAR_OUT/cifar_results*.{json,csv}
 #   cifar-finetune  1-epoch distillation fine-tunes at 60% of the GFLOPs, one per method
 #                                                             -> $CIFAR_OUT/finetune_1epoch.json
+#   cifar-calibrate `vimstm calibrate`'s schedule (256 training images) against the default
+#                   at 60% and 80% of the GFLOPs, STM, the whole test split
+#                                                             -> $CIFAR_OUT/calibrated_schedule.json
 #   official        equivalence with the official hustvl/Vim model code (CPU is enough)
 #
 # Environment: CIFAR10 (a folder with train.tar.xz and test.tar.xz, or train/ and test/ class
@@ -134,6 +137,16 @@ print(f"wrote {sys.argv[1]}")
 PY
 }
 
+part_cifar_calibrate() {
+  need CIFAR10 "cifar-calibrate needs the CIFAR-10 data"
+  local train="$CIFAR10/train.tar.xz" test="$CIFAR10/test.tar.xz"
+  [ -e "$train" ] || { train="$CIFAR10/train"; test="$CIFAR10/test"; }
+  # shellcheck disable=SC2046
+  run $PY benchmarks/calibrated_schedule.py $(weights) --train "$train" --test "$test" \
+    --device cuda --calib-images 256 --flops 0.6,0.8 --batch-size 256 --workers 8 --amp bf16 \
+    --out "$CIFAR_OUT/calibrated_schedule.json"
+}
+
 part_official() {
   need VIM_REPO "official needs a hustvl/Vim checkout"
   run $PY benchmarks/check_official.py --vim-repo "$VIM_REPO"
@@ -143,7 +156,7 @@ parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(scan speed merge)
 for p in "${parts[@]}"; do
   case $p in
-    scan|speed|merge|cifar-train|cifar-tables|cifar-finetune|official) ;;
+    scan|speed|merge|cifar-train|cifar-tables|cifar-finetune|cifar-calibrate|official) ;;
     *) echo "reproduce.sh: unknown part '$p' (see the header of $0)" >&2; exit 2 ;;
   esac
 done

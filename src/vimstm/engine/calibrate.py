@@ -9,12 +9,13 @@ tool):
    merged logits from the dense ones over the calibration images.
 2. **Allocation.** With a quadratic model of the damage, ``KL_i(r) ~ s_i (r / r_probe)^2``,
    and ``c_i``, the GMACs that one token removed after block i saves (it skips the blocks after
-   i), minimising ``sum_i KL_i(r_i)`` at a given saving gives ``r_i ∝ c_i / s_i``: tokens go
-   where they save most for the least damage, and are spread (the model is convex) rather than
-   piled on one block. Only the ``max_steps`` steps with the largest ``c_i^2 / s_i`` (each one's
-   share of the optimum) merge at all: few steps are what make merging pay on a GPU
-   (BENCHMARKS.md). The scale is the smallest that meets the target, counted in closed form
-   (:func:`vimstm.flops.count_flops`), each step clipped to what the method can remove.
+   i, proportional to the blocks after it), minimising ``sum_i KL_i(r_i)`` at a given saving
+   gives ``r_i ∝ c_i / s_i``: tokens go where they save most for the least damage, and are
+   spread (the model is convex) rather than piled on one block. At most ``max_steps`` steps
+   merge (few steps are what make merging pay on a GPU, BENCHMARKS.md): every subset of that
+   many candidate steps is solved (the smallest scale that meets the target, counted in closed
+   form by :func:`vimstm.flops.count_flops`, each step clipped to what the method can remove)
+   and the one with the least modelled damage ``sum_i s_i r_i^2`` wins.
 
 The result is a schedule file (JSON, :func:`vimstm.merge.schedule.schedule_document`) that
 ``patch(model, method=..., schedule=FILE)``, ``--schedule FILE`` and thus eval, bench, sweep and
@@ -24,6 +25,7 @@ finetune accept.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -93,9 +95,9 @@ def allocate(
     max_steps: int | None = 3,
 ) -> list[int]:
     """The schedule that meets the target with ``r_i ∝ c_i / s_i`` (module docstring)."""
-    from vimstm.flops import block_macs, count_flops, model_dims
+    from vimstm.flops import count_flops
     from vimstm.merge import build_merger
-    from vimstm.merge.schedule import check_reduction
+    from vimstm.merge.schedule import check_reduction, mean_token_reduction
 
     if (flops is None) == (reduction is None):
         raise ConfigError("give one calibration target: flops=FRACTION (of the dense GFLOPs "
@@ -107,56 +109,64 @@ def allocate(
         check_reduction(reduction)
     depth = len(model.layers)
     m = model.patch_embed.num_patches
-    d = model_dims(model)
-    per_token = block_macs(d, 1, False) - block_macs(d, 0, False)  # literature convention
     floor = min(s for s in sens if s > 0) if any(s > 0 for s in sens) else 1.0
-    weight = {i: per_token * (depth - 1 - i) / max(s, floor * 1e-3)
-              for i, s in zip(steps, sens)}
-    gain = {i: weight[i] * per_token * (depth - 1 - i) for i in steps}  # c_i^2 / s_i
-    chosen = sorted(steps, key=lambda i: -gain[i])[: max_steps or len(steps)]
-    top = max(weight[i] for i in chosen)
+    s_eff = {i: max(s, floor * 1e-3) for i, s in zip(steps, sens)}
+    weight = {i: (depth - 1 - i) / s_eff[i] for i in steps}  # r_i ∝ c_i / s_i
     merger = build_merger(model, method, r=[0] * (depth - 1), **options)
     t0, c0 = m + 1, m // 2
+    goal = flops if flops is not None else -float(reduction)  # type: ignore[arg-type]
 
-    def schedule(lam: float) -> list[int]:
+    def schedule(chosen: tuple[int, ...], lam: float) -> list[int]:
         sched = [0] * (depth - 1)
         tokens, cls = t0, c0
-        for i in range(depth - 1):
-            if i in chosen:
-                r = min(round(lam * weight[i] / top), tokens - 2)
-                while r > 0 and not merger.cap(tokens, cls, r):
-                    r -= 1
-                sched[i] = r
-                if r:
-                    cls = merger.next_cls(tokens, cls, r)
-                    tokens -= r
+        for i in chosen:  # in block order
+            r = min(round(lam * weight[i]), tokens - 2)
+            while r > 0 and not merger.cap(tokens, cls, r):
+                r -= 1
+            sched[i] = r
+            if r:
+                cls = merger.next_cls(tokens, cls, r)
+                tokens -= r
         return sched
 
     def value(sched: list[int]) -> float:
-        merger.schedule = sched
         if flops is not None:
+            merger.schedule = sched
             rep = count_flops(model, merger=merger)
             return rep.gmacs_literature / rep.dense_gmacs_literature
-        from vimstm.merge.schedule import mean_token_reduction
-
         return -mean_token_reduction(sched, depth, m)
 
-    goal = flops if flops is not None else -float(reduction)  # type: ignore[arg-type]
-    lo, hi = 0.0, float(m) * top / min(weight[i] for i in chosen)  # hi: every step at its cap
-    if value(schedule(hi)) > goal + 1e-9:
-        what = (f"flops={flops}" if flops is not None else f"reduction={reduction}")
+    def solve(chosen: tuple[int, ...]) -> list[int] | None:
+        """The smallest scale on these steps that meets the target, or None if none does."""
+        lo, hi = 0.0, m / min(weight[i] for i in chosen)  # hi: every step at its cap
+        if value(schedule(chosen, hi)) > goal + 1e-9:
+            return None
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if value(schedule(chosen, mid)) <= goal + 1e-9:
+                hi = mid
+            else:
+                lo = mid
+        return schedule(chosen, hi)
+
+    # with the quadratic model more steps never hurt, so use exactly max_steps of them: the
+    # subset whose solution has the least modelled damage sum_i s_i r_i^2
+    k = len(steps) if max_steps is None else min(max_steps, len(steps))
+    best: tuple[float, list[int]] | None = None
+    for chosen in itertools.combinations(sorted(steps), k):
+        sched = solve(chosen)
+        if sched is None:
+            continue
+        damage = sum(s_eff[i] * sched[i] ** 2 for i in chosen)
+        if best is None or damage < best[0]:
+            best = (damage, sched)
+    if best is None:
+        what = f"flops={flops}" if flops is not None else f"reduction={reduction}"
         raise ConfigError(
-            f"{what} is not reachable by merging after blocks {sorted(chosen)} with {method!r} "
-            f"(at most {abs(value(schedule(hi))):.3f}); allow more steps (--max-steps) or "
-            "relax the target"
+            f"{what} is not reachable with {k} merge steps of {method!r} among the steps after "
+            f"blocks {sorted(steps)}; allow more steps (--max-steps) or relax the target"
         )
-    for _ in range(50):  # smallest scale that meets the target
-        mid = (lo + hi) / 2
-        if value(schedule(mid)) <= goal + 1e-9:
-            hi = mid
-        else:
-            lo = mid
-    return schedule(hi)
+    return best[1]
 
 
 def calibrate(

@@ -24,6 +24,9 @@ Choices the description leaves open (each an option):
   between samples).
 * ``similarity`` (default ``"x"``): the block input as ToMe; ``"b"`` uses the previous block's
   B of both directions instead.
+
+The importance needs a previous block, so ``mtr`` cannot merge before block 0 (the
+``even-blocks`` schedule's first step) and says so.
 """
 
 from __future__ import annotations
