@@ -111,8 +111,8 @@ def test_eval_errors_are_one_line_exit_2(case, ckpt, folder, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vimstm eval: error:") and len(err.splitlines()) == 1
-    expect = {"ckpt": "not found", "data": "not found", "classes": "--num-classes 3",
-              "weights": "--checkpoint", "empty": "no class folders"}[case]
+    expect = {"ckpt": "not found", "data": "not found", "classes": "--synsets FILE",
+              "weights": "--pretrained", "empty": "no class folders"}[case]
     assert expect in err
 
 
@@ -166,3 +166,89 @@ def test_cpu_threads_leave_a_core_free_unless_told(monkeypatch):
     assert cpu_threads() == 3
     monkeypatch.setenv("VIMSTM_THREADS", "2")
     assert cpu_threads() == 2
+
+
+# ---------------------------------------------------------------- no silent wrong answers
+
+
+def test_ratio_without_method_merges_with_stm_and_says_so(ckpt, folder, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(_eval_args(ckpt, folder, "--ratio", "0.3", "--json", str(out))) == 0
+    captured = capsys.readouterr()
+    assert "--ratio given without --method: merging with stm" in captured.err
+    res = json.loads(out.read_text())
+    assert res["method"] == "stm" and res["ratio"] == 0.3
+
+
+@pytest.mark.parametrize("flag", [["--ratio", "0.3"], ["--r", "2"], ["--flops", "0.7"]])
+def test_bench_schedule_without_method_is_merged(flag, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--model", "vim_tiny", "--device", "cpu", *ARCH_FLAGS, "--depth", "4",
+                 "--batch-size", "1", "--warmup", "0", "--runs", "1", *flag,
+                 "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert "stm" in data and data["stm"]["gmacs_literature"] < data["dense"]["gmacs_literature"]
+
+
+def test_schedule_with_method_none_is_refused(ckpt, folder, capsys):
+    assert main(_eval_args(ckpt, folder, "--method", "none", "--ratio", "0.3")) == 2
+    assert "would be ignored with --method none" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["sweep", "viz"])
+def test_no_weights_is_refused_where_accuracy_or_merges_matter(command, folder, tmp_path,
+                                                               capsys):
+    image = next(folder.glob("*/*.png"))
+    args = {"sweep": ["sweep", "--model", "vim_tiny", "--data", str(folder),
+                      "--out", str(tmp_path / "s")],
+            "viz": ["viz", "--model", "vim_tiny", "--image", str(image),
+                    "--out", str(tmp_path / "v.png")]}[command]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "random weights" in err and "--pretrained" in err
+    assert not (tmp_path / "s" / "sweep.csv").exists() and not (tmp_path / "v.png").exists()
+
+
+def test_checkpoint_and_pretrained_together_are_refused(ckpt, folder, capsys):
+    assert main(_eval_args(ckpt, folder, "--pretrained")) == 2
+    assert "give one of them" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["eval", "bench", "sweep", "viz", "export"])
+def test_unwritable_output_fails_before_the_work(case, ckpt, folder, tmp_path, capsys,
+                                                 monkeypatch):
+    import vimstm.engine.evaluate as ev
+
+    bad = "/proc/vimstm-no/such"
+    image = next(folder.glob("*/*.png"))
+    args = {
+        "eval": _eval_args(ckpt, folder, "--json", f"{bad}/r.json"),
+        "bench": ["bench", "--device", "cpu", *ARCH_FLAGS, "--runs", "1", "--json",
+                  f"{bad}/b.json"],
+        "sweep": ["sweep", "--model", "vim_tiny", "--checkpoint", str(ckpt), *ARCH_FLAGS,
+                  "--num-classes", "3", "--out", bad],
+        "viz": ["viz", "--model", "vim_tiny", "--checkpoint", str(ckpt), *ARCH_FLAGS,
+                "--num-classes", "3", "--image", str(image), "--out", f"{bad}/v.png"],
+        "export": ["export", str(ckpt), "-o", f"{bad}/w.safetensors"],
+    }[case]
+
+    def no_work(*a, **k):
+        raise AssertionError("the work started before the output path was checked")
+
+    monkeypatch.setattr(ev, "evaluate", no_work)
+    monkeypatch.setattr("vimstm.engine.benchmark.measure_throughput", no_work)
+    monkeypatch.setattr("vimstm.engine.sweep.run_sweep", no_work)
+    monkeypatch.setattr("vimstm.viz.visualize", no_work)
+    monkeypatch.setattr("vimstm.engine.train.export_weights", no_work)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and bad in err and "writable" in err
+
+
+def test_sweep_prints_rows_as_they_finish(tiny_model):
+    from vimstm.engine.sweep import run_sweep
+
+    seen = []
+    rows = run_sweep(tiny_model, None, ["stm"], [0.25, 0.5], bench=None,
+                     on_row=lambda r: seen.append((r["method"], r["ratio"])))
+    assert seen == [("dense", 0.0), ("stm", 0.25), ("stm", 0.5)] and len(rows) == 3

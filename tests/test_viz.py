@@ -45,3 +45,19 @@ def test_viz_missing_image(tmp_path):
                                 stride=8, num_classes=10)
     with pytest.raises(DataError, match="does not exist"):
         visualize(model, tmp_path / "nope.png", tmp_path / "o.png")
+
+
+def test_small_images_are_enlarged_before_drawing_outlines():
+    from vimstm.viz import MIN_PATCH_PIXELS, upscale
+
+    img = np.zeros((32, 32, 3))
+    big = upscale(img, (16, 16))  # 2-pixel patches (CIFAR model)
+    assert big.shape[0] // 16 >= MIN_PATCH_PIXELS and big.shape[0] % 32 == 0
+    assert upscale(np.zeros((224, 224, 3)), (14, 14)).shape == (224, 224, 3)
+
+
+def test_default_output_is_not_the_working_directory(monkeypatch, tmp_path):
+    from vimstm.viz import default_out
+
+    monkeypatch.setenv("VIMSTM_CACHE", str(tmp_path / "cache"))
+    assert default_out("dir/fish.jpg", "stm") == tmp_path / "cache" / "viz" / "fish-stm.png"

@@ -504,22 +504,44 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.world_size))
 
 
-def check_classes(dataset: ImageFolderDataset, model: torch.nn.Module) -> None:
-    """Raise a :class:`DataError` when the data set's classes do not fit the model's outputs."""
-    n_model = getattr(model, "num_classes", None)
-    if n_model is None or n_model == dataset.num_classes:
+def check_classes(classes: Sequence[str], where: str, *, expected: Sequence[str] | None = None,
+                  outputs: int | None = None, labels: str = "folders", data: str = "the data",
+                  training: bool = False) -> None:
+    """A one-line :class:`DataError` when a data set's ``classes`` do not fit ``where``.
+
+    ``expected``: the class names ``where`` was trained on (same names, same order);
+    ``outputs``: its number of outputs; ``labels``: how the data set labels its folders
+    (``open_dataset``); ``training``: a new model is being built, so ``--num-classes`` can fix
+    a count mismatch (a trained checkpoint's head cannot change, so there it is never advised).
+    """
+    if expected is not None and list(expected) != list(classes):
+        extra = sorted(set(classes) - set(expected))
+        missing = sorted(set(expected) - set(classes))
+        detail = (f"the data has {len(extra)} class(es) the model lacks (e.g. {extra[:3]}) and "
+                  f"lacks {len(missing)} (e.g. {missing[:3]})" if extra or missing
+                  else "the same names in another order")
+        raise DataError(
+            f"the classes of {data} ({len(classes)}) differ from those of {where} "
+            f"({len(expected)}): {detail}. Use data with the same class folders, or train a new "
+            "model on this data"
+        )
+    if outputs is None or outputs == len(classes):
         return
-    name = getattr(model, "vimstm_name", type(model).__name__)
-    shown = ", ".join(dataset.classes[:4]) + (", ..." if dataset.num_classes > 4 else "")
-    if dataset.imagenet:
-        hint = (f"if the model was trained on these wnid folders as its own {n_model} classes, "
+    k = len(classes)
+    shown = ", ".join(list(classes)[:4]) + (", ..." if k > 4 else "")
+    if labels == "imagenet-1k":
+        hint = (f"if the model was trained on these wnid folders as its own {outputs} classes, "
                 "label by folder name with --synsets folders (open_dataset(synsets='folders'))")
+    elif training:
+        hint = (f"use data with {outputs} class folders, or pass --num-classes {k} to train a "
+                "new model on these classes")
+    elif k < outputs:
+        hint = (f"if these folders are {k} of the model's {outputs} classes, pass --synsets FILE "
+                f"naming all {outputs} classes in the model's output order, one per line, so each "
+                "folder gets its class index; otherwise use data with all its classes")
     else:
-        hint = (f"if the checkpoint was trained on these {dataset.num_classes} classes, build the "
-                f"model with --num-classes {dataset.num_classes} (num_classes=...); otherwise "
-                f"point --data at a data set with {n_model} classes")
-    raise DataError(f"the data set in {dataset.root} has {dataset.num_classes} classes ({shown}) "
-                    f"but model {name} has {n_model} outputs; {hint}")
+        hint = f"use data with the model's {outputs} classes"
+    raise DataError(f"{data} has {k} classes ({shown}) but {where} has {outputs} outputs; {hint}")
 
 
 def spread_subset(dataset: Dataset, n: int) -> Dataset:
@@ -564,7 +586,9 @@ def build_eval_loader(
         dist.barrier()
     dataset = open_dataset(root, transform=model_transform(model, img_size, crop_pct),
                            synsets=synsets)
-    check_classes(dataset, model)
+    check_classes(dataset.classes, f"model {getattr(model, 'vimstm_name', type(model).__name__)}",
+                  outputs=getattr(model, "num_classes", None), labels=dataset.labels,
+                  data=f"the data set in {dataset.root}")
     data: Dataset = dataset
     if limit is not None:
         if limit < 1:

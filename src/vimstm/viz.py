@@ -31,6 +31,18 @@ def group_map(source: Tensor, grid: tuple[int, int], cls_orig: int) -> np.ndarra
     return owner.view(*grid).cpu().numpy()
 
 
+MIN_PATCH_PIXELS = 12  # small images are enlarged so that 1-pixel outlines leave patches visible
+
+
+def upscale(image: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """``image`` enlarged (nearest neighbour, whole factor) until a patch spans at least
+    MIN_PATCH_PIXELS pixels: a 32x32 CIFAR image with 2-pixel patches is drawn at 192x192."""
+    h, w, _ = image.shape
+    patch = min(h / grid[0], w / grid[1])
+    k = max(1, int(np.ceil(MIN_PATCH_PIXELS / patch)))
+    return image.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else image
+
+
 def render(image: np.ndarray, owner: np.ndarray, protected: set[int], cls_patch: int) -> Any:
     """A matplotlib figure of the groups over ``image`` (H, W, 3 in [0, 1])."""
     import matplotlib
@@ -38,6 +50,7 @@ def render(image: np.ndarray, owner: np.ndarray, protected: set[int], cls_patch:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    image = upscale(image, owner.shape)
     h, w, _ = image.shape
     gh, gw = owner.shape
     ph, pw = h / gh, w / gw
@@ -124,13 +137,22 @@ def visualize(
             "cls_index": c, "top1": int(logits.argmax(-1).item())}
 
 
+def default_out(image: str | Path, method: str) -> Path:
+    """``$VIMSTM_CACHE/viz/<image name>-<method>.png`` (never the working directory)."""
+    from vimstm.data import cache_dir
+
+    return cache_dir() / "viz" / f"{Path(image).stem}-{method}.png"
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("viz", help="draw the merged token groups over an image")
     p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--model", required=True, help="registered model name")
-    p.add_argument("--checkpoint", default=None, help="weights file (default: bundled weights)")
-    p.add_argument("--out", default="merge_viz.png", help="output PNG")
-    p.add_argument("--trust-checkpoint", action="store_true")
+    from vimstm.engine.model_args import add_model_args
+
+    add_model_args(p, weights="required")
+    p.add_argument("--out", default=None,
+                   help="output PNG (default: $VIMSTM_CACHE/viz/IMAGE-METHOD.png, "
+                        "VIMSTM_CACHE defaulting to ~/.cache/vimstm)")
     from vimstm.merge import add_merge_args
 
     add_merge_args(p)
@@ -138,8 +160,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vimstm import create_model
-    from vimstm.engine.sweep import _has_weights
+    from vimstm.engine.model_args import model_from_args
+    from vimstm.engine.paths import check_output_file
     from vimstm.merge import is_dense, parse_merge_opts, parse_r_arg
 
     method = args.method or "stm"
@@ -148,13 +170,12 @@ def run(args: argparse.Namespace) -> int:
     ratio = args.ratio
     if ratio is None and args.r is None and args.flops is None:
         ratio = 0.5
-    model = create_model(args.model, checkpoint=args.checkpoint,
-                         pretrained=args.checkpoint is None and _has_weights(args.model),
-                         trust_checkpoint=args.trust_checkpoint).eval()
+    out = check_output_file(args.out or default_out(args.image, method), "--out")
+    model = model_from_args(args, weights="required").eval()
     opts = parse_merge_opts(args.merge_opt)
     if args.flops is not None:
         opts["flops"] = args.flops
-    res = visualize(model, args.image, args.out, method=method, ratio=ratio,
+    res = visualize(model, args.image, out, method=method, ratio=ratio,
                     r=parse_r_arg(args.r), **opts)
     print(f"wrote {res['out']}: {res['tokens']} tokens in the last block "
           f"(per block {res['tokens_per_block']}), class token at {res['cls_index']}")

@@ -164,8 +164,28 @@ def test_missing_empty_and_imageless_folders_are_errors(tmp_path):
 def test_class_count_that_does_not_fit_the_model_is_an_error(tmp_path):
     for cls in ("a", "b", "c"):
         _image(tmp_path / cls / "0.png")
-    with pytest.raises(DataError, match=r"3 classes .* 1000 outputs.*--num-classes 3"):
+    # a trained head cannot change: the fix is labels that map the folders onto its classes
+    with pytest.raises(DataError, match=r"3 classes .* 1000 outputs.*--synsets FILE") as e:
         build_eval_loader(tmp_path, _tiny_model(1000), workers=0)
+    assert "--num-classes" not in str(e.value)
+
+
+def test_synsets_file_maps_a_class_subset_onto_the_model_outputs(tmp_path):
+    """The fix the class-count error gives: --synsets FILE naming the model's classes."""
+    for cls in ("cat", "ship", "truck"):
+        _image(tmp_path / "data" / cls / "0.png")
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                                "horse", "ship", "truck"]) + "\n")
+    loader = build_eval_loader(tmp_path / "data", _tiny_model(10), workers=0, synsets=names)
+    assert sorted(label for _, label in loader.dataset) == [3, 8, 9]
+
+
+def test_training_a_new_model_may_change_the_class_count():
+    from vimstm.data import check_classes
+
+    with pytest.raises(DataError, match="--num-classes 3 to train a new model"):
+        check_classes(["a", "b", "c"], "model vim_tiny_cifar10", outputs=10, training=True)
 
 
 def test_official_preprocessing_resizes_short_side_to_256_then_crops_224(tmp_path):

@@ -178,7 +178,7 @@ def test_finetune_with_distillation(data: dict[str, Path], trained: Path, tmp_pa
 def test_finetune_classes_must_match_checkpoint(data: dict[str, Path], trained: Path,
                                                 tmp_path: Path) -> None:
     a = args_for("finetune", data, tmp_path / "ft", "--checkpoint", str(trained / "last.pth"),
-                 "--epochs", "1", "--method", "none")
+                 "--epochs", "1", "--method", "stm", "--ratio", "0.25")
     a.data, a.val_data = str(data["other"]), None
     with pytest.raises(DataError, match="horse"):
         T.fit(a)
@@ -225,3 +225,36 @@ def test_limit_val_keeps_every_class(data: dict[str, Path], tmp_path: Path) -> N
     _, val, _ = T._open_data(args, {"mean": spec.mean, "std": spec.std}, 32)
     assert len(val) == 3
     assert sorted(val.dataset.targets[i] for i in val.indices) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("flag", [["--limit-train", "0"], ["--limit-train", "-3"],
+                                  ["--limit-val", "0"], ["--limit-val", "-5"]])
+def test_bad_limits_fail_before_any_work(flag: list[str], data: dict[str, Path],
+                                         tmp_path: Path) -> None:
+    from vimstm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{flag[0]} must be at least 1"):
+        T.fit(args_for("train", data, tmp_path / "out", *flag))
+    assert not (tmp_path / "out").exists()
+
+
+def test_finetune_without_a_method_is_refused(data: dict[str, Path], trained: Path,
+                                              tmp_path: Path, capsys) -> None:
+    from vimstm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="give a merging method"):
+        T.fit(args_for("finetune", data, tmp_path / "ft", "--checkpoint",
+                       str(trained / "last.pth")))
+    # a schedule alone means STM, and says so
+    a = args_for("finetune", data, tmp_path / "ft2", "--checkpoint", str(trained / "last.pth"),
+                 "--ratio", "0.25", "--epochs", "1", "--limit-train", "8")
+    T._validate(a)
+    assert a.method == "stm" and "merging with stm" in capsys.readouterr().err
+
+
+def test_finetune_of_a_model_without_weights_is_refused(data: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    from vimstm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"random weights.*--pretrained"):
+        T.fit(args_for("finetune", data, tmp_path / "ft", "--method", "stm", "--ratio", "0.25"))

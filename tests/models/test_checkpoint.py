@@ -16,6 +16,7 @@ from vimstm.errors import CheckpointError
 from vimstm.models.checkpoint import (
     atomic_save,
     atomic_write,
+    checkpoint_format,
     interpolate_pos_embed,
     read_checkpoint,
 )
@@ -114,10 +115,47 @@ def test_truncated_empty_and_missing_files(tmp_path, src):
         read_checkpoint(empty)
     with pytest.raises(CheckpointError, match="not found"):
         read_checkpoint(tmp_path / "nope.pth")
+    good = atomic_save(src.state_dict(), tmp_path / "good.safetensors")
     bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(b"\x00" * 100)
+    bad.write_bytes(good.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         read_checkpoint(bad)
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_format_comes_from_the_content(tmp_path, src, trust):
+    """Text and random bytes are not checkpoints, whatever their name; a safetensors file named
+    .pth loads; trust is advised only for readable files with objects outside the allow-list."""
+    text = tmp_path / "notes.pth"
+    text.write_text("epoch 1 loss 0.5\n")
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    for f in (text, noise):
+        with pytest.raises(CheckpointError, match="is not a checkpoint") as e:
+            read_checkpoint(f, trust=trust)
+        assert "trust" not in str(e.value)
+    named = tmp_path / "weights.pth"
+    named.write_bytes(atomic_save(src.state_dict(), tmp_path / "w.safetensors").read_bytes())
+    assert checkpoint_format(named) == "safetensors"
+    assert set(read_checkpoint(named, trust=trust)) == set(src.state_dict())
+    zipped = tmp_path / "cut.pth"
+    torch.save({"model": src.state_dict()}, tmp_path / "full.pth")
+    zipped.write_bytes((tmp_path / "full.pth").read_bytes()[:3000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as e:
+        read_checkpoint(zipped, trust=trust)
+    assert "--trust-checkpoint" not in str(e.value)
+
+
+def test_text_checkpoint_is_one_line_in_eval_and_export(tmp_path, capsys):
+    from vimstm.cli import main
+
+    text = tmp_path / "notes.pth"
+    text.write_text("hello\n")
+    assert main(["export", str(text), "-o", str(tmp_path / "o.safetensors")]) == 2
+    assert main(["eval", "--model", "vim_tiny", "--checkpoint", str(text), "--data",
+                 str(tmp_path)]) == 2
+    errs = capsys.readouterr().err.strip().splitlines()
+    assert len(errs) == 2 and all("is not a checkpoint" in e for e in errs)
 
 
 def test_pos_embed_interpolation_keeps_class_row(tmp_path, src):

@@ -12,14 +12,12 @@ import json
 import shlex
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from vimstm.errors import ConfigError
-from vimstm.merge import is_dense
 from vimstm.runtime import DTYPES, sync
 
 SPREAD_LIMIT = 0.10  # relative interquartile range above which a speed-up is called rough
@@ -147,17 +145,15 @@ def register(subparsers: Any) -> None:
         "bench", help="measure images/s of a model (dense, or dense vs merged with --method)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="vim_tiny", help="registered model name or alias")
-    p.add_argument("--checkpoint", default=None, help="weights (speed does not depend on them)")
+    from vimstm.engine.model_args import add_model_args
+
+    add_model_args(p, weights="optional", model_default="vim_tiny")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
                    help="fp16/bf16 run the model under autocast")
-    p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--scan-backend", default="auto",
-                   choices=("auto", "reference", "triton", "mamba_ssm"))
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the forward once and time graph replays (default: on CUDA; "
                         "eager vim_tiny at batch 256 is bound by kernel launches on the host, "
@@ -169,10 +165,6 @@ def register(subparsers: Any) -> None:
 
     add_merge_args(p)
     p.set_defaults(func=run)
-
-
-def _merge_active(args: argparse.Namespace) -> bool:
-    return not is_dense(getattr(args, "method", None))
 
 
 def _operating_point(model: nn.Module) -> dict[str, Any] | None:
@@ -212,17 +204,21 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vimstm.models.registry import create_model
+    from vimstm.engine.model_args import model_from_args
+    from vimstm.merge import merge_method
 
+    if args.json:
+        from vimstm.engine.paths import check_output_file
+
+        check_output_file(args.json, "--json")
+    method = merge_method(args)
     dev = _device(args.device)
     if args.cuda_graph is None:
         args.cuda_graph = dev.type == "cuda"
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
         torch.backends.cudnn.allow_tf32 = bool(args.tf32)
-    overrides = {"img_size": args.img_size} if args.img_size else {}
-    model = create_model(args.model, checkpoint=args.checkpoint, scan_backend=args.scan_backend,
-                         **overrides)
+    model = model_from_args(args, weights="optional")
     from vimstm.ops import resolve_backend
 
     backend = resolve_backend(args.scan_backend, dev.type)
@@ -231,13 +227,13 @@ def run(args: argparse.Namespace) -> int:
               warmup=args.warmup, runs=args.runs, cuda_graph=args.cuda_graph)
     results: dict[str, Any] = {"model": args.model, "scan_backend": backend, "tf32": args.tf32}
     variants = [("dense", model)]
-    if _merge_active(args):
+    if method is not None:
         import copy
 
         from vimstm.merge import patch_from_args
 
         merged = patch_from_args(copy.deepcopy(model), args)
-        variants.append((str(args.method), merged))
+        variants.append((method, merged))
     rows = []
     for label, m in variants:
         m = m.to(dev)
@@ -285,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"GFLOPs {100 * (1 - mg / d):.1f}% fewer ({cut:.2f}x): speed-up "
                   f"{results['speedup']:.2f}x = {results['speedup'] / cut:.0%} of the reduction")
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2))
+        from vimstm.models.checkpoint import atomic_write
+
+        atomic_write(args.json, json.dumps(results, indent=2) + "\n")
     return 0

@@ -64,8 +64,9 @@ def load_bundled(device: torch.device | str = "cpu") -> nn.Module:
     """The bundled CIFAR-10 model, or a clear error saying how to make it."""
     from vimstm.models.registry import create_model, get_spec, weights_dir
 
-    path = weights_dir() / (get_spec(MODEL).weights or "")
-    if not path.is_file():
+    spec = get_spec(MODEL)
+    if spec.bundled_path is None:
+        path = weights_dir() / (spec.weights or "")
         raise VimstmError(
             f"the bundled weights {path} are missing. Train them with "
             "`bash scripts/train_cifar10.sh /path/to/cifar10` (see its header; it ends with "
@@ -84,15 +85,13 @@ def untrained_model(device: torch.device | str = "cpu") -> nn.Module:
 
 def open_test_data(model: nn.Module, data: str | None) -> Any:
     """``--data`` (checked to hold the CIFAR-10 classes) or the embedded 1,000 test images."""
-    from vimstm.data import demo_cifar10, model_transform, open_dataset
+    from vimstm.data import check_classes, demo_cifar10, model_transform, open_dataset
 
     tf = model_transform(model)
     if data is None:
         return demo_cifar10(tf)
     ds = open_dataset(data, transform=tf)
-    from vimstm.engine.train import check_classes
-
-    check_classes(ds.classes, CIFAR10_CLASSES, None, f"the bundled {MODEL}")
+    check_classes(ds.classes, f"the bundled {MODEL}", expected=CIFAR10_CLASSES, data=str(data))
     return ds
 
 

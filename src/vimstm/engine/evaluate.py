@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vimstm.errors import ConfigError, DataError
-from vimstm.merge import is_dense
+from vimstm.errors import DataError
 from vimstm.models.checkpoint import atomic_write
 from vimstm.runtime import AMP_NAMES, autocast, sync
 
@@ -123,8 +122,6 @@ def evaluate(
 # ---------------------------------------------------------------- CLI
 
 
-ARCH_OPTIONS = ("depth", "embed_dim", "num_classes", "patch_size", "stride", "d_state")
-
 
 def register(subparsers: Any) -> None:
     """Add ``vimstm eval``."""
@@ -135,10 +132,9 @@ def register(subparsers: Any) -> None:
         "(val/<wnid>/*.JPEG; partial class sets map to the ImageNet-1k indices), any folder of "
         "class folders, or a .tar/.tar.xz of one. Works under torchrun (each image counted once).",
     )
-    p.add_argument("--model", required=True, help="registered model name (see `vimstm models`)")
-    p.add_argument("--checkpoint", default=None,
-                   help="weights file (.pth/.pt/.safetensors); default: the bundled weights, "
-                   "for models that have them")
+    from vimstm.engine.model_args import add_model_args
+
+    add_model_args(p, weights="required")
     p.add_argument("--data", required=True, help="folder of class folders, ImageNet root/val "
                    "folder, or .tar/.tar.gz/.tar.xz archive")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
@@ -150,16 +146,9 @@ def register(subparsers: Any) -> None:
                    help="data-loading processes (0: load in this process)")
     p.add_argument("--amp", choices=sorted(AMP_NAMES), default=None,
                    help="autocast dtype (default: fp32)")
-    p.add_argument("--img-size", type=int, default=None,
-                   help="input size (default: the model's; another size interpolates the "
-                   "position embedding)")
     p.add_argument("--crop-pct", type=float, default=None,
                    help="center-crop fraction: resize to int(img_size / crop_pct) first "
                    "(default: the model's, 0.875 for ImageNet models)")
-    p.add_argument("--scan-backend", default="auto", help="selective-scan implementation")
-    p.add_argument("--use-ema", action="store_true", help="load the checkpoint's EMA weights")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow arbitrary pickled objects in the checkpoint (trusted files only)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="evaluate only N images, spread evenly over the data set")
     p.add_argument("--synsets", default=None,
@@ -167,48 +156,20 @@ def register(subparsers: Any) -> None:
                    "(sorted folder names), or a file with one class per line; default: "
                    "imagenet when every folder is an ImageNet-1k wnid, else folders")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_arch_args(p)
     from vimstm.merge import add_merge_args
 
     add_merge_args(p)
     p.set_defaults(func=run)
 
 
-def add_arch_args(p: argparse.ArgumentParser) -> None:
-    """``--depth --embed-dim --num-classes --patch-size --stride --d-state`` overrides."""
-    arch = p.add_argument_group("architecture overrides (for checkpoints of non-registered shapes)")
-    for name in ARCH_OPTIONS:
-        arch.add_argument("--" + name.replace("_", "-"), type=int, default=None)
-
-
-def arch_overrides(args: argparse.Namespace) -> dict[str, int]:
-    """The overrides given on the command line (see :func:`add_arch_args`)."""
-    return {k: v for k in ARCH_OPTIONS if (v := getattr(args, k, None)) is not None}
-
-
-def _build_model(args: argparse.Namespace) -> nn.Module:
-    from vimstm.models.registry import create_model, get_spec
-
-    spec = get_spec(args.model)
-    overrides: dict[str, Any] = {**arch_overrides(args), "img_size": args.img_size}
-    pretrained = args.checkpoint is None
-    if pretrained and spec.weights is None:
-        raise ConfigError(f"model {args.model!r} has no bundled weights; pass --checkpoint FILE "
-                          "(official release files such as vim_t_midclstok_76p1acc.pth load as "
-                          "they are)")
-    return create_model(
-        args.model, checkpoint=args.checkpoint, scan_backend=args.scan_backend,
-        pretrained=pretrained, use_ema=args.use_ema, trust_checkpoint=args.trust_checkpoint,
-        **overrides,
-    )
-
-
 def _merge_settings(args: argparse.Namespace) -> dict[str, Any]:
-    method = getattr(args, "method", None)
-    if is_dense(method):
+    from vimstm.merge import SCHEDULE_FLAGS, merge_method
+
+    method = merge_method(args)
+    if method is None:
         return {}
     out = {"method": method}
-    for key in ("ratio", "reduction", "r", "flops", "schedule"):
+    for key in SCHEDULE_FLAGS:
         if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
     if getattr(args, "merge_opt", None):
@@ -222,9 +183,15 @@ def run(args: argparse.Namespace) -> int:
     from vimstm.data import build_eval_loader
     from vimstm.engine.distributed import cleanup, init_distributed
 
+    if args.json:
+        from vimstm.engine.paths import check_output_file
+
+        check_output_file(args.json, "--json")
     info = init_distributed(args.device)
     try:
-        model = _build_model(args)
+        from vimstm.engine.model_args import model_from_args
+
+        model = model_from_args(args, weights="required")
         merge = _merge_settings(args)
         if merge:
             from vimstm.merge import patch_from_args
@@ -245,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         device_name = (torch.cuda.get_device_name(info.device) if info.device.type == "cuda"
                        else "cpu")
         out: dict[str, Any] = {
-            "model": model.vimstm_name, "checkpoint": args.checkpoint or "bundled",
+            "model": model.vimstm_name, "checkpoint": args.checkpoint or "pretrained",
             "data": str(args.data), "data_folder": str(base.root),
             "labels": base.labels,
             "num_classes": base.num_classes, "img_size": cfg["input_size"][-1],

@@ -14,11 +14,11 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vimstm.errors import ConfigError, VimstmError
+from vimstm.errors import ConfigError
 from vimstm.models.checkpoint import atomic_write
 
 FIELDS = (
@@ -41,6 +41,7 @@ def run_sweep(
     progress: bool = False,
     axis: str = "ratio",
     schedule: str | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of results: the dense model, then every method x value (0 is the dense row).
 
@@ -57,6 +58,8 @@ def run_sweep(
         axis: the patch argument the values are given as: ``ratio``, ``reduction`` or ``flops``.
         schedule: passed to every patch: a preset such as ``"even-blocks"``, or a schedule
             file (then one row per method and no values).
+        on_row: called with each row as soon as it is measured (with its ``speedup`` over the
+            dense row), e.g. to print it.
 
     Returns:
         One dict per configuration. Every row reports the realised ``ratio`` (share of patch
@@ -85,20 +88,29 @@ def run_sweep(
         if loader is not None:
             from vimstm.engine.evaluate import evaluate
 
-            res = evaluate(model, loader, device=device, amp=amp, progress=progress)
+            res = evaluate(model, loader, device=device, amp=amp, progress=progress,
+                           desc=f"{method} {setting}")
             row.update(top1=res["top1"], top5=res["top5"], images=res["images"])
         if bench is not None:
             from vimstm.engine.benchmark import measure_throughput
 
-            res = measure_throughput(model, device=device, **bench)
+            res = measure_throughput(model, device=device, **bench,
+                                     desc=f"{method} {setting} speed" if progress else None)
             row.update(images_per_s=res["images_per_s"], ms_per_batch=res["ms_per_batch"])
         return row
 
     from vimstm.merge import PRESETS
 
+    def finish(row: dict[str, Any]) -> None:
+        base, ips = dense.get("images_per_s"), row.get("images_per_s")
+        row["speedup"] = ips / base if ips and base else None
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
     unpatch(model)
     dense = measure("dense", "dense")
-    rows.append(dense)
+    finish(dense)
     from_file = schedule is not None and schedule not in PRESETS
     values: Sequence[float | None] = [None] if from_file else [v for v in ratios if v != 0]
     for method in methods:
@@ -113,11 +125,7 @@ def run_sweep(
                 row = {"method": method, "setting": setting, "ratio": value, "error": str(e)}
             finally:
                 unpatch(model)
-            rows.append(row)
-    base = dense.get("images_per_s")
-    for row in rows:
-        ips = row.get("images_per_s")
-        row["speedup"] = ips / base if ips and base else None
+            finish(row)
     return rows
 
 
@@ -201,8 +209,9 @@ def register(subparsers: Any) -> None:
         "sweep",
         help="accuracy, GFLOPs and images/s over merging methods and ratios (CSV, JSON, plots)",
     )
-    p.add_argument("--model", required=True, help="registered model name")
-    p.add_argument("--checkpoint", default=None, help="weights file (default: bundled weights)")
+    from vimstm.engine.model_args import add_model_args
+
+    add_model_args(p, weights="required")
     p.add_argument("--data", default=None, help="evaluation data (see `vimstm eval`); "
                    "without it only GFLOPs and images/s are measured")
     p.add_argument("--methods", default="stm,tome,rmeeto,prune-top,prune-norm,random",
@@ -228,11 +237,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--bench-batch", type=int, default=256)
     p.add_argument("--bench-dtype", default="fp32")
     p.add_argument("--bench-runs", type=int, default=30)
-    p.add_argument("--scan-backend", default="auto")
-    p.add_argument("--trust-checkpoint", action="store_true")
-    from vimstm.engine.evaluate import add_arch_args
-
-    add_arch_args(p)
     p.set_defaults(func=run)
 
 
@@ -255,7 +259,6 @@ def _method_options(items: list[str], methods: Sequence[str]) -> dict[str, dict[
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from vimstm import create_model
     from vimstm.merge import METHODS
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -264,12 +267,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
     ratios = _floats(args.ratios)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from vimstm.engine.evaluate import arch_overrides
+    from vimstm.engine.model_args import model_from_args
+    from vimstm.engine.paths import check_output_dir
 
-    model = create_model(args.model, checkpoint=args.checkpoint, scan_backend=args.scan_backend,
-                         pretrained=args.checkpoint is None and _has_weights(args.model),
-                         trust_checkpoint=args.trust_checkpoint,
-                         **arch_overrides(args)).to(device).eval()
+    check_output_dir(args.out, "--out")
+    # accuracy needs trained weights; GFLOPs and speed alone do not
+    model = model_from_args(args, weights="required" if args.data else "optional")
+    model = model.to(device).eval()
     loader = None
     if args.data:
         from vimstm.data import build_eval_loader
@@ -279,30 +283,23 @@ def run(args: argparse.Namespace) -> int:
     bench = None if args.no_bench else {"batch_size": args.bench_batch,
                                         "dtype": args.bench_dtype, "runs": args.bench_runs}
     rows = run_sweep(model, loader, methods, ratios, _method_options(args.merge_opt, methods),
-                     device=device, amp=args.amp, bench=bench, progress=False, axis=args.axis,
-                     schedule=args.schedule)
+                     device=device, amp=args.amp, bench=bench, progress=True, axis=args.axis,
+                     schedule=args.schedule, on_row=print_row)
     meta = {"model": args.model, "checkpoint": args.checkpoint, "data": args.data,
             "device": device, "limit": args.limit, "bench": bench}
     paths = write_outputs(rows, args.out, meta)
-    for r in rows:
-        if r.get("error"):
-            print(f"{r['method']:>10s} {r['setting']}  skipped: {r['error']}")
-            continue
-        top1 = f"{r['top1']:6.2f}" if r.get("top1") is not None else "   n/a"
-        ips = f"{r['images_per_s']:9.1f}" if r.get("images_per_s") else "      n/a"
-        print(f"{r['method']:>10s} {r['setting']:<16s} top1 {top1}  mean reduction "
-              f"{r['mean_token_reduction']:.3f}  ratio {r['ratio']:.3f}  tokens(last) "
-              f"{r['tokens_last_block']}  GMACs {r['gmacs_literature']:.3f} lit / "
-              f"{r['gmacs_full']:.3f} full  img/s {ips}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
-def _has_weights(name: str) -> bool:
-    try:
-        from vimstm.models.registry import get_spec, weights_dir
-
-        spec = get_spec(name)
-        return spec.weights is not None and (weights_dir() / spec.weights).exists()
-    except VimstmError:
-        return False
+def print_row(r: dict[str, Any]) -> None:
+    """One line per finished setting (flushed: a long sweep shows its rows as they come)."""
+    if r.get("error"):
+        print(f"{r['method']:>10s} {r['setting']}  skipped: {r['error']}", flush=True)
+        return
+    top1 = f"{r['top1']:6.2f}" if r.get("top1") is not None else "   n/a"
+    ips = f"{r['images_per_s']:9.1f}" if r.get("images_per_s") else "      n/a"
+    print(f"{r['method']:>10s} {r['setting']:<16s} top1 {top1}  mean reduction "
+          f"{r['mean_token_reduction']:.3f}  ratio {r['ratio']:.3f}  tokens(last) "
+          f"{r['tokens_last_block']}  GMACs {r['gmacs_literature']:.3f} lit / "
+          f"{r['gmacs_full']:.3f} full  img/s {ips}", flush=True)

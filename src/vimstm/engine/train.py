@@ -30,7 +30,6 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from tqdm import tqdm
 from vimstm.data import (
     SMALL_IMAGE,
     ShardSampler,
+    check_classes,
     collate_skip,
     eval_transform,
     open_dataset,
@@ -56,16 +56,17 @@ from vimstm.data import (
 )
 from vimstm.engine import distributed
 from vimstm.engine.evaluate import evaluate
+from vimstm.engine.model_args import add_model_args, arch_overrides, weights_source
 from vimstm.engine.train_state import LAST, TrainState, plain, resume_path, seed_all, write_log
 from vimstm.errors import ConfigError, DataError, VimstmError
-from vimstm.merge import add_merge_args, patch_from_args
+from vimstm.merge import add_merge_args, merge_method, patch_from_args
 from vimstm.models.checkpoint import (
     export_weights,
     extract_state_dict,
     load_checkpoint,
     read_checkpoint,
 )
-from vimstm.models.registry import create_model, get_spec, weights_dir
+from vimstm.models.registry import create_model, get_spec, pretrained_weights
 from vimstm.runtime import autocast
 
 SYNC_EVERY = 25  # steps between host syncs (loss check, progress bar)
@@ -101,10 +102,6 @@ def register(subparsers: Any) -> None:
                     "distillation from its frozen dense copy (R-MeeTo's recipe by default).",
     )
     _add_common_args(f, FINETUNE_DEFAULTS)
-    f.add_argument("--checkpoint", default=None,
-                   help="the dense model to start from and distil from (default: bundled weights)")
-    f.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow pickled Python objects in --checkpoint (only for trusted files)")
     f.add_argument("--distill-alpha", type=float, default=FINETUNE_DEFAULTS["distill_alpha"],
                    help="weight α of the distillation term (1/3: R-MeeTo's 1.0 CE + 0.5 KL)")
     f.add_argument("--distill-temp", type=float, default=FINETUNE_DEFAULTS["distill_temp"],
@@ -122,19 +119,16 @@ def register(subparsers: Any) -> None:
     e.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
                    help="EMA weights (auto: EMA when the checkpoint has them)")
     e.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    e.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow pickled Python objects in the checkpoint (only for trusted files)")
     e.set_defaults(func=run_export)
 
 
 
 def _add_common_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", required=True, help="registered model name (vimstm models)")
-    for name in ("depth", "embed-dim", "img-size", "patch-size", "stride", "num-classes",
-                 "d-state"):
-        g.add_argument(f"--{name}", type=int, default=None, help="override the registered value")
+    add_model_args(p, weights="required" if d is FINETUNE_DEFAULTS else "none")
+    g = p.add_argument_group("regularisation of the model")
     g.add_argument("--drop-path", type=float, default=d["drop_path"], help="drop-path rate")
-    g.add_argument("--scan-backend", default="auto",
-                   help="selective-scan implementation (auto, reference, triton, mamba_ssm)")
 
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="training data: class folders or .tar/.tar.xz")
@@ -200,8 +194,11 @@ def run_export(args: argparse.Namespace) -> int:
     if src.is_dir():
         src = src / LAST
     out = Path(args.output) if args.output else src.with_name("model.safetensors")
+    from vimstm.engine.paths import check_output_file
+
+    check_output_file(out, "--output")
     ema = {"auto": None, "ema": True, "raw": False}[args.weights]
-    path = export_weights(src, out, use_ema=ema, dtype=args.dtype)
+    path = export_weights(src, out, use_ema=ema, dtype=args.dtype, trust=args.trust_checkpoint)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
@@ -209,28 +206,6 @@ def run_export(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # pieces
 # ---------------------------------------------------------------------------------------------
-def check_classes(data_classes: Sequence[str], expected: Sequence[str] | None,
-                  expected_count: int | None, where: str) -> None:
-    """A clear :class:`DataError` when a data set's classes differ from the model's."""
-    if expected is not None and list(expected) != list(data_classes):
-        extra = sorted(set(data_classes) - set(expected))
-        missing = sorted(set(expected) - set(data_classes))
-        detail = (f"the data has {len(extra)} class(es) the model lacks (e.g. {extra[:3]}) and "
-                  f"lacks {len(missing)} (e.g. {missing[:3]})" if extra or missing
-                  else "the same names in another order")
-        raise DataError(
-            f"the classes of the data ({len(data_classes)}) differ from those of {where} "
-            f"({len(expected)}): {detail}. Use data with the same class folders, or train a new "
-            "model on this data"
-        )
-    if expected_count is not None and expected_count != len(data_classes):
-        raise DataError(
-            f"the data has {len(data_classes)} classes but {where} has {expected_count} outputs. "
-            f"Use data with {expected_count} class folders, or pass --num-classes "
-            f"{len(data_classes)} to train a new model"
-        )
-
-
 def preflight_output(out: Path) -> None:
     """Fail before training when ``out`` cannot be created or written."""
     try:
@@ -330,12 +305,24 @@ def _validate(args: argparse.Namespace) -> None:
     ]
     if (args.mixup > 0 or args.cutmix > 0) and args.batch_size % 2:
         checks.append((False, "mixup/cutmix need an even --batch-size"))
+    for flag in ("limit_train", "limit_val"):
+        n = getattr(args, flag)
+        if n is not None and n < 1:
+            checks.append((False, f"--{flag.replace('_', '-')} must be at least 1 (leave it out "
+                                  f"to use every image), got {n}"))
     if getattr(args, "finetune", False):
         checks += [(0 <= args.distill_alpha <= 1, "--distill-alpha must be in [0, 1]"),
                    (args.distill_temp > 0, "--distill-temp must be positive")]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    arch_overrides(args)  # sizes >= 1
+    if getattr(args, "finetune", False):
+        if merge_method(args) is None:
+            raise ConfigError("finetune trains a merged model against its dense self: give a "
+                              "merging method and schedule, e.g. --method stm --ratio 0.4 (without "
+                              "one it would only self-distil the dense model)")
+        weights_source(args, "required")  # weights exist before any data is read
 
 
 def _resolve_amp(amp: str, device: torch.device) -> str | None:
@@ -361,17 +348,18 @@ def _open_data(args: argparse.Namespace, model_cfg: dict[str, Any], img_size: in
         crop = 1.0 if img_size <= SMALL_IMAGE else model_cfg.get("crop_pct", 0.875)
         val = open_dataset(args.val_data, transform=eval_transform(
             img_size, crop_pct=crop, mean=mean, std=std))
-        check_classes(val.classes, classes, None, f"the training data ({args.data})")
+        check_classes(val.classes, f"the training data ({args.data})", expected=classes,
+                      data=f"the validation data ({args.val_data})")
         if args.limit_val:
             val = spread_subset(val, args.limit_val)
     return train, val, classes
 
 
 def _build_model(args: argparse.Namespace, num_classes: int | None) -> nn.Module:
-    overrides = dict(depth=args.depth, embed_dim=args.embed_dim, img_size=args.img_size,
-                     patch_size=args.patch_size, stride=args.stride, d_state=args.d_state,
-                     num_classes=num_classes, drop_path_rate=args.drop_path)
-    return create_model(args.model, scan_backend=args.scan_backend, **overrides)
+    """The untrained architecture (weights are loaded by the caller: finetune, resume)."""
+    return create_model(args.model, scan_backend=args.scan_backend,
+                        **{**arch_overrides(args), "num_classes": num_classes,
+                           "drop_path_rate": args.drop_path})
 
 
 def _class_contract(args: argparse.Namespace, data_classes: list[str]) -> tuple[int, list | None]:
@@ -380,13 +368,11 @@ def _class_contract(args: argparse.Namespace, data_classes: list[str]) -> tuple[
     pinned = args.num_classes if args.num_classes is not None else spec.kwargs.get("num_classes")
     if not args.finetune:
         if pinned is not None:
-            check_classes(data_classes, None, pinned, f"model {args.model}")
+            check_classes(data_classes, f"model {args.model}", outputs=pinned, training=True,
+                          data=f"the training data ({args.data})")
         return len(data_classes), None
-    if args.checkpoint is None:
-        if spec.weights is None or not (weights_dir() / spec.weights).exists():
-            raise ConfigError(f"model {args.model} has no bundled weights: pass --checkpoint "
-                              "DENSE.pth (the trained dense model)")
-        args.checkpoint = str(weights_dir() / spec.weights)
+    if weights_source(args, "required")["pretrained"]:
+        args.checkpoint = str(pretrained_weights(spec))
     obj = read_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
     names = obj.get("classes") if isinstance(obj, dict) else None
     sd = extract_state_dict(obj)
@@ -394,7 +380,8 @@ def _class_contract(args: argparse.Namespace, data_classes: list[str]) -> tuple[
     count = int(head.shape[0]) if head is not None else None
     if names is None and str(args.checkpoint).endswith(".safetensors"):
         names = _safetensors_classes(args.checkpoint)
-    check_classes(data_classes, names, count, f"checkpoint {args.checkpoint}")
+    check_classes(data_classes, f"checkpoint {args.checkpoint}", expected=names, outputs=count,
+                  data=f"the training data ({args.data})")
     return count or len(data_classes), names
 
 
@@ -433,7 +420,7 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
 
     # -- resume: read the checkpoint first, it decides the classes -----------------------------
     resume = resume_path(args.resume, out)
-    ckpt = read_checkpoint(resume) if resume else None
+    ckpt = read_checkpoint(resume, trust=args.trust_checkpoint) if resume else None
 
     # -- model and data --------------------------------------------------------------------
     spec = get_spec(args.model)
@@ -442,13 +429,14 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
     train_set, val_set, classes = _open_data(args, model_cfg, img_size)
     num_classes, _ = _class_contract(args, classes)
     if ckpt is not None:
-        check_classes(classes, ckpt.get("classes"), None, f"checkpoint {resume}")
+        check_classes(classes, f"checkpoint {resume}", expected=ckpt.get("classes"),
+                      data=f"the training data ({args.data})")
 
     seed_all(args.seed)
     model = _build_model(args, num_classes)
     teacher = None
     if args.finetune:
-        load_checkpoint(model, args.checkpoint, trust=args.trust_checkpoint)
+        load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, trust=args.trust_checkpoint)
         teacher = copy.deepcopy(model).eval().requires_grad_(False).to(device)
         model = patch_from_args(model, args)
     model.to(device)
@@ -509,7 +497,8 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
     if ckpt is not None:
         start_epoch, step, history, best = state.restore(ckpt, resume, args)
         if main:
-            print(f"resumed from {resume} at epoch {start_epoch} (step {step})")
+            print(f"resumed from {resume} after epoch {start_epoch}/{args.epochs} (step {step}): "
+                  f"continuing with epoch {start_epoch + 1}")
 
     train_model: nn.Module = model
     if dist.enabled and world > 1:

@@ -65,6 +65,7 @@ __all__ = [
     "add_merge_args",
     "build_merger",
     "is_dense",
+    "merge_method",
     "parse_merge_opts",
     "parse_r_arg",
     "patch",
@@ -332,10 +333,39 @@ def add_merge_args(parser: argparse.ArgumentParser) -> None:
                    help="method option, repeatable (e.g. protect=2, fading=gamma, weights=size)")
 
 
-def patch_from_args(model: Any, args: argparse.Namespace) -> Any:
-    """Patch ``model`` from parsed ``add_merge_args`` flags; a no-op without --method."""
+SCHEDULE_FLAGS = ("ratio", "reduction", "r", "flops", "schedule")
+
+
+def merge_method(args: argparse.Namespace) -> str | None:
+    """The merging method the flags ask for, or None for the dense model.
+
+    A schedule (``--ratio``, ``--reduction``, ``--r``, ``--flops``, ``--schedule``) or
+    ``--merge-opt`` without ``--method`` means STM: ``args.method`` becomes ``"stm"`` and one
+    line on stderr says so. A schedule with ``--method none`` would be ignored, so it is refused.
+    """
+    import sys
+
     method = getattr(args, "method", None)
+    given = [f"--{k}" for k in SCHEDULE_FLAGS if getattr(args, k, None) is not None]
+    if getattr(args, "merge_opt", None):
+        given.append("--merge-opt")
+    if method is None and given:
+        args.method = method = "stm"
+        print(f"vimstm: {' '.join(given)} given without --method: merging with stm "
+              "(--method to choose another)", file=sys.stderr)
     if is_dense(method):
+        if given:
+            raise ConfigError(f"{', '.join(given)} would be ignored with --method {method} (the "
+                              "dense model); drop it, or name a merging method")
+        return None
+    return method
+
+
+def patch_from_args(model: Any, args: argparse.Namespace) -> Any:
+    """Patch ``model`` from parsed ``add_merge_args`` flags (see :func:`merge_method`); a no-op
+    for the dense model."""
+    method = merge_method(args)
+    if method is None:
         return model
     return patch(
         model,

@@ -28,8 +28,28 @@ from vimstm.runtime import DTYPES
 SAFE_GLOBALS: list[Any] = [argparse.Namespace]
 
 
+def checkpoint_format(path: str | Path) -> str:
+    """``"safetensors"``, ``"zip"`` (torch.save), ``"pickle"`` (legacy torch.save) or
+    ``"unknown"``, from the file's first bytes (the name's suffix is not trusted)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+        size = os.fstat(f.fileno()).st_size
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle PROTO opcode
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{" and 8 < int.from_bytes(head[:8], "little") + 8 <= size:
+        return "safetensors"
+    return "unknown"
+
+
 def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
-    """Read a checkpoint file without running arbitrary pickled code (unless ``trust``)."""
+    """Read a checkpoint file without running arbitrary pickled code (unless ``trust``).
+
+    The format comes from the content: a file that is none of safetensors, torch's zip or
+    legacy pickle format is reported as not a checkpoint, a damaged one as corrupt; only a
+    readable file holding objects outside the allow-list gets the ``--trust-checkpoint`` advice.
+    """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
@@ -37,16 +57,21 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
         raise CheckpointError(f"checkpoint path is a folder, not a file: {p}")
     if p.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {p} is empty (0 bytes): the download or copy failed")
-    if p.suffix == ".safetensors":
+    fmt = checkpoint_format(p)
+    corrupt = (f"cannot read checkpoint {p}: it looks truncated or corrupt ({{}}); download or "
+               "copy it again")
+    if fmt == "unknown":
+        with open(p, "rb") as f:
+            head = f.read(16)
+        raise CheckpointError(f"{p} is not a checkpoint: it is neither a PyTorch file (zip or "
+                              f"pickle) nor safetensors (it starts with {head!r}); check the path")
+    if fmt == "safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(p))
         except Exception as e:
-            raise CheckpointError(
-                f"cannot read safetensors file {p}: {e}; it may be truncated "
-                "or corrupt, download it again"
-            ) from None
+            raise CheckpointError(corrupt.format(f"safetensors: {_first_line(e)}")) from None
     try:
         if trust:
             return torch.load(p, map_location="cpu", weights_only=False)
@@ -54,17 +79,21 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e).split("\n")
-        detail = next((m for m in msg if "GLOBAL" in m or "Unsupported" in m), msg[0])
+        detail = next((m for m in msg if "GLOBAL" in m or "Unsupported global" in m), None)
+        if trust or detail is None:  # not an allow-list refusal: the file itself is broken
+            raise CheckpointError(corrupt.format(f"UnpicklingError: {msg[0][:160]}")) from None
         raise CheckpointError(
             f"checkpoint {p} holds Python objects that are not allowed by default "
             f"({detail.strip()}). Only load it if you trust its source, with "
             "trust_checkpoint=True (CLI: --trust-checkpoint)"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"cannot read checkpoint {p}: it looks truncated or corrupt ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); download or copy it again"
-        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
+            IndexError, TypeError, AttributeError, ImportError) as e:
+        raise CheckpointError(corrupt.format(f"{type(e).__name__}: {_first_line(e)}")) from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
 
 
 def extract_state_dict(obj: Any, use_ema: bool = False) -> dict[str, Tensor]:
@@ -233,7 +262,7 @@ FP32_SUFFIXES = ("A_log", "A_b_log", ".D", ".D_b", "dt_proj.bias", "dt_proj_b.bi
 
 
 def export_weights(checkpoint: str | Path, output: str | Path, use_ema: bool | None = None,
-                   dtype: str = "fp16") -> Path:
+                   dtype: str = "fp16", trust: bool = False) -> Path:
     """Write a training run's weights as safetensors in ``dtype`` (SSM decay parameters: fp32).
 
     The file's metadata holds the class names, the model name, the merge settings and the
@@ -245,10 +274,11 @@ def export_weights(checkpoint: str | Path, output: str | Path, use_ema: bool | N
         output: the ``.safetensors`` file to write (atomically).
         use_ema: the EMA weights; ``None`` takes them when the checkpoint has them.
         dtype: ``fp16``, ``bf16`` or ``fp32`` for the floating-point tensors.
+        trust: allow pickled Python objects in ``checkpoint`` (see :func:`read_checkpoint`).
     """
     from safetensors.torch import save_file
 
-    obj = read_checkpoint(checkpoint)
+    obj = read_checkpoint(checkpoint, trust=trust)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{checkpoint} does not hold a state dict")
     has_ema = isinstance(obj.get("model_ema"), dict) and bool(obj["model_ema"])

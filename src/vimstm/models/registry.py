@@ -26,17 +26,41 @@ class ModelSpec:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     crop_pct: float = 0.875
     weights: str | None = None  # bundled safetensors file in vimstm/weights
+    hf_hub_id: str | None = None  # Hugging Face Hub repository of the official weights
+    hf_hub_filename: str | None = None  # the release file in it
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether ``pretrained=True`` has weights to load (bundled or on the Hub)."""
+        return self.bundled_path is not None or self.hf_hub_id is not None
+
+    @property
+    def bundled_path(self) -> Path | None:
+        """The bundled weights file, if this model has one and it is installed."""
+        if self.weights is None:
+            return None
+        path = weights_dir() / self.weights
+        return path if path.is_file() else None
 
 
+# The official release files (hustvl/Vim README, "Model Weights": one Hub repository per size;
+# the stride-8 "+" models are the *_ft_* files of the same repository).
+_HUB_TINY, _HUB_SMALL, _HUB_BASE = ("hustvl/Vim-tiny-midclstok", "hustvl/Vim-small-midclstok",
+                                    "hustvl/Vim-base-midclstok")
 _SPECS: list[ModelSpec] = [
-    ModelSpec(f"vim_tiny_patch16_224_{_SUFFIX}", "vim_tiny", dict(embed_dim=192)),
+    ModelSpec(f"vim_tiny_patch16_224_{_SUFFIX}", "vim_tiny", dict(embed_dim=192),
+              hf_hub_id=_HUB_TINY, hf_hub_filename="vim_t_midclstok_76p1acc.pth"),
     ModelSpec(f"vim_tiny_patch16_stride8_224_{_SUFFIX}", "vim_tiny_stride8",
-              dict(embed_dim=192, stride=8)),
-    ModelSpec(f"vim_small_patch16_224_{_SUFFIX}", "vim_small", dict(embed_dim=384)),
+              dict(embed_dim=192, stride=8),
+              hf_hub_id=_HUB_TINY, hf_hub_filename="vim_t_midclstok_ft_78p3acc.pth"),
+    ModelSpec(f"vim_small_patch16_224_{_SUFFIX}", "vim_small", dict(embed_dim=384),
+              hf_hub_id=_HUB_SMALL, hf_hub_filename="vim_s_midclstok_80p5acc.pth"),
     ModelSpec(f"vim_small_patch16_stride8_224_{_SUFFIX}", "vim_small_stride8",
-              dict(embed_dim=384, stride=8)),
+              dict(embed_dim=384, stride=8),
+              hf_hub_id=_HUB_SMALL, hf_hub_filename="vim_s_midclstok_ft_81p6acc.pth"),
     ModelSpec("vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2",
-              "vim_base", dict(embed_dim=768)),
+              "vim_base", dict(embed_dim=768),
+              hf_hub_id=_HUB_BASE, hf_hub_filename="vim_b_midclstok_81p9acc.pth"),
     ModelSpec("vim_tiny_cifar10", "vim_tiny_cifar10",
               dict(embed_dim=192, img_size=32, patch_size=2, stride=2, num_classes=10),
               mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_pct=1.0,
@@ -84,7 +108,8 @@ def create_model(
     trust_checkpoint: bool = False,
     **overrides: Any,
 ) -> VisionMamba:
-    """Build a registered model; optionally load ``checkpoint`` or the bundled weights.
+    """Build a registered model; optionally load ``checkpoint`` or, with ``pretrained``, its
+    released weights: the bundled file, or the official file from the Hugging Face Hub (cached).
 
     ``overrides`` may change depth, embed_dim, img_size, patch_size, stride, num_classes,
     in_chans, d_state (and drop rates). With another ``img_size`` than the checkpoint's, the
@@ -105,12 +130,21 @@ def create_model(
     from vimstm.models.checkpoint import load_checkpoint
 
     if pretrained and checkpoint is None:
-        if spec.weights is None or not (weights_dir() / spec.weights).exists():
-            raise ConfigError(
-                f"no bundled weights for {name!r}; pass checkpoint=PATH (official release files "
-                "load as they are)"
-            )
-        checkpoint = weights_dir() / spec.weights
+        checkpoint = pretrained_weights(spec)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, use_ema=use_ema, trust=trust_checkpoint)
     return model
+
+
+def pretrained_weights(spec: ModelSpec) -> Path:
+    """The file ``pretrained=True`` loads for ``spec``: bundled, else fetched from the Hub."""
+    if spec.bundled_path is not None:
+        return spec.bundled_path
+    if spec.hf_hub_id and spec.hf_hub_filename:
+        from vimstm.models.hub import download_weights
+
+        return download_weights(spec.hf_hub_id, spec.hf_hub_filename)
+    if spec.weights:
+        raise ConfigError(f"the bundled weights of {spec.alias!r} ({weights_dir() / spec.weights}) "
+                          "are not installed; reinstall vimstm or pass checkpoint=PATH")
+    raise ConfigError(f"{spec.alias!r} has no released weights; pass checkpoint=PATH")
