@@ -264,8 +264,9 @@ def register(subparsers: Any) -> None:
         "calibrate", help="choose the per-block merge schedule from a few hundred images",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="registered model name")
-    p.add_argument("--checkpoint", default=None, help="weights (default: the bundled weights)")
+    from vimstm.engine.model_args import add_model_args
+
+    add_model_args(p, weights="required")
     p.add_argument("--data", required=True,
                    help="calibration images: a training split (folder of class folders or "
                    ".tar/.tar.xz); see `vimstm eval`")
@@ -289,50 +290,36 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-    p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--scan-backend", default="auto")
-    p.add_argument("--use-ema", action="store_true")
-    p.add_argument("--trust-checkpoint", action="store_true")
     p.add_argument("--synsets", default=None, help="labels, as `vimstm eval --synsets`")
-    from vimstm.engine.evaluate import add_arch_args
-
-    add_arch_args(p)
     p.set_defaults(func=run)
 
 
 def _check_out(path: str) -> Path:
-    out = Path(path)
-    if out.suffix != ".json":
+    from vimstm.engine.paths import check_output_file
+
+    if Path(path).suffix != ".json":
         raise ConfigError(f"--out {path}: a schedule file must end in .json")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--out {path} cannot be written ({e.strerror}); choose a writable "
-                          "folder") from None
-    return out
+    return check_output_file(path, "--out")
 
 
 def run(args: argparse.Namespace) -> int:
     from vimstm import __version__
     from vimstm.data import build_eval_loader
-    from vimstm.engine.evaluate import _build_model
+    from vimstm.engine.model_args import model_from_args
     from vimstm.merge import parse_merge_opts
 
     out = _check_out(args.out)
     if args.images < 1:
         raise ConfigError("--images must be >= 1")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = _build_model(args)
+    model = model_from_args(args, weights="required")
     loader = build_eval_loader(args.data, model, batch_size=args.batch_size,
                                workers=args.workers, synsets=args.synsets, limit=args.images,
                                pin_memory=device.type == "cuda")
     doc = calibrate(model, loader, args.method, args.flops, args.reduction,
                     parse_merge_opts(args.merge_opt), args.every, args.probe,
                     args.max_steps or None, device)
-    doc.update(checkpoint=args.checkpoint or "bundled", data=str(args.data),
+    doc.update(checkpoint=args.checkpoint or "pretrained", data=str(args.data),
                vimstm_version=__version__)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")

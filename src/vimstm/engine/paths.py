@@ -16,7 +16,7 @@ def _probe(folder: Path, flag: str, what: str) -> None:
         probe.unlink()
     except OSError as e:
         reason = e.strerror or type(e).__name__
-        raise ConfigError(f"{flag} {what}: cannot write in {folder} ({reason}); choose a "
+        raise ConfigError(f"{flag} {what} cannot be written (in {folder}: {reason}); choose a "
                           "writable path") from None
 
 

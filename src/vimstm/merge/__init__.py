@@ -243,18 +243,30 @@ def patch(
     trace_source: bool = False,
     reduction: float | None = None,
     schedule: Any = None,
+    graphs: bool = True,
     **options: Any,
 ) -> Any:
-    """Install token merging on ``model`` in place and return it (see the module docstring)."""
+    """Install token merging on ``model`` in place and return it (see the module docstring).
+
+    ``graphs``: on CUDA, inference calls replay a CUDA graph per input shape
+    (:mod:`vimstm.merge.graphs`; a no-op on the CPU, in training and under autograd).
+    """
     merger = build_merger(model, method, ratio, r, flops, trace_source, reduction, schedule,
                           **options)
     unpatch(model)
     merger.attach(model)
+    if graphs:
+        from vimstm.merge import graphs as cuda_graphs
+
+        cuda_graphs.install(model)
     return model
 
 
 def unpatch(model: Any) -> Any:
     """Remove merging from ``model`` (restores the mixers' recording flags) and return it."""
+    from vimstm.merge import graphs as cuda_graphs
+
+    cuda_graphs.remove(model)
     merger = getattr(model, "merger", None)
     if merger is not None:
         merger.detach(model)

@@ -28,12 +28,20 @@ def download_weights(repo_id: str, filename: str) -> Path:
     except ImportError:
         raise ConfigError(f"fetching {filename} from the Hugging Face Hub needs huggingface_hub "
                           f"(pip install huggingface_hub); or {instead}") from None
+    import logging
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would add lines to the one error below
     try:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename))
     except Exception as e:  # offline, no route to the Hub, file or repository missing
-        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        why = text.splitlines()[0].split(". ")[0][:200] if text else type(e).__name__
         where = ("HF_HUB_OFFLINE is set and the file is not in the cache "
                  f"{constants.HF_HUB_CACHE}" if constants.HF_HUB_OFFLINE
                  else f"{type(e).__name__}: {why}")
         raise CheckpointError(f"could not get {filename} from the Hugging Face Hub repository "
                               f"{repo_id} ({where}); {instead}") from None
+    finally:
+        hub_log.setLevel(level)
