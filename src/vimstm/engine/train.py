@@ -26,7 +26,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -57,6 +56,7 @@ from vimstm.data import (
 from vimstm.engine import distributed
 from vimstm.engine.evaluate import evaluate
 from vimstm.engine.model_args import add_model_args, arch_overrides, weights_source
+from vimstm.engine.paths import check_output_dir
 from vimstm.engine.train_state import LAST, TrainState, plain, resume_path, seed_all, write_log
 from vimstm.errors import ConfigError, DataError, VimstmError
 from vimstm.merge import add_merge_args, merge_method, patch_from_args
@@ -206,20 +206,6 @@ def run_export(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # pieces
 # ---------------------------------------------------------------------------------------------
-def preflight_output(out: Path) -> None:
-    """Fail before training when ``out`` cannot be created or written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as e:
-        raise VimstmError(
-            f"cannot write to the output folder {out}: {e.strerror or e}. Choose another "
-            "--output or fix its permissions"
-        ) from None
-
-
 def preflight_disk(out: Path, checkpoint_bytes: int, copies: int = 3) -> None:
     """Fail before training when ``out``'s disk cannot hold ``copies`` checkpoints."""
     free = shutil.disk_usage(out).free
@@ -270,7 +256,7 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
     main = distributed.is_main()
     out = Path(args.output)
     try:
-        on_main_for_all(lambda: preflight_output(out), main, dist.device)
+        on_main_for_all(lambda: check_output_dir(out, "--output"), main, dist.device)
         return _fit(args, dist, out, main, started)
     finally:
         distributed.cleanup()
