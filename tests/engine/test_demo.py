@@ -177,3 +177,8 @@ def test_cpu_subset_is_spread_over_the_classes() -> None:
     assert {i * 10 // 8000 for i in idx} == set(range(10))  # 800 images per class, sorted
     five = list(range(5))
     assert spread_subset(five, 10) is five
+
+
+def test_top1_error_note_scales_with_the_sample() -> None:
+    assert "about 5.0 points" in demo.top1_error_note(50.0, 100)
+    assert "about 1.6 points" in demo.top1_error_note(50.0, 1000)

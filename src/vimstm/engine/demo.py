@@ -247,4 +247,14 @@ def run(args: argparse.Namespace) -> int:
         name = torch.cuda.get_device_name(device)
     print(f"\n{MODEL} on {name}, {dtype}, batch {batch}")
     print(format_table(rows))
+    if dataset is not None and rows[0]["top1"] is not None:
+        print(top1_error_note(rows[0]["top1"], len(dataset)))
     return 0
+
+
+def top1_error_note(top1: float, n: int) -> str:
+    """How far a top-1 measured on ``n`` images may be from the whole set's (one std. error)."""
+    p = top1 / 100
+    se = 100 * (p * (1 - p) / max(n, 1)) ** 0.5
+    return (f"top-1 on {n} images: one standard error is about {se:.1f} points, so differences "
+            f"between rows below ~{2 * se:.0f} points are noise (--limit N for more images)")
