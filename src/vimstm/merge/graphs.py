@@ -86,7 +86,8 @@ class GraphedForward:
         try:
             with torch.cuda.stream(stream):
                 self.eager(static_x)  # first call: lazy allocations, Triton compilation
-                with torch.cuda.graph(graph, stream=stream):
+                # thread_local: a DataLoader pin-memory thread may use CUDA meanwhile
+                with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
                     static_out = self.eager(static_x)
         except RuntimeError as e:  # a host synchronisation inside the forward
             torch.cuda.current_stream(dev).wait_stream(stream)
