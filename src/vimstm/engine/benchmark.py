@@ -48,6 +48,7 @@ def measure_throughput(
     warmup: int = 10,
     runs: int = 30,
     cuda_graph: bool = False,
+    compile: bool = False,
     desc: str | None = None,
 ) -> dict[str, Any]:
     """Median images/s of ``model`` on random input (fp16/bf16 run under autocast).
@@ -61,12 +62,14 @@ def measure_throughput(
         warmup: untimed forwards first (and CUDA-graph capture).
         runs: timed forwards (their median counts).
         cuda_graph: replay one captured CUDA graph per forward (CUDA only).
+        compile: run the model through ``torch.compile(fullgraph=True)`` (the warm-up
+            compiles).
         desc: show a progress bar so labelled.
 
     Returns:
         images_per_s, ms_per_batch (median), spread (interquartile range / median of the run
-        times), peak_mem_mb (None off CUDA), dtype, batch_size, device_name, runs, and
-        cuda_graph (whether a CUDA graph was replayed).
+        times), peak_mem_mb (None off CUDA), dtype, batch_size, device_name, runs,
+        cuda_graph (whether a CUDA graph was replayed) and compile.
     """
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -77,20 +80,21 @@ def measure_throughput(
         img_size = int(model.patch_embed.img_size[0])  # type: ignore[union-attr, index]
     in_chans = int(model.patch_embed.proj.in_channels)  # type: ignore[union-attr]
     model = model.to(dev).eval()
+    run_model = torch.compile(model, fullgraph=True) if compile else model
     x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev)
     amp_dtype = DTYPES[dtype]
     use_amp = amp_dtype != torch.float32
 
     def step() -> torch.Tensor:
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-            return model(x)
+            return run_model(x)
 
     graph = None
     with torch.no_grad():
         if dev.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
-        for _ in range(max(warmup, 1 if cuda_graph else 0)):
+        for _ in range(max(warmup, 1 if cuda_graph else 0, 2 if compile else 0)):
             step()
         sync(dev)
         if cuda_graph:
@@ -136,6 +140,86 @@ def measure_throughput(
         "device_name": name,
         "runs": runs,
         "cuda_graph": graph is not None,
+        "compile": compile,
+    }
+
+
+def measure_training(
+    model: nn.Module,
+    batch_size: int = 256,
+    img_size: int | None = None,
+    dtype: str = "bf16",
+    device: str | torch.device = "cuda",
+    warmup: int = 3,
+    runs: int = 10,
+    compile: bool = False,
+    desc: str | None = None,
+) -> dict[str, Any]:
+    """Median images/s of one training step: forward, cross-entropy, backward, AdamW step.
+
+    Random images and labels, train mode, fp16/bf16 under autocast (fp16 with a grad scaler),
+    fused AdamW on CUDA; ``compile`` runs the model through ``torch.compile(fullgraph=True)``.
+    The peak memory covers the timed steps, optimizer state included. Returns the keys of
+    :func:`measure_throughput` plus ``train: True``.
+    """
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if batch_size < 1 or runs < 1 or warmup < 0:
+        raise ConfigError("batch_size and runs must be >= 1 and warmup >= 0")
+    dev = _device(device)
+    if img_size is None:
+        img_size = int(model.patch_embed.img_size[0])  # type: ignore[union-attr, index]
+    in_chans = int(model.patch_embed.proj.in_channels)  # type: ignore[union-attr]
+    num_classes = int(getattr(model, "num_classes", 1000)) or 1000
+    model = model.to(dev).train()
+    run_model = torch.compile(model, fullgraph=True) if compile else model
+    gen = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev, generator=gen)
+    y = torch.randint(0, num_classes, (batch_size,), device=dev, generator=gen)
+    amp_dtype = DTYPES[dtype]
+    use_amp = amp_dtype != torch.float32
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=dev.type == "cuda")
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
+
+    def step() -> None:
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+            loss = nn.functional.cross_entropy(run_model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    for _ in range(max(warmup, 2 if compile else 0)):  # compile: the first steps compile
+        step()
+    sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = []
+    from tqdm import tqdm
+
+    for _ in tqdm(range(runs), desc=desc, unit="step", disable=desc is None, leave=False):
+        sync(dev)
+        t0 = time.perf_counter()
+        step()
+        sync(dev)
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return {
+        "images_per_s": batch_size / med,
+        "ms_per_batch": med * 1e3,
+        "spread": relative_spread(times),
+        "peak_mem_mb": peak,
+        "dtype": dtype,
+        "batch_size": batch_size,
+        "device_name": name,
+        "runs": runs,
+        "cuda_graph": False,
+        "compile": compile,
+        "train": True,
     }
 
 
@@ -151,8 +235,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
                    help="fp16/bf16 run the model under autocast")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed runs first (default 10; 3 with --train)")
+    p.add_argument("--runs", type=int, default=None,
+                   help="timed runs, the median is reported (default 30; 10 with --train)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the forward once and time graph replays (default: on CUDA; "
@@ -161,6 +247,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tf32", action="store_true",
                    help="allow TF32 matrix products in fp32 runs (off: true fp32)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+    p.add_argument("--compile", action="store_true",
+                   help="run the model through torch.compile(fullgraph=True) (compiles first)")
+    p.add_argument("--train", action="store_true",
+                   help="time training steps (forward + backward + AdamW, train mode) instead "
+                        "of inference; --dtype bf16/fp16 trains under autocast")
     from vimstm.merge import add_merge_args
 
     add_merge_args(p)
@@ -213,8 +304,14 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     method = merge_method(args)
     dev = _device(args.device)
+    if args.train and args.cuda_graph:
+        raise ConfigError("--cuda-graph times inference only; drop it with --train")
     if args.cuda_graph is None:
-        args.cuda_graph = dev.type == "cuda"
+        args.cuda_graph = dev.type == "cuda" and not args.train
+    if args.warmup is None:
+        args.warmup = 3 if args.train else 10
+    if args.runs is None:
+        args.runs = 10 if args.train else 30
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
         torch.backends.cudnn.allow_tf32 = bool(args.tf32)
@@ -224,8 +321,12 @@ def run(args: argparse.Namespace) -> int:
     backend = resolve_backend(args.scan_backend, dev.type)
     print("command:", _command_line(args))
     kw = dict(batch_size=args.batch_size, img_size=args.img_size, dtype=args.dtype, device=dev,
-              warmup=args.warmup, runs=args.runs, cuda_graph=args.cuda_graph)
-    results: dict[str, Any] = {"model": args.model, "scan_backend": backend, "tf32": args.tf32}
+              warmup=args.warmup, runs=args.runs, compile=args.compile)
+    if not args.train:
+        kw["cuda_graph"] = args.cuda_graph
+    measure = measure_training if args.train else measure_throughput
+    results: dict[str, Any] = {"model": args.model, "scan_backend": backend, "tf32": args.tf32,
+                               "train": bool(args.train), "command": _command_line(args)}
     variants = [("dense", model)]
     if method is not None:
         import copy
@@ -237,7 +338,8 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for label, m in variants:
         m = m.to(dev)
-        r = measure_throughput(m, desc=f"{label} speed", **kw)  # type: ignore[arg-type]
+        r = measure(m, desc=f"{label} {'training' if args.train else 'speed'}",
+                    **kw)  # type: ignore[arg-type]
         point = _operating_point(m)
         r["gmacs_literature"] = point["gmacs_literature"] if point else None
         r["gmacs"] = point["gmacs_full"] if point else None
@@ -251,7 +353,8 @@ def run(args: argparse.Namespace) -> int:
             torch.cuda.empty_cache()
     first = rows[0][1]
     print(f"device: {first['device_name']}  dtype: {args.dtype}  batch: {args.batch_size}  "
-          f"scan: {backend}  cuda_graph: {first['cuda_graph']}  tf32: {args.tf32}")
+          f"scan: {backend}  cuda_graph: {first['cuda_graph']}  tf32: {args.tf32}  "
+          f"{'training step (fwd + bwd + AdamW)' if args.train else 'inference'}")
     print(f"{'model':12s} {'mean red.':>9s} {'ratio':>6s} {'last':>5s} {'GMACs lit':>9s} "
           f"{'GMACs full':>10s} {'images/s':>10s} {'ms/batch':>9s} {'spread':>7s} "
           f"{'peak MB':>9s} {'speed-up':>8s}")
