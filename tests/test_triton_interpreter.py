@@ -15,7 +15,8 @@ from conftest import GPU_CASES_HERE
 
 pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["tests/merge/test_triton_merge.py"]
+MODULES = ["tests/merge/test_triton_merge.py", "tests/ops/test_triton_scan.py",
+           "tests/ops/test_triton_norm.py", "tests/ops/test_mixer.py"]
 
 
 @pytest.mark.skipif(GPU_CASES_HERE, reason="the gpu cases run in this process")

@@ -52,7 +52,7 @@ def test_cls_never_merged_and_read_at_true_index(small_model, images, method):
     assert src[:, :, cls_orig].sum().item() == 3  # and in no other group
     # the logits are the head applied to the final normed sequence at index c
     captured = {}
-    h = small_model.norm_f.register_forward_hook(lambda _m, _i, o: captured.update(x=o))
+    h = small_model.norm_f.register_forward_hook(lambda _m, _i, o: captured.update(x=o[0]))
     try:
         again, _ = _run(small_model, images, method, ratio=0.5, **kw)
     finally:

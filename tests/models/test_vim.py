@@ -98,7 +98,7 @@ def test_class_token_is_inserted_in_the_middle(tiny_model):
 def test_logits_are_read_at_the_class_token(tiny_model):
     m, x = tiny_model, torch.randn(2, 3, 32, 32)
     feats = {}
-    m.norm_f.register_forward_hook(lambda mod, inp, out: feats.setdefault("all", out))
+    m.norm_f.register_forward_hook(lambda mod, inp, out: feats.update(all=out[0]))
     with torch.no_grad():
         logits = m(x)
     torch.testing.assert_close(logits, m.head(feats["all"][:, 8]))

@@ -22,20 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vimstm.errors import ConfigError
-from vimstm.ops import causal_conv1d, resolve_backend, selective_scan
-
-
-def _fused_norm(backend: str, x: Tensor) -> bool:
-    """Whether the Triton add+RMSNorm serves this inference step (Triton backend on CUDA)."""
-    return x.is_cuda and resolve_backend(backend, "cuda") == "triton"
-
-
-def add_rmsnorm_triton(
-    x: Tensor, residual: Tensor | None, weight: Tensor, eps: float, out_dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
-    from vimstm.ops.triton_norm import add_rmsnorm_triton as fn
-
-    return fn(x, residual, weight, eps, out_dtype)
+from vimstm.ops.dispatch import add_rmsnorm, bimamba
+from vimstm.ops.mixer import MixerParams
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -60,17 +48,21 @@ def patch_grid(img_size, patch_size, stride) -> tuple[int, int]:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm as mamba_ssm's (weight only, no bias), computed in fp32."""
+    """Residual add + RMSNorm as mamba_ssm's (weight only, no bias, fp32 residual and maths).
+
+    ``norm(x, residual)`` returns ``(rmsnorm(residual + x) * weight`` in x's dtype, the fp32
+    sum``); without a residual the sum is ``x`` itself. ``backend`` is a scan backend
+    (:func:`vimstm.ops.dispatch.add_rmsnorm` picks the Triton op or PyTorch from it).
+    """
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
-        return y.to(out_dtype or x.dtype)
+    def forward(self, x: Tensor, residual: Tensor | None = None,
+                backend: str = "auto") -> tuple[Tensor, Tensor]:
+        return add_rmsnorm(x, residual, self.weight, self.eps, backend)
 
 
 class DropPath(nn.Module):
@@ -185,68 +177,50 @@ class Mamba(nn.Module):
             p._no_weight_decay = True  # type: ignore[attr-defined]
         self.out_proj = nn.Linear(di, d_model, bias=False)
 
-    def _branch(
-        self, x: Tensor, z: Tensor, reverse: bool, stats: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One scan direction: its output, its B (b, l, n) and its Δ before the bias (b, d, l).
-
-        ``stats`` (b, 2, l) fp32, if given, receives the per-token channel means of Δ and
-        Δ·mean_n(A) (fused into the Triton scan).
-        """
-        s = "_b" if reverse else ""
-        conv: nn.Conv1d = getattr(self, "conv1d" + s)
-        x_proj: nn.Linear = getattr(self, "x_proj" + s)
-        dt_proj: nn.Linear = getattr(self, "dt_proj" + s)
-        A = -torch.exp(getattr(self, "A" + s + "_log").float())
-        D = getattr(self, "D" + s).float()
-        xc = causal_conv1d(x, conv.weight, conv.bias, reverse=reverse, backend=self.scan_backend)
-        x_dbl = F.linear(xc.transpose(1, 2), x_proj.weight)  # (b, l, r + 2n)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt @ dt_proj.weight.t().to(dt.dtype)).transpose(1, 2)  # (b, d, l), bias in scan
-        y = selective_scan(
-            xc, delta, A, B.transpose(1, 2), C.transpose(1, 2), D, z,
-            delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse,
-            backend=self.scan_backend, stats_out=stats,
+    def mixer_params(self) -> MixerParams:
+        """Both directions' parameters, as :func:`vimstm.ops.mixer.bimamba` takes them."""
+        return MixerParams(
+            conv_w=(self.conv1d.weight, self.conv1d_b.weight),
+            conv_b=(self.conv1d.bias, self.conv1d_b.bias),
+            x_proj_w=(self.x_proj.weight, self.x_proj_b.weight),
+            dt_proj_w=(self.dt_proj.weight, self.dt_proj_b.weight),
+            dt_proj_b=(self.dt_proj.bias, self.dt_proj_b.bias),
+            A_log=(self.A_log, self.A_b_log),
+            D=(self.D, self.D_b),
         )
-        return y, B, delta
 
     def forward(self, hidden_states: Tensor) -> Tensor:
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2*d_inner, l)
-        x, z = xz.chunk(2, dim=1)
-        tok = None
-        if self.record_ssm and (self.record_parts is None or "decay" in self.record_parts
-                                or self.record_delta_full):
-            # the Δ statistics come out of the scan itself: (b, 2 [mean Δ, Δ·A], 2 dirs, l)
-            tok = torch.empty(x.shape[0], 2, 2, x.shape[2], device=x.device, dtype=torch.float32)
-        y_f, B_f, dl_f = self._branch(x, z, False, None if tok is None else tok[:, :, 0])
-        y_b, B_b, dl_b = self._branch(x, z, True, None if tok is None else tok[:, :, 1])
-        y = y_f + y_b
+        xz = self.in_proj(hidden_states)  # (b, l, 2 * d_inner)
+        want_stats = self.record_ssm and (self.record_parts is None
+                                          or "decay" in self.record_parts
+                                          or self.record_delta_full)
+        scale = 0.5 if self.if_divide_out else 1.0
+        y, x_dbl, stats = bimamba(xz, self.mixer_params(), scale, self.scan_backend,
+                                  stats=want_stats)
         if self.record_ssm:
-            self.last_ssm = self._stats(B_f, B_b, dl_f, dl_b, y, tok)
-        if self.if_divide_out:
-            y = y / 2
-        return self.out_proj(y.transpose(1, 2))
+            self.last_ssm = self._stats(x_dbl, stats, y, scale)
+        return self.out_proj(y)
 
     @torch.no_grad()
-    def _stats(
-        self, B_f: Tensor, B_b: Tensor, dl_f: Tensor, dl_b: Tensor, y: Tensor,
-        fused: Tensor | None = None,
-    ) -> SSMStats:
+    def _stats(self, x_dbl: Tensor, stats: Tensor | None, y: Tensor, scale: float) -> SSMStats:
+        """What merging reads, from the op's by-products: x_dbl (2, b, l, r + 2n), Δ stats."""
         parts = SSM_PARTS if self.record_parts is None else self.record_parts
-        B_fwd = B_b_ = tok = imp = full = None
+        r, n = self.dt_rank, self.d_state
+        B_fwd = B_bwd = tok = imp = full = None
         if "B" in parts:
-            B_fwd, B_b_ = B_f.float(), B_b.float()
-        if fused is not None:  # from the scan: (b, 2, 2, l) -> (b, 4, l): delta_fwd, delta_bwd,
-            tok = fused.flatten(1, 2)  # log_decay_fwd, log_decay_bwd
+            B_fwd, B_bwd = x_dbl[0, ..., r:r + n].float(), x_dbl[1, ..., r:r + n].float()
+        if stats is not None:  # (b, 2, 2, l) -> (b, 4, l): delta_fwd, delta_bwd,
+            tok = stats.flatten(1, 2)  # log_decay_fwd, log_decay_bwd
         if self.record_delta_full:  # per-channel Δ of both directions, (b, l, 2 * d_inner)
-            full = torch.cat([F.softplus(delta + proj.bias.to(delta.dtype)[:, None]).float()
-                              for delta, proj in ((dl_f, self.dt_proj), (dl_b, self.dt_proj_b))],
-                             1).transpose(1, 2)
-        if "importance" in parts:
-            imp = torch.mean(y.clamp_min(0), 1, dtype=torch.float32)
+            full = torch.cat([
+                F.softplus(x_dbl[k, ..., :r] @ proj.weight.t().to(x_dbl.dtype)
+                           + proj.bias.to(x_dbl.dtype)).float()
+                for k, proj in ((0, self.dt_proj), (1, self.dt_proj_b))], -1)
+        if "importance" in parts:  # mean_d relu(y_fwd + y_bwd)
+            imp = torch.mean(y.clamp_min(0), -1, dtype=torch.float32) / scale
         if tok is None:
-            return SSMStats(B_fwd, B_b_, None, None, None, None, imp, full)
-        return SSMStats(B_fwd, B_b_, tok[:, 2], tok[:, 3], tok[:, 0], tok[:, 1], imp, full, tok)
+            return SSMStats(B_fwd, B_bwd, None, None, None, None, imp, full)
+        return SSMStats(B_fwd, B_bwd, tok[:, 2], tok[:, 3], tok[:, 0], tok[:, 1], imp, full, tok)
 
 
 class Block(nn.Module):
@@ -259,17 +233,10 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, hidden_states: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
-        if not torch.is_grad_enabled() and _fused_norm(self.mixer.scan_backend, hidden_states):
-            hidden, residual = add_rmsnorm_triton(
-                hidden_states, residual, self.norm.weight, self.norm.eps, hidden_states.dtype
-            )
-            return self.mixer(hidden), residual
-        if residual is None:
-            residual = hidden_states.float()
-        else:
-            residual = residual + self.drop_path(hidden_states).float()
-        hidden_states = self.norm(residual, out_dtype=hidden_states.dtype)
-        return self.mixer(hidden_states), residual
+        if residual is not None:
+            hidden_states = self.drop_path(hidden_states)
+        hidden, residual = self.norm(hidden_states, residual, self.mixer.scan_backend)
+        return self.mixer(hidden), residual
 
 
 @dataclass
@@ -395,8 +362,7 @@ class VisionMamba(nn.Module):
             hidden, residual = layer(hidden, residual)
         if merger is not None:
             merger.end(self, hidden, state)
-        residual = residual + self.drop_path(hidden).float()
-        hidden = self.norm_f(residual, out_dtype=hidden.dtype)
+        hidden, _ = self.norm_f(self.drop_path(hidden), residual, self.scan_backend)
         return hidden[:, state.cls_index, :]
 
     def forward_head(self, feats: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""One dispatch point: which implementation runs the scan, the conv and the merge kernels.
+"""One dispatch point: which implementation runs the mixer, the norm, the scan, the conv and the
+merge kernels.
 
 ``scan_backend`` is one of:
 
@@ -24,6 +25,8 @@ from torch import Tensor
 
 from vimstm.errors import ConfigError
 from vimstm.ops.merge_ref import adjacent_dissimilarity_ref, apply_pairs, edge_alpha_ref
+from vimstm.ops.mixer import MixerParams, bimamba_composed, bimamba_triton
+from vimstm.ops.norm import add_rmsnorm_ref, add_rmsnorm_triton
 from vimstm.ops.scan_ref import causal_conv1d_ref, scan_token_stats, selective_scan_ref
 
 BACKENDS = ("auto", "reference", "triton", "mamba_ssm")
@@ -48,6 +51,7 @@ def available_backends(device_type: str = "cuda") -> list[str]:
     return out
 
 
+@torch.compiler.assume_constant_result  # torch.compile: a constant of the traced graph
 def resolve_backend(backend: str, device_type: str) -> str:
     """Map ``backend`` (maybe "auto") to a concrete one for ``device_type``, or raise clearly."""
     if backend not in BACKENDS:
@@ -62,6 +66,27 @@ def resolve_backend(backend: str, device_type: str) -> str:
         }.get(backend, "")
         raise ConfigError(f"scan_backend {backend!r} is not available on {device_type}: {hint}")
     return backend
+
+
+def bimamba(xz: Tensor, params: MixerParams, scale: float, backend: str = "auto",
+            stats: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The bidirectional mixer core (:mod:`vimstm.ops.mixer`): ``(y, x_dbl, stats)``.
+
+    The custom op on the Triton kernels where ``backend`` resolves to "triton", the
+    composition of the single-direction ops otherwise.
+    """
+    impl = resolve_backend(backend, xz.device.type)
+    if impl == "triton":
+        return bimamba_triton(xz, params, scale, stats)
+    return bimamba_composed(xz, params, scale, impl, stats)
+
+
+def add_rmsnorm(x: Tensor, residual: Tensor | None, weight: Tensor, eps: float,
+                backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Residual add + RMSNorm (:mod:`vimstm.ops.norm`): (normed in x's dtype, fp32 residual)."""
+    if resolve_backend(backend, x.device.type) == "triton":
+        return add_rmsnorm_triton(x, residual, weight, eps)
+    return add_rmsnorm_ref(x, residual, weight, eps)
 
 
 def selective_scan(

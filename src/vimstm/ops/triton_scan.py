@@ -1,54 +1,75 @@
-"""Triton selective scan and depthwise causal conv1d, forward and backward.
+"""Triton kernels of the bidirectional Mamba mixer: selective scan and depthwise causal conv1d.
 
-Layouts and semantics are those of :mod:`vimstm.ops.scan_ref` (``u, delta, z: (b, d, l)``,
-``A: (d, n)``, ``B, C: (b, n, l)``); any strides are accepted, so the model's channels-last views
-(``x.transpose(1, 2)`` of a linear layer's output) are read in place without copies. Outputs and
-input gradients are laid out channels-last when the input is, which feeds the next linear layer
-without a copy.
+Layouts and semantics are those of :mod:`vimstm.ops.scan_ref`. Every tensor is passed with its
+strides, so the model's channels-last views (a linear layer's ``(b, l, d)`` output seen as
+``(b, d, l)``) are read in place. Each kernel takes a leading *direction* axis: one program
+runs the forward-order scan (or conv) of its channels and then the reverse-order one, so the
+mixer's two directions cost one launch and share the gate ``z`` and the output
+``scale * (y_fwd + y_bwd)``. The reverse direction maps step ``i`` to token ``L - 1 - i``:
+nothing flipped is ever materialised. A single direction (``NDIR = 1``, forward or reverse)
+is the same kernel.
 
-Forward (``FWD_KERNEL = "seq"``, the default): each program owns ``BLOCK_D`` channels of one
-sample and their fp32 state ``(BLOCK_D, n)`` in registers, and steps through the tokens one at a
-time; the loop's trip count is a runtime value, so a new sequence length (token merging changes
-it block to block) never recompiles. ``reverse=True`` maps step ``i`` to token ``L - 1 - i``:
-nothing flipped is materialised. dt bias + softplus, ``exp(ΔA)``, the D skip, the ``silu(z)``
-gate and (for the mixer) the sum of the two directions are fused. When gradients are needed it
-also saves the state every ``BWD_T`` tokens. ``"chunk"`` is an alternative forward that solves
-each chunk of ``T`` tokens with an associative scan (slower on an H100; kept for comparison).
+Scan forward: one program owns ``block_d`` channels of one sample and their fp32 state
+``(block_d, d_state)`` in registers and steps through the tokens one at a time (the trip count
+is a run-time value: a new sequence length never recompiles). dt bias + softplus, ``exp(ΔA)``,
+the D skip and the ``silu(z)`` gate are fused; the next token's inputs are loaded while the
+current one is computed. It can also emit the per-token channel sums of Δ and Δ·mean(A) that
+token merging reads.
 
-Backward (``BWD_KERNEL = "seq"``, the default): each program owns channels as in the seq forward
-and walks the chunks of ``BWD_T`` tokens from last to first; it recomputes a chunk's states token
-by token from the one the forward saved before it into a small per-program fp32 scratch buffer
-(meant to stay in L2), then steps back through the chunk one token at a time with the adjoint
-state in registers. ``"chunk"`` is the former backward, solving both recurrences of a chunk with
-associative scans. Reductions over channels (dB, dC) and over the batch (dA, dD) are written as
-per-program partials and summed by PyTorch: deterministic, no atomics.
+Scan backward: per direction, the program first replays the forward recurrence and keeps the
+state at the start of every chunk of ``chunk`` tokens in a per-program scratch, then walks the
+chunks from last to first: it recomputes a chunk's states into a second small scratch (meant to
+stay in L2) and steps back through it with the adjoint state in registers. Nothing but the
+inputs is saved by the forward (``save_every`` trades memory for that replay). Reductions over
+channels (dB, dC) and over the batch (dA, dD, d bias) are written as per-program partials and
+summed by PyTorch: deterministic, no atomics.
+
+Conv1d backward: one program owns a segment of tokens of ``conv_block_d`` channels and walks it
+with sliding windows of the input and of the pre-activation gradients of both directions in
+registers: each input row is read once, and ``dx`` sums both directions.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from vimstm.ops.scan_ref import scan_token_stats
-
-# Tile sizes, tuned on an H100 (benchmarks/gpu_run.py sweeps them; see BENCHMARKS.md).
-FWD_KERNEL = "seq"  # "seq": one token per step; "chunk": associative scan over T tokens
-SEQ_BLOCK_D, SEQ_WARPS, SEQ_UNROLL = 16, 1, 1
-FWD_BLOCK_D, FWD_T, FWD_WARPS = 32, 8, 4
-# "seq": one token per step; "chunk": associative scans over T tokens (VIMSTM_SCAN_BWD overrides)
-BWD_KERNEL = os.environ.get("VIMSTM_SCAN_BWD", "seq")
-BWD_T = 8  # chunk length of both backwards: the forward saves the state every BWD_T tokens
-BWD_SEQ_BLOCK_D, BWD_SEQ_WARPS = 16, 1
-BWD_BLOCK_D, BWD_WARPS = 8, 1
+LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * LOG2E): exp2 is the hardware op
 
 
-@triton.jit
-def _combine(a1, b1, a2, b2):
-    return a1 * a2, b1 * a2 + b2
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile sizes and trade-offs of the kernels in this module (measured on an H100/H200).
+
+    Attributes:
+        scan_block_d: channels per scan program (one warp). Fewer channels give more programs
+            (better latency hiding) but more per-program partial sums of dB and dC.
+        scan_warps: warps per scan program.
+        chunk: tokens per backward chunk. The chunk's recomputed states live in a per-program
+            scratch of ``chunk * scan_block_d * d_state`` fp32 values, which should stay in L2.
+        save_every: the forward keeps the state every ``save_every`` tokens for the backward
+            (a multiple of ``chunk``), ``b * d * d_state * 4 * L / save_every`` bytes per
+            direction and layer. 0 keeps nothing and the backward replays the forward once.
+        conv_block_d, conv_block_l: tile of the conv1d forward (channels, tokens).
+        conv_bwd_block_d, conv_bwd_segment: channels and tokens walked by one program of the
+            conv1d backward (a segment re-reads 6 tokens of halo).
+    """
+
+    scan_block_d: int = 32
+    scan_warps: int = 1
+    chunk: int = 8
+    save_every: int = 16
+    conv_block_d: int = 64
+    conv_block_l: int = 32
+    conv_bwd_block_d: int = 64
+    conv_bwd_segment: int = 64
+
+
+CONFIG = KernelConfig()
 
 
 @triton.jit
@@ -60,104 +81,74 @@ def _softplus(x):
     return tl.where(x > 20.0, x, lp)
 
 
-@triton.jit(do_not_specialize=["L", "s_u_b", "s_dt_b", "s_B_b", "s_C_b", "s_z_b", "s_o_b", "s_a_b"])
+@triton.jit
+def _token(i, L, K: tl.constexpr, REV0: tl.constexpr):
+    """Token index of step ``i`` of direction ``K`` (1: reverse; REV0 reverses direction 0)."""
+    if K == 1:  # noqa: SIM114 (constexpr branches: kept apart for Triton's code generator)
+        t = L - 1 - i
+    elif REV0:
+        t = L - 1 - i
+    else:
+        t = i
+    return t
+
+
+@triton.jit
+def _conv_src(offs_l, J: tl.constexpr, W: tl.constexpr, K: tl.constexpr, REV0: tl.constexpr):
+    """Token read by tap J: t - (W-1-J) causal, t + (W-1-J) anti-causal (direction 1 or REV0)."""
+    if K == 1:  # noqa: SIM114 (constexpr branches: kept apart for Triton's code generator)
+        src = offs_l + (W - 1 - J)
+    elif REV0:
+        src = offs_l + (W - 1 - J)
+    else:
+        src = offs_l - (W - 1 - J)
+    return src
+
+
+@triton.jit
+def _dir_params(A0, A1, D0, D1, bias0, bias1, K: tl.constexpr, offs_d, mask_d, offs_n, mdn,
+                NSTATE, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, A_LOG: tl.constexpr):
+    """A (fp32, from A_log if A_LOG), D and the dt bias of direction K for these channels."""
+    a_ptr = A0
+    d_ptr = D0
+    b_ptr = bias0
+    if K == 1:
+        a_ptr = A1
+        d_ptr = D1
+        b_ptr = bias1
+    A = tl.load(a_ptr + offs_d[:, None] * NSTATE + offs_n[None, :], mask=mdn, other=0.0)
+    A = A.to(tl.float32)
+    if A_LOG:
+        A = tl.where(mdn, -tl.exp(A), 0.0)
+    Dv = tl.zeros(offs_d.shape, dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(d_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.zeros(offs_d.shape, dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    return A, Dv, bias
+
+
+@triton.jit(do_not_specialize=["L", "s_u_k", "s_u_b", "s_dt_k", "s_dt_b", "s_B_k", "s_B_b",
+                               "s_C_k", "s_C_b", "s_z_b", "s_o_b", "s_st_k", "s_st_b"])
 def _scan_fwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, st_ptr, add_ptr, scale,
-    L, DIM, NSTATE,
-    s_u_b, s_u_d, s_u_l,
-    s_dt_b, s_dt_d, s_dt_l,
-    s_B_b, s_B_n, s_B_l,
-    s_C_b, s_C_n, s_C_l,
+    u_ptr, dt_ptr, A0, A1, B_ptr, C_ptr, D0, D1, z_ptr, bias0, bias1, out_ptr, st_ptr, stats_ptr,
+    L, DIM, NSTATE, scale,
+    s_u_k, s_u_b, s_u_d, s_u_l,
+    s_dt_k, s_dt_b, s_dt_d, s_dt_l,
+    s_B_k, s_B_b, s_B_n, s_B_l,
+    s_C_k, s_C_b, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l,
     s_o_b, s_o_d, s_o_l,
-    s_a_b, s_a_d, s_a_l,
-    N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr, HAS_ADD: tl.constexpr,
+    s_st_k, s_st_b,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    A_LOG: tl.constexpr, SAVE_T: tl.constexpr, STATS: tl.constexpr,
 ):
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < DIM
-    offs_n = tl.arange(0, N)
-    mask_n = offs_n < NSTATE
-    offs_t = tl.arange(0, T)
-    mdn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * NSTATE + offs_n[None, :], mask=mdn, other=0.0)
-    A2 = A.to(tl.float32) * 1.4426950408889634
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d
-    dt_base = dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
-    z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
-    o_base = out_ptr + pid_b * s_o_b + offs_d[:, None] * s_o_d
-    a_base = add_ptr + pid_b * s_a_b + offs_d[:, None] * s_a_d
-    B_base = B_ptr + pid_b * s_B_b + offs_n[:, None] * s_B_n
-    C_base = C_ptr + pid_b * s_C_b + offs_n[:, None] * s_C_n
-    nchunks = tl.cdiv(L, T)
-    st_base = st_ptr + ((pid_b * nchunks) * (DIM * NSTATE)
-                        + offs_d[:, None] * NSTATE + offs_n[None, :])
-    h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    last = offs_t[None, None, :] == T - 1
-    for c in range(0, nchunks):
-        t = c * T + offs_t
-        mask_t = t < L
-        if REVERSE:
-            tp = L - 1 - t
-        else:
-            tp = t
-        m2 = mask_d[:, None] & mask_t[None, :]
-        mnt = mask_n[:, None] & mask_t[None, :]
-        u = tl.load(u_base + tp[None, :] * s_u_l, mask=m2, other=0.0).to(tl.float32)
-        dt = tl.load(dt_base + tp[None, :] * s_dt_l, mask=m2, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt = dt + bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(m2, dt, 0.0)
-        Bt = tl.load(B_base + tp[None, :] * s_B_l, mask=mnt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + tp[None, :] * s_C_l, mask=mnt, other=0.0).to(tl.float32)
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])
-        bx = (dt * u)[:, None, :] * Bt[None, :, :]
-        ca, cb = tl.associative_scan((a, bx), axis=2, combine_fn=_combine)
-        hs = cb + ca * h[:, :, None]
-        y = tl.sum(hs * Ct[None, :, :], axis=1)
-        h = tl.sum(tl.where(last, hs, 0.0), axis=2)
-        if SAVE:
-            tl.store(st_base + c * (DIM * NSTATE), h, mask=mdn)
-        if HAS_D:
-            y = y + u * Dv[:, None]
-        if HAS_Z:
-            z = tl.load(z_base + tp[None, :] * s_z_l, mask=m2, other=0.0).to(tl.float32)
-            y = y * z * tl.sigmoid(z)
-        if HAS_ADD:
-            ya = tl.load(a_base + tp[None, :] * s_a_l, mask=m2, other=0.0).to(tl.float32)
-            y = (y + ya) * scale
-        tl.store(o_base + tp[None, :] * s_o_l, y.to(out_ptr.dtype.element_ty), mask=m2)
+    """``out = scale * sum_k y_k``; with SAVE_T, the state after every SAVE_T tokens to st.
 
-
-@triton.jit(do_not_specialize=["L", "s_u_b", "s_dt_b", "s_B_b", "s_C_b", "s_z_b", "s_o_b", "s_a_b"])
-def _scan_fwd_seq_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, st_ptr, add_ptr, scale,
-    stats_ptr, L, DIM, NSTATE,
-    s_u_b, s_u_d, s_u_l,
-    s_dt_b, s_dt_d, s_dt_l,
-    s_B_b, s_B_n, s_B_l,
-    s_C_b, s_C_n, s_C_l,
-    s_z_b, s_z_d, s_z_l,
-    s_o_b, s_o_d, s_o_l,
-    s_a_b, s_a_d, s_a_l,
-    N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr, HAS_ADD: tl.constexpr,
-    UNROLL: tl.constexpr, STATS: tl.constexpr,
-):
-    """One token per step, the (BLOCK_D, n) state in registers; saves it every T tokens.
-
-    With ``STATS`` it also writes, per token, this program's channel sums of Δ and of
-    Δ·mean_n(A) to ``stats_ptr`` (b, programs along d, 2, L): what token merging reads.
+    With ``STATS``, per token and direction, this program's channel sums of Δ and of
+    Δ·mean_n(A) go to ``stats_ptr`` (b, programs along d, 2, NDIR, L).
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -166,454 +157,449 @@ def _scan_fwd_seq_kernel(
     offs_n = tl.arange(0, N)
     mask_n = offs_n < NSTATE
     mdn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * NSTATE + offs_n[None, :], mask=mdn, other=0.0)
-    A2 = A.to(tl.float32) * 1.4426950408889634
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    u_p = u_ptr + pid_b * s_u_b + offs_d * s_u_d
-    dt_p = dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d
-    z_p = z_ptr + pid_b * s_z_b + offs_d * s_z_d
-    o_p = out_ptr + pid_b * s_o_b + offs_d * s_o_d
-    a_p = add_ptr + pid_b * s_a_b + offs_d * s_a_d
-    B_p = B_ptr + pid_b * s_B_b + offs_n * s_B_n
-    C_p = C_ptr + pid_b * s_C_b + offs_n * s_C_n
-    nchunks = tl.cdiv(L, T)
-    st_base = st_ptr + ((pid_b * nchunks) * (DIM * NSTATE)
-                        + offs_d[:, None] * NSTATE + offs_n[None, :])
-    if STATS:
-        a_mean = tl.sum(A.to(tl.float32), axis=1) / NSTATE
-        sp = stats_ptr + (pid_b * tl.num_programs(1) + pid_d) * 2 * L
-    h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    for i in tl.range(0, L, loop_unroll_factor=UNROLL):
-        if REVERSE:
-            t = L - 1 - i
-        else:
-            t = i
-        u = tl.load(u_p + t * s_u_l, mask=mask_d, other=0.0).to(tl.float32)
-        dt = tl.load(dt_p + t * s_dt_l, mask=mask_d, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt = dt + bias
-        if SOFTPLUS:
-            dt = _softplus(dt)
+    o_z = pid_b * s_z_b + offs_d * s_z_d
+    o_o = pid_b * s_o_b + offs_d * s_o_d
+    for K in tl.static_range(NDIR):
+        A, Dv, bias = _dir_params(A0, A1, D0, D1, bias0, bias1, K, offs_d, mask_d, offs_n, mdn,
+                                  NSTATE, HAS_D, HAS_BIAS, A_LOG)
+        A2 = A * LOG2E
+        u_p = u_ptr + K * s_u_k + pid_b * s_u_b + offs_d * s_u_d
+        dt_p = dt_ptr + K * s_dt_k + pid_b * s_dt_b + offs_d * s_dt_d
+        B_p = B_ptr + K * s_B_k + pid_b * s_B_b + offs_n * s_B_n
+        C_p = C_ptr + K * s_C_k + pid_b * s_C_b + offs_n * s_C_n
         if STATS:
-            dm = tl.where(mask_d, dt, 0.0)
-            tl.store(sp + t, tl.sum(dm, axis=0))
-            tl.store(sp + L + t, tl.sum(dm * a_mean, axis=0))
-        Bt = tl.load(B_p + t * s_B_l, mask=mask_n, other=0.0).to(tl.float32)
-        Ct = tl.load(C_p + t * s_C_l, mask=mask_n, other=0.0).to(tl.float32)
-        a = tl.exp2(dt[:, None] * A2)
-        h = a * h + (dt * u)[:, None] * Bt[None, :]
-        y = tl.sum(h * Ct[None, :], axis=1)
-        if HAS_D:
-            y = y + u * Dv
+            a_mean = tl.sum(A, axis=1) / NSTATE
+            sp = stats_ptr + ((pid_b * tl.num_programs(1) + pid_d) * 2 * NDIR + K) * L
+        st_p = st_ptr + K * s_st_k + pid_b * s_st_b + offs_d[:, None] * NSTATE + offs_n[None, :]
+        h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+        t = _token(0, L, K, REV0)
+        u_n = tl.load(u_p + t * s_u_l, mask=mask_d, other=0.0)
+        dt_n = tl.load(dt_p + t * s_dt_l, mask=mask_d, other=0.0)
+        B_n = tl.load(B_p + t * s_B_l, mask=mask_n, other=0.0)
+        C_n = tl.load(C_p + t * s_C_l, mask=mask_n, other=0.0)
+        z_n = u_n
         if HAS_Z:
-            z = tl.load(z_p + t * s_z_l, mask=mask_d, other=0.0).to(tl.float32)
-            y = y * z * tl.sigmoid(z)
-        if HAS_ADD:
-            y = (y + tl.load(a_p + t * s_a_l, mask=mask_d, other=0.0).to(tl.float32)) * scale
-        tl.store(o_p + t * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_d)
-        if SAVE:
-            edge = ((i % T) == T - 1) | (i == L - 1)
-            tl.store(st_base + (i // T) * (DIM * NSTATE), h, mask=mdn & edge)
-
-
-@triton.jit(do_not_specialize=["L", "s_u_b", "s_dt_b", "s_B_b", "s_C_b", "s_z_b", "s_g_b",
-                               "s_du_b", "s_ddt_b", "s_dz_b"])
-def _scan_bwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g_ptr, st_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr,
-    L, DIM, NSTATE, NBLK_D,
-    s_u_b, s_u_d, s_u_l,
-    s_dt_b, s_dt_d, s_dt_l,
-    s_B_b, s_B_n, s_B_l,
-    s_C_b, s_C_n, s_C_l,
-    s_z_b, s_z_d, s_z_l,
-    s_g_b, s_g_d, s_g_l,
-    s_du_b, s_du_d, s_du_l,
-    s_ddt_b, s_ddt_d, s_ddt_l,
-    s_dz_b, s_dz_d, s_dz_l,
-    N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
-):
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < DIM
-    offs_n = tl.arange(0, N)
-    mask_n = offs_n < NSTATE
-    offs_t = tl.arange(0, T)
-    mdn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * NSTATE + offs_n[None, :], mask=mdn, other=0.0)
-    A = A.to(tl.float32)
-    A2 = A * 1.4426950408889634
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d
-    dt_base = dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
-    z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
-    g_base = g_ptr + pid_b * s_g_b + offs_d[:, None] * s_g_d
-    du_base = du_ptr + pid_b * s_du_b + offs_d[:, None] * s_du_d
-    ddt_base = ddt_ptr + pid_b * s_ddt_b + offs_d[:, None] * s_ddt_d
-    dz_base = dz_ptr + pid_b * s_dz_b + offs_d[:, None] * s_dz_d
-    B_base = B_ptr + pid_b * s_B_b + offs_n[:, None] * s_B_n
-    C_base = C_ptr + pid_b * s_C_b + offs_n[:, None] * s_C_n
-    # dB, dC partials: (b, NBLK_D, n, L) fp32, contiguous
-    part = (pid_b * NBLK_D + pid_d) * NSTATE * L + offs_n[:, None] * L
-    nchunks = tl.cdiv(L, T)
-    st_base = st_ptr + ((pid_b * nchunks) * (DIM * NSTATE)
-                        + offs_d[:, None] * NSTATE + offs_n[None, :])
-    first = offs_t[None, None, :] == 0
-    gcarry = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for ci in range(0, nchunks):
-        c = nchunks - 1 - ci
-        t = c * T + offs_t
-        mask_t = t < L
-        t1 = t + 1
-        mask_t1 = t1 < L
-        if REVERSE:
-            tp = L - 1 - t
-            tp1 = L - 2 - t
-        else:
-            tp = t
-            tp1 = t1
-        m2 = mask_d[:, None] & mask_t[None, :]
-        m21 = mask_d[:, None] & mask_t1[None, :]
-        mnt = mask_n[:, None] & mask_t[None, :]
-        u = tl.load(u_base + tp[None, :] * s_u_l, mask=m2, other=0.0).to(tl.float32)
-        raw = tl.load(dt_base + tp[None, :] * s_dt_l, mask=m2, other=0.0).to(tl.float32)
-        raw1 = tl.load(dt_base + tp1[None, :] * s_dt_l, mask=m21, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            raw = raw + bias[:, None]
-            raw1 = raw1 + bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(raw)
-            dt1 = _softplus(raw1)
-        else:
-            dt = raw
-            dt1 = raw1
-        dt = tl.where(m2, dt, 0.0)
-        dt1 = tl.where(m21, dt1, 0.0)
-        Bt = tl.load(B_base + tp[None, :] * s_B_l, mask=mnt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + tp[None, :] * s_C_l, mask=mnt, other=0.0).to(tl.float32)
-        # Recompute the states of this chunk from the one saved before it.
-        if c > 0:
-            h0 = tl.load(st_base + (c - 1) * (DIM * NSTATE), mask=mdn, other=0.0)
-        else:
-            h0 = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])
-        dtu = dt * u
-        bx = dtu[:, None, :] * Bt[None, :, :]
-        ca, cb = tl.associative_scan((a, bx), axis=2, combine_fn=_combine)
-        hs = cb + ca * h0[:, :, None]
-        g = tl.load(g_base + tp[None, :] * s_g_l, mask=m2, other=0.0).to(tl.float32)
-        if HAS_Z:
-            z = tl.load(z_base + tp[None, :] * s_z_l, mask=m2, other=0.0).to(tl.float32)
-            y = tl.sum(hs * Ct[None, :, :], axis=1)
-            if HAS_D:
-                y = y + u * Dv[:, None]
-            sz = tl.sigmoid(z)
-            dz = g * y * sz * (1.0 + z * (1.0 - sz))
-            tl.store(dz_base + tp[None, :] * s_dz_l, dz.to(dz_ptr.dtype.element_ty), mask=m2)
-            dy = g * z * sz
-        else:
-            dy = g
-        # Adjoint: gh_t = C_t dy_t + exp(Δ_{t+1} A) gh_{t+1}, solved backwards in the chunk.
-        a1 = tl.exp2(dt1[:, None, :] * A2[:, :, None])
-        bb = dy[:, None, :] * Ct[None, :, :]
-        pa, pb = tl.associative_scan((a1, bb), axis=2, combine_fn=_combine, reverse=True)
-        gh = pb + pa * gcarry[:, :, None]
-        gcarry = tl.sum(tl.where(first, gh, 0.0), axis=2)
-        ah = hs - bx  # exp(Δ_t A) h_{t-1}
-        gB = tl.sum(gh * Bt[None, :, :], axis=1)
-        du = gB * dt
-        if HAS_D:
-            du = du + dy * Dv[:, None]
-            dD_acc += tl.sum(tl.where(m2, dy * u, 0.0), axis=1)
-        ddt = tl.sum(gh * ah * A[:, :, None], axis=1) + gB * u
-        dA_acc += tl.sum(gh * ah * dt[:, None, :], axis=2)
-        if SOFTPLUS:
-            ddt = ddt * tl.sigmoid(raw)
-        tl.store(du_base + tp[None, :] * s_du_l, du.to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(ddt_base + tp[None, :] * s_ddt_l, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
-        dBp = tl.sum(gh * dtu[:, None, :], axis=0)
-        dCp = tl.sum(hs * dy[:, None, :], axis=0)
-        tl.store(dB_ptr + part + tp[None, :], dBp, mask=mnt)
-        tl.store(dC_ptr + part + tp[None, :], dCp, mask=mnt)
-    tl.store(dA_ptr + pid_b * DIM * NSTATE + offs_d[:, None] * NSTATE + offs_n[None, :],
-             dA_acc, mask=mdn)
-    if HAS_D:
-        tl.store(dD_ptr + pid_b * DIM + offs_d, dD_acc, mask=mask_d)
-
-
-@triton.jit(do_not_specialize=["L", "s_u_b", "s_dt_b", "s_B_b", "s_C_b", "s_z_b", "s_g_b",
-                               "s_du_b", "s_ddt_b", "s_dz_b"])
-def _scan_bwd_seq_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, g_ptr, st_ptr, hs_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr,
-    L, DIM, NSTATE, NBLK_D,
-    s_u_b, s_u_d, s_u_l,
-    s_dt_b, s_dt_d, s_dt_l,
-    s_B_b, s_B_n, s_B_l,
-    s_C_b, s_C_n, s_C_l,
-    s_z_b, s_z_d, s_z_l,
-    s_g_b, s_g_d, s_g_l,
-    s_du_b, s_du_d, s_du_l,
-    s_ddt_b, s_ddt_d, s_ddt_l,
-    s_dz_b, s_dz_d, s_dz_l,
-    N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
-):
-    """One token per step, as the seq forward, chunks of T tokens from last to first.
-
-    Per chunk: (1) recompute its states token by token from the saved one, writing the state
-    before each token to this program's scratch ``hs_ptr`` (T, BLOCK_D, N) fp32; (2) walk its
-    tokens backwards with the adjoint state in registers, reading the state before each token
-    back from the scratch (the state after it is the previous step's).
-    """
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < DIM
-    offs_n = tl.arange(0, N)
-    mask_n = offs_n < NSTATE
-    mdn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * NSTATE + offs_n[None, :], mask=mdn, other=0.0)
-    A = A.to(tl.float32)
-    A2 = A * 1.4426950408889634
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    # Scalar base pointers of this sample + int32 offsets within it: tensors of 64-bit pointers
-    # (one per channel and per tensor) would take many registers.
-    u_p = u_ptr + pid_b * s_u_b
-    dt_p = dt_ptr + pid_b * s_dt_b
-    z_p = z_ptr + pid_b * s_z_b
-    g_p = g_ptr + pid_b * s_g_b
-    du_p = du_ptr + pid_b * s_du_b
-    ddt_p = ddt_ptr + pid_b * s_ddt_b
-    dz_p = dz_ptr + pid_b * s_dz_b
-    B_p = B_ptr + pid_b * s_B_b
-    C_p = C_ptr + pid_b * s_C_b
-    o_u, o_dt, o_z, o_g = offs_d * s_u_d, offs_d * s_dt_d, offs_d * s_z_d, offs_d * s_g_d
-    o_du, o_ddt, o_dz = offs_d * s_du_d, offs_d * s_ddt_d, offs_d * s_dz_d
-    o_B, o_C = offs_n * s_B_n, offs_n * s_C_n
-    # dB, dC partials: (b, NBLK_D, n, L) fp32, contiguous
-    part = (pid_b * NBLK_D + pid_d) * NSTATE * L
-    o_part = offs_n * L
-    nchunks = tl.cdiv(L, T)
-    st_p = st_ptr + (pid_b * nchunks) * (DIM * NSTATE)
-    o_st = offs_d[:, None] * NSTATE + offs_n[None, :]
-    # scratch: (b, NBLK_D, T, BLOCK_D, N) fp32, one (T, BLOCK_D, N) slab per program, unmasked
-    hs_p = hs_ptr + (pid_b * NBLK_D + pid_d) * (T * BLOCK_D * N)
-    o_hs = tl.arange(0, BLOCK_D)[:, None] * N + offs_n[None, :]
-    gh = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    a_next = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # exp(Δ_{t+1} A) of the step after
-    dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for ci in range(0, nchunks):
-        c = nchunks - 1 - ci
-        s0 = c * T
-        nt = tl.minimum(L - s0, T)
-        # (1) states of the chunk from the one saved before it; slot j holds h_{j-1}
-        h = tl.load(st_p + ((c - 1) * (DIM * NSTATE) + o_st), mask=mdn & (c > 0), other=0.0)
-        for j in range(0, nt):
-            i = s0 + j
-            if REVERSE:
-                t = L - 1 - i
-            else:
-                t = i
-            u = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0).to(tl.float32)
-            dt = tl.load(dt_p + (o_dt + t * s_dt_l), mask=mask_d, other=0.0).to(tl.float32)
+            z_n = tl.load(z_ptr + o_z + t * s_z_l, mask=mask_d, other=0.0)
+        for i in range(0, L):
+            t = _token(i, L, K, REV0)
+            u = u_n.to(tl.float32)
+            dt = dt_n.to(tl.float32)
+            Bt = B_n.to(tl.float32)
+            Ct = C_n.to(tl.float32)
+            z = z_n.to(tl.float32)
+            # the next token's inputs are loaded while this one is computed
+            t2 = _token(tl.minimum(i + 1, L - 1), L, K, REV0)
+            u_n = tl.load(u_p + t2 * s_u_l, mask=mask_d, other=0.0)
+            dt_n = tl.load(dt_p + t2 * s_dt_l, mask=mask_d, other=0.0)
+            B_n = tl.load(B_p + t2 * s_B_l, mask=mask_n, other=0.0)
+            C_n = tl.load(C_p + t2 * s_C_l, mask=mask_n, other=0.0)
+            if HAS_Z:
+                z_n = tl.load(z_ptr + o_z + t2 * s_z_l, mask=mask_d, other=0.0)
             if HAS_BIAS:
                 dt = dt + bias
             if SOFTPLUS:
                 dt = _softplus(dt)
-            dt = tl.where(mask_d, dt, 0.0)
-            Bt = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0).to(tl.float32)
-            tl.store(hs_p + (j * (BLOCK_D * N) + o_hs), h)
+            if STATS:
+                dm = tl.where(mask_d, dt, 0.0)
+                tl.store(sp + t, tl.sum(dm, axis=0))
+                tl.store(sp + NDIR * L + t, tl.sum(dm * a_mean, axis=0))
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
-        tl.debug_barrier()  # the scratch is read back below, maybe by other threads
-        # (2) adjoint, token by token backwards; h is the state after the current token
-        for jj in range(0, nt):
-            j = nt - 1 - jj
-            i = s0 + j
-            if REVERSE:
-                t = L - 1 - i
-            else:
-                t = i
-            u = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0).to(tl.float32)
-            raw = tl.load(dt_p + (o_dt + t * s_dt_l), mask=mask_d, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                raw = raw + bias
-            if SOFTPLUS:
-                dt = _softplus(raw)
-            else:
-                dt = raw
-            dt = tl.where(mask_d, dt, 0.0)
-            Bt = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0).to(tl.float32)
-            Ct = tl.load(C_p + (o_C + t * s_C_l), mask=mask_n, other=0.0).to(tl.float32)
-            g = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0).to(tl.float32)
-            if HAS_Z:
-                z = tl.load(z_p + (o_z + t * s_z_l), mask=mask_d, other=0.0).to(tl.float32)
-                y = tl.sum(h * Ct[None, :], axis=1)
-                if HAS_D:
-                    y = y + u * Dv
-                sz = tl.sigmoid(z)
-                dz = g * y * sz * (1.0 + z * (1.0 - sz))
-                tl.store(dz_p + (o_dz + t * s_dz_l), dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
-                dy = g * z * sz
-            else:
-                dy = g
-            # gh_t = C_t dy_t + exp(Δ_{t+1} A) gh_{t+1}
-            gh = dy[:, None] * Ct[None, :] + a_next * gh
-            h_prev = tl.load(hs_p + (j * (BLOCK_D * N) + o_hs))
-            a = tl.exp2(dt[:, None] * A2)
-            ah = a * h_prev  # exp(Δ_t A) h_{t-1}
-            dtu = dt * u
-            gB = tl.sum(gh * Bt[None, :], axis=1)
-            du = gB * dt
+            y = tl.sum(h * Ct[None, :], axis=1)
             if HAS_D:
-                du = du + dy * Dv
-                dD_acc += dy * u
-            gha = gh * ah
-            ddt = tl.sum(gha * A, axis=1) + gB * u
-            dA_acc += gha * dt[:, None]
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(raw)
-            tl.store(du_p + (o_du + t * s_du_l), du.to(du_ptr.dtype.element_ty), mask=mask_d)
-            tl.store(ddt_p + (o_ddt + t * s_ddt_l), ddt.to(ddt_ptr.dtype.element_ty), mask=mask_d)
-            tl.store(dB_ptr + part + (o_part + t), tl.sum(gh * dtu[:, None], axis=0), mask=mask_n)
-            tl.store(dC_ptr + part + (o_part + t), tl.sum(h * dy[:, None], axis=0), mask=mask_n)
-            a_next = a
-            h = h_prev
-        tl.debug_barrier()  # the next chunk overwrites the scratch
-    tl.store(dA_ptr + pid_b * DIM * NSTATE + offs_d[:, None] * NSTATE + offs_n[None, :],
-             dA_acc, mask=mdn)
-    if HAS_D:
-        tl.store(dD_ptr + pid_b * DIM + offs_d, dD_acc, mask=mask_d)
+                y = y + u * Dv
+            if HAS_Z:
+                y = y * z * tl.sigmoid(z)
+            y = y * scale
+            if K == 1:
+                y = y + tl.load(out_ptr + o_o + t * s_o_l, mask=mask_d, other=0.0).to(tl.float32)
+            tl.store(out_ptr + o_o + t * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+            if SAVE_T > 0:
+                edge = ((i + 1) % SAVE_T == 0) & (i + 1 < L)
+                tl.store(st_p + (i // SAVE_T) * (DIM * NSTATE), h, mask=mdn & edge)
+        tl.debug_barrier()  # direction 1 reads back what direction 0 wrote
 
 
-def _like_layout(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """An empty (b, d, l) tensor, channels-last in memory when ``x`` is."""
-    b, d, length = x.shape
-    dtype = dtype or x.dtype
-    if x.stride(1) == 1 and length > 1:
-        return torch.empty(b, length, d, device=x.device, dtype=dtype).transpose(1, 2)
-    return torch.empty(b, d, length, device=x.device, dtype=dtype)
+@triton.jit
+def _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l, s_B_l, mask_d, mask_n):
+    """u, the raw Δ and B of token t, in their stored dtype."""
+    u = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
+    dt = tl.load(dt_p + (o_dt + t * s_dt_l), mask=mask_d, other=0.0)
+    Bt = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0)
+    return u, dt, Bt
 
 
-def _s(x: Tensor | None) -> tuple[int, int, int]:
-    return tuple(x.stride()) if x is not None else (0, 0, 0)  # type: ignore[return-value]
+@triton.jit
+def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Δ from the stored value: + bias, softplus, in fp32."""
+    dt = raw.to(tl.float32)
+    if HAS_BIAS:
+        dt = dt + bias
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    return dt
 
 
-def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, save, add=None,
-                  scale=1.0, stats=None):
-    b, d, length = u.shape
-    n = A.shape[1]
-    out = _like_layout(u)
-    seq = FWD_KERNEL == "seq"
-    # States are saved at the ends of the backward kernel's chunks.
-    t_save = BWD_T if (save or seq) else FWD_T
-    if not seq and save and FWD_T != BWD_T:
-        raise RuntimeError("the chunked forward must use the backward's chunk size to save states")
-    nchunks = triton.cdiv(length, t_save)
-    if save:
-        states = torch.empty(b, nchunks, d, n, device=u.device, dtype=torch.float32)
+@triton.jit(do_not_specialize=["L", "s_u_k", "s_u_b", "s_dt_k", "s_dt_b", "s_B_k", "s_B_b",
+                               "s_C_k", "s_C_b", "s_z_b", "s_g_b", "s_st_k", "s_st_b",
+                               "s_du_k", "s_du_b", "s_ddt_k", "s_ddt_b", "s_dz_b"])
+def _scan_bwd_kernel(
+    u_ptr, dt_ptr, A0, A1, B_ptr, C_ptr, D0, D1, z_ptr, bias0, bias1, g_ptr, st_ptr,
+    ck_ptr, hs_ptr, du_ptr, ddt_ptr, dz_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    L, DIM, NSTATE, NBLK, NB, CK_SLAB, scale,
+    s_u_k, s_u_b, s_u_d, s_u_l,
+    s_dt_k, s_dt_b, s_dt_d, s_dt_l,
+    s_B_k, s_B_b, s_B_n, s_B_l,
+    s_C_k, s_C_b, s_C_n, s_C_l,
+    s_z_b, s_z_d, s_z_l,
+    s_g_b, s_g_d, s_g_l,
+    s_st_k, s_st_b,
+    s_du_k, s_du_b, s_du_d, s_du_l,
+    s_ddt_k, s_ddt_b, s_ddt_d, s_ddt_l,
+    s_dz_b, s_dz_d, s_dz_l,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, NDIR: tl.constexpr,
+    REV0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, A_LOG: tl.constexpr, SAVE_T: tl.constexpr,
+):
+    """Gradients of ``out = scale * sum_k y_k`` for every input of every direction.
+
+    Per direction, the tokens split into segments (SAVE_T tokens, or all of them when the
+    forward saved nothing). For each segment, last first: (0) replay the forward from the
+    segment's first state, writing the state at the start of each chunk of T tokens to this
+    program's ``ck_ptr`` slab; then for each chunk, last first: (1) recompute its states token
+    by token into this program's ``hs_ptr`` slab (T, BLOCK_D, N), slot j holding the state
+    before token j; (2) walk its tokens backwards with the adjoint state in registers.
+    ``dbc_ptr`` receives per-program dB | dC partials (NDIR, NBLK, b, L, 2 * NSTATE).
+    """
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DIM
+    offs_n = tl.arange(0, N)
+    mask_n = offs_n < NSTATE
+    mdn = mask_d[:, None] & mask_n[None, :]
+    z_p = z_ptr + pid_b * s_z_b
+    g_p = g_ptr + pid_b * s_g_b
+    dz_p = dz_ptr + pid_b * s_dz_b
+    o_z, o_g, o_dz = offs_d * s_z_d, offs_d * s_g_d, offs_d * s_dz_d
+    o_u, o_dt, o_du, o_ddt = offs_d * s_u_d, offs_d * s_dt_d, offs_d * s_du_d, offs_d * s_ddt_d
+    o_B, o_C = offs_n * s_B_n, offs_n * s_C_n
+    o_st = offs_d[:, None] * NSTATE + offs_n[None, :]
+    o_tile = tl.arange(0, BLOCK_D)[:, None] * N + offs_n[None, :]
+    slab = (pid_b * NBLK + pid_d)
+    ck_p = ck_ptr + slab * CK_SLAB
+    hs_p = hs_ptr + slab * (T * BLOCK_D * N)
+    if SAVE_T > 0:
+        seg_len = SAVE_T
     else:
-        states = out  # never written
-    block_d = SEQ_BLOCK_D if seq else FWD_BLOCK_D
-    kernel = _scan_fwd_seq_kernel if seq else _scan_fwd_kernel
-    grid = (b, triton.cdiv(d, block_d))
-    extra = {}
-    if seq:
-        extra = {"UNROLL": SEQ_UNROLL, "STATS": stats is not None}
-        if stats is not None:
-            partial = torch.empty(b, grid[1], 2, length, device=u.device, dtype=torch.float32)
-    lead = (partial,) if seq and stats is not None else ((u,) if seq else ())
-    kernel[grid](
-        u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
-        delta_bias if delta_bias is not None else u, out, states,
-        add if add is not None else u, float(scale), *lead,
-        length, d, n,
-        *_s(u), *_s(delta), *_s(B), *_s(C), *_s(z), *_s(out), *_s(add),
-        N=triton.next_power_of_2(n), BLOCK_D=block_d, T=t_save, HAS_ADD=add is not None,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(softplus), REVERSE=bool(reverse), SAVE=bool(save),
-        num_warps=SEQ_WARPS if seq else FWD_WARPS, **extra,
+        seg_len = L
+    nseg = tl.cdiv(L, seg_len)
+    for K in tl.static_range(NDIR):
+        A, Dv, bias = _dir_params(A0, A1, D0, D1, bias0, bias1, K, offs_d, mask_d, offs_n, mdn,
+                                  NSTATE, HAS_D, HAS_BIAS, A_LOG)
+        A2 = A * LOG2E
+        # scalar bases + int32 offsets: tensors of 64-bit pointers would take many registers
+        u_p = u_ptr + K * s_u_k + pid_b * s_u_b
+        dt_p = dt_ptr + K * s_dt_k + pid_b * s_dt_b
+        B_p = B_ptr + K * s_B_k + pid_b * s_B_b
+        C_p = C_ptr + K * s_C_k + pid_b * s_C_b
+        du_p = du_ptr + K * s_du_k + pid_b * s_du_b
+        ddt_p = ddt_ptr + K * s_ddt_k + pid_b * s_ddt_b
+        st_p = st_ptr + K * s_st_k + pid_b * s_st_b
+        dbc_p = dbc_ptr + ((K * NBLK + pid_d) * NB + pid_b) * L * (2 * NSTATE)
+        gh = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+        a_next = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # exp(Δ A) of the step after
+        dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+        dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        db_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for si in range(0, nseg):
+            s = nseg - 1 - si
+            s0 = s * seg_len
+            s_n = tl.minimum(L - s0, seg_len)
+            nch = tl.cdiv(s_n, T)
+            # (0) replay the segment: the state at the start of each chunk into ck. Every loop
+            # below loads the inputs of its next step before computing the current one.
+            h = tl.load(st_p + ((s - 1) * (DIM * NSTATE) + o_st), mask=mdn & (s > 0), other=0.0)
+            nrep = (nch - 1) * T
+            u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B,
+                                        _token(s0, L, K, REV0), s_u_l, s_dt_l, s_B_l,
+                                        mask_d, mask_n)
+            for j in range(0, nrep):
+                if j % T == 0:
+                    tl.store(ck_p + (j // T) * (BLOCK_D * N) + o_tile, h)
+                u = u_n.to(tl.float32)
+                dt = _delta(dt_n, bias, HAS_BIAS, SOFTPLUS)
+                Bt = B_n.to(tl.float32)
+                u_n, dt_n, B_n = _load_step(
+                    u_p, dt_p, B_p, o_u, o_dt, o_B,
+                    _token(s0 + tl.minimum(j + 1, nrep - 1), L, K, REV0),
+                    s_u_l, s_dt_l, s_B_l, mask_d, mask_n)
+                h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+            tl.store(ck_p + (nch - 1) * (BLOCK_D * N) + o_tile, h)
+            tl.debug_barrier()
+            for cc in range(0, nch):
+                c = nch - 1 - cc
+                c0 = s0 + c * T
+                nt = tl.minimum(s0 + s_n - c0, T)
+                # (1) states of the chunk; slot j holds the state before token j
+                h = tl.load(ck_p + c * (BLOCK_D * N) + o_tile)
+                u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B,
+                                            _token(c0, L, K, REV0), s_u_l, s_dt_l, s_B_l,
+                                            mask_d, mask_n)
+                for j in range(0, nt):
+                    u = u_n.to(tl.float32)
+                    dt = _delta(dt_n, bias, HAS_BIAS, SOFTPLUS)
+                    Bt = B_n.to(tl.float32)
+                    u_n, dt_n, B_n = _load_step(
+                        u_p, dt_p, B_p, o_u, o_dt, o_B,
+                        _token(c0 + tl.minimum(j + 1, nt - 1), L, K, REV0),
+                        s_u_l, s_dt_l, s_B_l, mask_d, mask_n)
+                    tl.store(hs_p + j * (BLOCK_D * N) + o_tile, h)
+                    h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+                tl.debug_barrier()  # the slab is read back below, maybe by other threads
+                # (2) adjoint, token by token backwards; h is the state after the token
+                t = _token(c0 + nt - 1, L, K, REV0)
+                u_n, raw_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l,
+                                             s_B_l, mask_d, mask_n)
+                C_n = tl.load(C_p + (o_C + t * s_C_l), mask=mask_n, other=0.0)
+                g_n = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0)
+                z_n = g_n
+                if HAS_Z:
+                    z_n = tl.load(z_p + (o_z + t * s_z_l), mask=mask_d, other=0.0)
+                hp_n = tl.load(hs_p + (nt - 1) * (BLOCK_D * N) + o_tile)
+                for jj in range(0, nt):
+                    j = nt - 1 - jj
+                    t = _token(c0 + j, L, K, REV0)
+                    u = u_n.to(tl.float32)
+                    raw = raw_n.to(tl.float32)
+                    Bt = B_n.to(tl.float32)
+                    Ct = C_n.to(tl.float32)
+                    g = g_n.to(tl.float32) * scale
+                    z = z_n.to(tl.float32)
+                    h_prev = hp_n
+                    j2 = tl.maximum(j - 1, 0)
+                    t2 = _token(c0 + j2, L, K, REV0)
+                    u_n, raw_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t2, s_u_l,
+                                                 s_dt_l, s_B_l, mask_d, mask_n)
+                    C_n = tl.load(C_p + (o_C + t2 * s_C_l), mask=mask_n, other=0.0)
+                    g_n = tl.load(g_p + (o_g + t2 * s_g_l), mask=mask_d, other=0.0)
+                    if HAS_Z:
+                        z_n = tl.load(z_p + (o_z + t2 * s_z_l), mask=mask_d, other=0.0)
+                    hp_n = tl.load(hs_p + j2 * (BLOCK_D * N) + o_tile)
+                    if HAS_BIAS:
+                        raw = raw + bias
+                    if SOFTPLUS:
+                        dt = _softplus(raw)
+                    else:
+                        dt = raw
+                    dt = tl.where(mask_d, dt, 0.0)
+                    if HAS_Z:
+                        y = tl.sum(h * Ct[None, :], axis=1)
+                        if HAS_D:
+                            y = y + u * Dv
+                        sz = tl.sigmoid(z)
+                        dz = g * y * sz * (1.0 + z * (1.0 - sz))
+                        if K == 1:
+                            dz += tl.load(dz_p + (o_dz + t * s_dz_l), mask=mask_d,
+                                          other=0.0).to(tl.float32)
+                        tl.store(dz_p + (o_dz + t * s_dz_l), dz.to(dz_ptr.dtype.element_ty),
+                                 mask=mask_d)
+                        dy = g * z * sz
+                    else:
+                        dy = g
+                    # gh_t = C_t dy_t + exp(Δ_{t+1} A) gh_{t+1}
+                    gh = dy[:, None] * Ct[None, :] + a_next * gh
+                    a = tl.exp2(dt[:, None] * A2)
+                    gha = gh * (a * h_prev)  # a * h_prev = exp(Δ_t A) h_{t-1}
+                    gB = tl.sum(gh * Bt[None, :], axis=1)
+                    du = gB * dt
+                    if HAS_D:
+                        du = du + dy * Dv
+                        dD_acc += dy * u
+                    ddt = tl.sum(gha * A, axis=1) + gB * u
+                    dA_acc += gha * dt[:, None]
+                    if SOFTPLUS:
+                        ddt = ddt * tl.sigmoid(raw)
+                    ddt = tl.where(mask_d, ddt, 0.0)
+                    db_acc += ddt
+                    tl.store(du_p + (o_du + t * s_du_l), du.to(du_ptr.dtype.element_ty),
+                             mask=mask_d)
+                    tl.store(ddt_p + (o_ddt + t * s_ddt_l), ddt.to(ddt_ptr.dtype.element_ty),
+                             mask=mask_d)
+                    row = dbc_p + (t * (2 * NSTATE) + offs_n)
+                    tl.store(row, tl.sum(gh * (dt * u)[:, None], axis=0), mask=mask_n)
+                    tl.store(row + NSTATE, tl.sum(h * dy[:, None], axis=0), mask=mask_n)
+                    a_next = a
+                    h = h_prev
+                tl.debug_barrier()  # the next chunk overwrites the slab
+        if A_LOG:  # d A_log = dA * A
+            dA_acc = dA_acc * A
+        part = (K * NB + pid_b) * DIM
+        tl.store(dA_ptr + part * NSTATE + offs_d[:, None] * NSTATE + offs_n[None, :], dA_acc,
+                 mask=mdn)
+        tl.store(dD_ptr + part + offs_d, dD_acc, mask=mask_d)
+        tl.store(dbias_ptr + part + offs_d, db_acc, mask=mask_d)
+
+
+def _strides(x: Tensor | None, n: int) -> tuple[int, ...]:
+    return tuple(x.stride()) if x is not None else (0,) * n
+
+
+def _empty_like_layout(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """An empty tensor shaped as ``x`` (..., d, l), channels-last in memory when ``x`` is."""
+    if x.stride(-2) == 1 and x.shape[-1] > 1:
+        return torch.empty(*x.shape[:-2], x.shape[-1], x.shape[-2], device=x.device,
+                           dtype=dtype).transpose(-1, -2)
+    return torch.empty(x.shape, device=x.device, dtype=dtype)
+
+
+@dataclass
+class ScanParams:
+    """Per-direction parameters of a scan: pairs (forward-order, reverse-order direction).
+
+    ``A`` holds A, or A_log when ``a_log`` (then the kernels use ``A = -exp(A_log)`` and return
+    the gradient of A_log). ``D`` and ``bias`` may be None.
+    """
+
+    A: tuple[Tensor, Tensor]
+    D: tuple[Tensor, Tensor] | None
+    bias: tuple[Tensor, Tensor] | None
+    a_log: bool = False
+    softplus: bool = True
+
+
+def scan_fwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p: ScanParams,
+             out: Tensor, scale: float = 1.0, reverse: bool = False, save: bool = False,
+             stats: Tensor | None = None, cfg: KernelConfig | None = None) -> Tensor | None:
+    """Run the scan of every direction of ``u, delta: (k, b, d, l)``, ``B, C: (k, b, n, l)``.
+
+    Writes ``scale * sum_k y_k`` to ``out`` (b, d, l). ``k`` is 2 (forward order, then
+    reverse order) or 1 (reverse order if ``reverse``). Returns the saved states
+    (k, b, segments - 1, d, n) fp32 when ``save`` and ``cfg.save_every`` ask for them and the
+    sequence is longer than one segment, else None.
+    ``stats`` (b, 2, k, l) fp32 receives the per-token channel means of Δ and Δ·mean_n(A).
+    """
+    cfg = cfg or CONFIG
+    ndir, b, d, length = u.shape
+    n = p.A[0].shape[1]
+    save_t = cfg.save_every if save and length > cfg.save_every else 0
+    if save_t:  # the state after every segment but the last
+        states = torch.empty(ndir, b, triton.cdiv(length, save_t) - 1, d, n, device=u.device,
+                             dtype=torch.float32)
+    grid = (b, triton.cdiv(d, cfg.scan_block_d))
+    partial = None
+    if stats is not None:
+        partial = torch.empty(b, grid[1], 2, ndir, length, device=u.device, dtype=torch.float32)
+    D0, D1 = p.D if p.D is not None else (u, u)
+    b0, b1 = p.bias if p.bias is not None else (u, u)
+    st = states if save_t else out
+    _scan_fwd_kernel[grid](
+        u, delta, p.A[0], p.A[1], B, C, D0, D1, z if z is not None else u, b0, b1, out, st,
+        partial if partial is not None else out,
+        length, d, n, float(scale),
+        *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z, 3),
+        *out.stride(), st.stride(0), st.stride(1),
+        N=triton.next_power_of_2(n), BLOCK_D=cfg.scan_block_d, NDIR=ndir, REV0=bool(reverse),
+        HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
+        SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t, STATS=stats is not None,
+        num_warps=cfg.scan_warps,
     )
     if stats is not None:
-        if seq:
-            torch.sum(partial, 1, out=stats)
-            stats.div_(d)
-        else:  # the chunked forward has no fused statistics: the same numbers in PyTorch
-            stats.copy_(scan_token_stats(delta, A, delta_bias, softplus))
-    return out, (states if save else None)
+        torch.sum(partial, 1, out=stats)
+        stats.div_(d)
+    return states if save_t else None
+
+
+@dataclass
+class ScanGrads:
+    """What :func:`scan_bwd` returns; per-direction tensors have the direction axis first."""
+
+    du: Tensor  # (k, b, d, l), dtype of u
+    ddelta: Tensor  # (k, b, d, l), dtype of delta
+    dz: Tensor | None  # (b, d, l), dtype of z (the sum over the directions)
+    dBC: Tensor  # (k, b, l, 2n) fp32: dB | dC
+    dA: Tensor  # (k, d, n) fp32 (of A_log when the params hold A_log)
+    dD: Tensor  # (k, d) fp32
+    dbias: Tensor  # (k, d) fp32
+
+
+def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p: ScanParams,
+             gout: Tensor, states: Tensor | None, scale: float = 1.0, reverse: bool = False,
+             du: Tensor | None = None, dz: Tensor | None = None,
+             cfg: KernelConfig | None = None) -> ScanGrads:
+    """Gradients of :func:`scan_fwd` for ``gout`` (b, d, l); ``du``/``dz`` may be preallocated."""
+    cfg = cfg or CONFIG
+    ndir, b, d, length = u.shape
+    n = p.A[0].shape[1]
+    n2 = triton.next_power_of_2(n)
+    bd = cfg.scan_block_d
+    nblk = triton.cdiv(d, bd)
+    dev = u.device
+    save_t = cfg.save_every if states is not None else 0
+    du = du if du is not None else _empty_like_layout(u, u.dtype)
+    ddt = _empty_like_layout(delta, delta.dtype)
+    if z is not None and dz is None:
+        dz = _empty_like_layout(z, z.dtype)
+    dbc = torch.empty(ndir, nblk, b, length, 2 * n, device=dev, dtype=torch.float32)
+    dA = torch.empty(ndir, b, d, n, device=dev, dtype=torch.float32)
+    dD = torch.empty(ndir, b, d, device=dev, dtype=torch.float32)
+    dbias = torch.empty_like(dD)
+    ck = torch.empty(b, nblk, triton.cdiv(save_t or length, cfg.chunk), bd, n2, device=dev,
+                     dtype=torch.float32)
+    hs = torch.empty(b, nblk, cfg.chunk, bd, n2, device=dev, dtype=torch.float32)
+    D0, D1 = p.D if p.D is not None else (u, u)
+    b0, b1 = p.bias if p.bias is not None else (u, u)
+    st = states if states is not None else ck
+    _scan_bwd_kernel[(b, nblk)](
+        u, delta, p.A[0], p.A[1], B, C, D0, D1, z if z is not None else u, b0, b1, gout, st,
+        ck, hs, du, ddt, dz if dz is not None else du, dbc, dA, dD, dbias,
+        length, d, n, nblk, b, ck.stride(1), float(scale),
+        *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z, 3),
+        *gout.stride(), st.stride(0), st.stride(1), *du.stride(), *ddt.stride(),
+        *_strides(dz, 3),
+        N=n2, BLOCK_D=bd, T=cfg.chunk, NDIR=ndir, REV0=bool(reverse),
+        HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
+        SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t,
+        num_warps=cfg.scan_warps,
+    )
+    return ScanGrads(du=du, ddelta=ddt, dz=dz, dBC=dbc.sum(1), dA=dA.sum(1), dD=dD.sum(1),
+                     dbias=dbias.sum(1))
 
 
 class _SelectiveScan(torch.autograd.Function):
+    """One direction of :func:`selective_scan_triton` with autograd."""
+
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, save, add, scale,
-                stats):
-        out, states = _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, save,
-                                    add, scale, stats)
-        if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
-            ctx.flags = (softplus, reverse, add is not None, scale)
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, stats):
+        p = ScanParams((A, A), None if D is None else (D, D),
+                       None if delta_bias is None else (delta_bias, delta_bias),
+                       softplus=softplus)
+        out = _empty_like_layout(u, u.dtype)
+        st = None if stats is None else stats.new_empty(u.shape[0], 2, 1, u.shape[-1])
+        states = scan_fwd(u[None], delta[None], B[None], C[None], z, p, out, reverse=reverse,
+                          save=ctx.needs_input_grad[0] or any(ctx.needs_input_grad),
+                          stats=st)
+        if stats is not None:
+            stats.copy_(st[:, :, 0])
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
+        ctx.params = (softplus, reverse, states is not None)
         return out
 
     @staticmethod
     def backward(ctx, gout):
         u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
-        softplus, reverse, has_add, scale = ctx.flags
-        if scale != 1.0:
-            gout = gout * scale
-        dadd = gout if has_add else None
-        b, d, length = u.shape
+        softplus, reverse, saved = ctx.params
+        p = ScanParams((A, A), None if D is None else (D, D),
+                       None if delta_bias is None else (delta_bias, delta_bias),
+                       softplus=softplus)
+        gr = scan_bwd(u[None], delta[None], B[None], C[None], z, p, gout,
+                      states if saved else None, reverse=reverse)
         n = A.shape[1]
-        du = _like_layout(u)
-        ddt = _like_layout(delta, torch.float32)
-        dz = _like_layout(z) if z is not None else None
-        seq = BWD_KERNEL == "seq"
-        block_d = BWD_SEQ_BLOCK_D if seq else BWD_BLOCK_D
-        nblk = triton.cdiv(d, block_d)
-        dBp = torch.empty(b, nblk, n, length, device=u.device, dtype=torch.float32)
-        dCp = torch.empty_like(dBp)
-        dAp = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
-        dDp = torch.empty(b, d, device=u.device, dtype=torch.float32) if D is not None else dAp
-        n2 = triton.next_power_of_2(n)
-        if seq:  # per-program scratch for the states of one chunk
-            scratch = torch.empty(b, nblk, BWD_T, block_d, n2, device=u.device,
-                                  dtype=torch.float32)
-            kernel, lead = _scan_bwd_seq_kernel, (scratch,)
-        else:
-            kernel, lead = _scan_bwd_kernel, ()
-        kernel[(b, nblk)](
-            u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
-            delta_bias if delta_bias is not None else u, gout, states, *lead,
-            du, ddt, dz if dz is not None else du, dBp, dCp, dAp, dDp,
-            length, d, n, nblk,
-            *_s(u), *_s(delta), *_s(B), *_s(C), *_s(z), *_s(gout), *_s(du), *_s(ddt), *_s(dz),
-            N=n2, BLOCK_D=block_d, T=BWD_T,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(softplus), REVERSE=bool(reverse),
-            num_warps=BWD_SEQ_WARPS if seq else BWD_WARPS,
-        )
-        dB = dBp.sum(1).to(B.dtype)
-        dC = dCp.sum(1).to(C.dtype)
-        dA = dAp.sum(0).to(A.dtype)
-        dD = dDp.sum(0).to(D.dtype) if D is not None else None
-        dbias = ddt.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
-        return (du, ddt.to(delta.dtype), dA, dB, dC, dD, dz, dbias, None, None, None, dadd, None,
-                None)
+        dB = gr.dBC[0, :, :, :n].transpose(1, 2).to(B.dtype)
+        dC = gr.dBC[0, :, :, n:].transpose(1, 2).to(C.dtype)
+        return (gr.du[0], gr.ddelta[0], gr.dA[0].to(A.dtype), dB, dC,
+                None if D is None else gr.dD[0].to(D.dtype), gr.dz,
+                None if delta_bias is None else gr.dbias[0].to(delta_bias.dtype),
+                None, None, None)
 
 
 def selective_scan_triton(
@@ -627,146 +613,259 @@ def selective_scan_triton(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = True,
     reverse: bool = False,
-    out_add: Tensor | None = None,
-    out_scale: float = 1.0,
     stats_out: Tensor | None = None,
 ) -> Tensor:
-    """Selective scan (see :func:`vimstm.ops.scan_ref.selective_scan_ref`) in Triton.
+    """One direction of the selective scan (see :func:`~vimstm.ops.scan_ref.selective_scan_ref`).
 
-    With ``out_add`` (same shape), returns ``(scan + out_add) * out_scale`` computed in fp32 inside
-    the kernel: the mixer adds its two directions this way without another pass. With
-    ``stats_out`` (b, 2, l) fp32, also fills it with :func:`scan_token_stats` (the channel means
-    of Δ and Δ·mean_n(A) per token), computed in the same pass.
+    ``stats_out`` (b, 2, l) fp32, if given, receives
+    :func:`~vimstm.ops.scan_ref.scan_token_stats`, computed in the same pass.
     """
-    A = A.contiguous()
-    tensors = (u, delta, A, B, C, D, z, delta_bias, out_add)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if u.shape[-1] == 0:
         return torch.empty_like(u)
-    if out_add is not None and out_add.shape != u.shape:
-        raise ValueError(f"out_add has shape {tuple(out_add.shape)}, expected {tuple(u.shape)}")
-    return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
-                                save, out_add, out_scale, stats_out)
+    return _SelectiveScan.apply(u, delta, A.contiguous(), B, C, D, z, delta_bias,
+                                delta_softplus, reverse, stats_out)
 
 
 # -- depthwise causal conv1d + silu ---------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["L", "s_x_b", "s_o_b"])
+@triton.jit(do_not_specialize=["L", "s_x_b", "s_o_k", "s_o_b"])
 def _conv_fwd_kernel(
-    x_ptr, w_ptr, bias_ptr, out_ptr, L, DIM,
-    s_x_b, s_x_d, s_x_l, s_o_b, s_o_d, s_o_l,
-    W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    HAS_BIAS: tl.constexpr, REVERSE: tl.constexpr, SILU: tl.constexpr,
+    x_ptr, w0, w1, bias0, bias1, out_ptr, L, DIM,
+    s_x_b, s_x_d, s_x_l, s_o_k, s_o_b, s_o_d, s_o_l,
+    W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, NDIR: tl.constexpr,
+    REV0: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
+    """``out[k] = silu(conv_k(x))``: direction 0 causal (anti-causal with REV0), 1 anti-causal."""
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_l = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_d = offs_d < DIM
-    acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
     x_base = x_ptr + pid_b * s_x_b + offs_d[:, None] * s_x_d
-    for k in tl.static_range(W):
-        if REVERSE:
-            src = offs_l + (W - 1 - k)
-        else:
-            src = offs_l - (W - 1 - k)
-        m = mask_d[:, None] & ((src >= 0) & (src < L))[None, :]
-        xv = tl.load(x_base + src[None, :] * s_x_l, mask=m, other=0.0).to(tl.float32)
-        wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
-        acc += wk[:, None] * xv
-    if SILU:
-        acc = acc * tl.sigmoid(acc)
     m = mask_d[:, None] & (offs_l < L)[None, :]
-    tl.store(out_ptr + pid_b * s_o_b + offs_d[:, None] * s_o_d + offs_l[None, :] * s_o_l,
-             acc.to(out_ptr.dtype.element_ty), mask=m)
-
-
-@triton.jit(do_not_specialize=["L", "s_x_b", "s_g_b", "s_dx_b"])
-def _conv_bwd_kernel(
-    x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr, L, DIM,
-    s_x_b, s_x_d, s_x_l, s_g_b, s_g_d, s_g_l, s_dx_b, s_dx_d, s_dx_l,
-    W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    HAS_BIAS: tl.constexpr, REVERSE: tl.constexpr, SILU: tl.constexpr,
-):
-    """dx[s] = sum_k w[k] dpre[t_k(s)], with dpre recomputed at the W shifted positions."""
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_l = tl.program_id(2)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_s = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    mask_d = offs_d < DIM
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    x_base = x_ptr + pid_b * s_x_b + offs_d[:, None] * s_x_d
-    g_base = g_ptr + pid_b * s_g_b + offs_d[:, None] * s_g_d
-    dx = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-    g_own = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)  # dpre at this program's positions
-    for k in tl.static_range(W):
-        # output position t that reads input s through tap k
-        if REVERSE:
-            t = offs_s - (W - 1 - k)
-        else:
-            t = offs_s + (W - 1 - k)
-        mt = mask_d[:, None] & ((t >= 0) & (t < L))[None, :]
-        pre = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+    for K in tl.static_range(NDIR):
+        w_ptr = w0
+        b_ptr = bias0
+        if K == 1:
+            w_ptr = w1
+            b_ptr = bias1
+        acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
         if HAS_BIAS:
-            pre += bias[:, None]
+            acc += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
         for j in tl.static_range(W):
-            if REVERSE:
-                src = t + (W - 1 - j)
-            else:
-                src = t - (W - 1 - j)
-            m = mt & ((src >= 0) & (src < L))[None, :]
-            xv = tl.load(x_base + src[None, :] * s_x_l, mask=m, other=0.0).to(tl.float32)
+            src = _conv_src(offs_l, j, W, K, REV0)
+            ms = mask_d[:, None] & ((src >= 0) & (src < L))[None, :]
+            xv = tl.load(x_base + src[None, :] * s_x_l, mask=ms, other=0.0).to(tl.float32)
             wj = tl.load(w_ptr + offs_d * W + j, mask=mask_d, other=0.0).to(tl.float32)
-            pre += wj[:, None] * xv
-        gv = tl.load(g_base + t[None, :] * s_g_l, mask=mt, other=0.0).to(tl.float32)
-        if SILU:
-            sg = tl.sigmoid(pre)
-            gv = gv * sg * (1.0 + pre * (1.0 - sg))
-        gv = tl.where(mt, gv, 0.0)
-        if k == W - 1:  # tap W-1 reads position t = s itself: keep it for dw and db
-            g_own = gv
-        wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
-        dx += wk[:, None] * gv
-    # weight and bias gradients over the output positions this program owns
-    offs_t = offs_s
-    mt = mask_d[:, None] & (offs_t < L)[None, :]
-    gv = g_own
-    row = (pid_b * tl.num_programs(2) + pid_l) * DIM * W
-    for j in tl.static_range(W):
-        if REVERSE:
-            src = offs_t + (W - 1 - j)
+            acc += wj[:, None] * xv
+        acc = acc * tl.sigmoid(acc)
+        o = out_ptr + K * s_o_k + pid_b * s_o_b + offs_d[:, None] * s_o_d + offs_l[None, :] * s_o_l
+        tl.store(o, acc.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _dsilu_pre(x0, x1, x2, x3, w0, w1, w2, w3, bias, g, ok):
+    """g * silu'(pre) for pre = bias + sum_j w_j x_j (0 where not ok)."""
+    pre = bias + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3
+    sg = tl.sigmoid(pre)
+    return tl.where(ok, g * sg * (1.0 + pre * (1.0 - sg)), 0.0)
+
+
+@triton.jit(do_not_specialize=["L", "s_x_b", "s_g_k", "s_g_b", "s_dx_b"])
+def _conv_bwd_kernel(
+    x_ptr, w0, w1, bias0, bias1, g_ptr, dx_ptr, dw_ptr, L, DIM, SEG,
+    s_x_b, s_x_d, s_x_l, s_g_k, s_g_b, s_g_d, s_g_l, s_dx_b, s_dx_d, s_dx_l,
+    BLOCK_D: tl.constexpr, NDIR: tl.constexpr, HAS_F: tl.constexpr, HAS_B: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
+    """Width-4 conv backward of both directions: dx (summed), dw and d bias partials.
+
+    With ``p_f = dpre`` of the causal direction and ``p_b`` of the anti-causal one,
+    ``dx[s] = sum_j w_f[j] p_f[s+3-j] + sum_j w_b[j] p_b[s-3+j]``. The program walks tokens
+    ``t = s0-3 .. s1+2`` of its segment [s0, s1): at step t it computes ``p_f[t]`` and
+    ``p_b[t]`` from the window x[t-3 .. t+3] and completes ``dx[t-3]``. HAS_F / HAS_B say which
+    directions are present; with NDIR = 1 the only one uses ``w0``, ``bias0`` and ``g[0]``.
+    """
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    seg = tl.program_id(2)
+    mask_d = offs_d < DIM
+    s0 = seg * SEG
+    s1 = tl.minimum(s0 + SEG, L)
+    wb = w0
+    if NDIR == 2:
+        wb = w1
+    wf0 = tl.load(w0 + offs_d * 4, mask=mask_d, other=0.0).to(tl.float32)
+    wf1 = tl.load(w0 + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)
+    wf2 = tl.load(w0 + offs_d * 4 + 2, mask=mask_d, other=0.0).to(tl.float32)
+    wf3 = tl.load(w0 + offs_d * 4 + 3, mask=mask_d, other=0.0).to(tl.float32)
+    wb0 = tl.load(wb + offs_d * 4, mask=mask_d, other=0.0).to(tl.float32)
+    wb1 = tl.load(wb + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)
+    wb2 = tl.load(wb + offs_d * 4 + 2, mask=mask_d, other=0.0).to(tl.float32)
+    wb3 = tl.load(wb + offs_d * 4 + 3, mask=mask_d, other=0.0).to(tl.float32)
+    bf = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    bb = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bf = tl.load(bias0 + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        if NDIR == 2:
+            bb = tl.load(bias1 + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         else:
-            src = offs_t - (W - 1 - j)
-        m = mt & ((src >= 0) & (src < L))[None, :]
-        xv = tl.load(x_base + src[None, :] * s_x_l, mask=m, other=0.0).to(tl.float32)
-        tl.store(dw_ptr + row + offs_d * W + j, tl.sum(gv * xv, axis=1), mask=mask_d)
-    tl.store(db_ptr + (pid_b * tl.num_programs(2) + pid_l) * DIM + offs_d, tl.sum(gv, axis=1),
-             mask=mask_d)
-    m = mask_d[:, None] & (offs_s < L)[None, :]
-    dx_ptrs = dx_ptr + pid_b * s_dx_b + offs_d[:, None] * s_dx_d + offs_s[None, :] * s_dx_l
-    tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=m)
+            bb = bf
+    gf_p = g_ptr + pid_b * s_g_b + offs_d * s_g_d
+    gb_p = gf_p
+    if NDIR == 2:
+        gb_p = gf_p + s_g_k
+    x_p = x_ptr + pid_b * s_x_b + offs_d * s_x_d
+    zero = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    # x window x[t-3 .. t+3] at the first step t = s0 - 3
+    xm3 = tl.load(x_p + (s0 - 6) * s_x_l, mask=mask_d & (s0 - 6 >= 0), other=0.0).to(tl.float32)
+    xm2 = tl.load(x_p + (s0 - 5) * s_x_l, mask=mask_d & (s0 - 5 >= 0), other=0.0).to(tl.float32)
+    xm1 = tl.load(x_p + (s0 - 4) * s_x_l, mask=mask_d & (s0 - 4 >= 0), other=0.0).to(tl.float32)
+    x0 = tl.load(x_p + (s0 - 3) * s_x_l, mask=mask_d & (s0 - 3 >= 0), other=0.0).to(tl.float32)
+    xp1 = tl.load(x_p + (s0 - 2) * s_x_l, mask=mask_d & (s0 - 2 >= 0), other=0.0).to(tl.float32)
+    xp2 = tl.load(x_p + (s0 - 1) * s_x_l, mask=mask_d & (s0 - 1 >= 0), other=0.0).to(tl.float32)
+    # p_f[t-3 .. t-1] and p_b[t-6 .. t-1] of the steps before. Their first values are shifted
+    # out before any dx is stored; they are distinct on purpose: compiled (not interpreted),
+    # window registers that all started from one value lost their history (Triton 3.6).
+    pf1 = tl.full((BLOCK_D,), 1.0, tl.float32)
+    pf2 = tl.full((BLOCK_D,), 2.0, tl.float32)
+    pf3 = tl.full((BLOCK_D,), 3.0, tl.float32)
+    pb1 = tl.full((BLOCK_D,), 4.0, tl.float32)
+    pb2 = tl.full((BLOCK_D,), 5.0, tl.float32)
+    pb3 = tl.full((BLOCK_D,), 6.0, tl.float32)
+    pb4 = tl.full((BLOCK_D,), 7.0, tl.float32)
+    pb5 = tl.full((BLOCK_D,), 8.0, tl.float32)
+    pb6 = tl.full((BLOCK_D,), 9.0, tl.float32)
+    dwf0 = zero
+    dwf1 = zero
+    dwf2 = zero
+    dwf3 = zero
+    dwb0 = zero
+    dwb1 = zero
+    dwb2 = zero
+    dwb3 = zero
+    dbf = zero
+    dbb = zero
+    for t in range(s0 - 3, s1 + 3):
+        xp3 = tl.load(x_p + (t + 3) * s_x_l, mask=mask_d & (t + 3 < L), other=0.0)
+        xp3 = xp3.to(tl.float32)
+        ok = mask_d & (t >= 0) & (t < L)
+        own = ok & (t >= s0) & (t < s1)  # weight gradients: each token counted once
+        pf = zero
+        pb = zero
+        if HAS_F:
+            g = tl.load(gf_p + t * s_g_l, mask=ok, other=0.0).to(tl.float32)
+            pf = _dsilu_pre(xm3, xm2, xm1, x0, wf0, wf1, wf2, wf3, bf, g, ok)
+            pfo = tl.where(own, pf, 0.0)
+            dwf0 += pfo * xm3
+            dwf1 += pfo * xm2
+            dwf2 += pfo * xm1
+            dwf3 += pfo * x0
+            dbf += pfo
+        if HAS_B:  # pre_b[t] = b + w[3] x[t] + w[2] x[t+1] + w[1] x[t+2] + w[0] x[t+3]
+            g = tl.load(gb_p + t * s_g_l, mask=ok, other=0.0).to(tl.float32)
+            pb = _dsilu_pre(xp3, xp2, xp1, x0, wb0, wb1, wb2, wb3, bb, g, ok)
+            pbo = tl.where(own, pb, 0.0)
+            dwb0 += pbo * xp3
+            dwb1 += pbo * xp2
+            dwb2 += pbo * xp1
+            dwb3 += pbo * x0
+            dbb += pbo
+        s = t - 3
+        if s >= s0:
+            dx = zero
+            if HAS_F:
+                dx += wf3 * pf3 + wf2 * pf2 + wf1 * pf1 + wf0 * pf
+            if HAS_B:
+                dx += wb0 * pb6 + wb1 * pb5 + wb2 * pb4 + wb3 * pb3
+            tl.store(dx_ptr + pid_b * s_dx_b + offs_d * s_dx_d + s * s_dx_l,
+                     dx.to(dx_ptr.dtype.element_ty), mask=mask_d)
+        # slide the windows by one token
+        pf3 = pf2
+        pf2 = pf1
+        pf1 = pf
+        pb6 = pb5
+        pb5 = pb4
+        pb4 = pb3
+        pb3 = pb2
+        pb2 = pb1
+        pb1 = pb
+        xm3 = xm2
+        xm2 = xm1
+        xm1 = x0
+        x0 = xp1
+        xp1 = xp2
+        xp2 = xp3
+    part = (pid_b * tl.num_programs(2) + seg) * (2 * DIM * 4 + 2 * DIM)
+    dw_p = dw_ptr + part + offs_d * 4
+    tl.store(dw_p, dwf0, mask=mask_d)
+    tl.store(dw_p + 1, dwf1, mask=mask_d)
+    tl.store(dw_p + 2, dwf2, mask=mask_d)
+    tl.store(dw_p + 3, dwf3, mask=mask_d)
+    tl.store(dw_p + DIM * 4, dwb0, mask=mask_d)
+    tl.store(dw_p + DIM * 4 + 1, dwb1, mask=mask_d)
+    tl.store(dw_p + DIM * 4 + 2, dwb2, mask=mask_d)
+    tl.store(dw_p + DIM * 4 + 3, dwb3, mask=mask_d)
+    tl.store(dw_p - offs_d * 4 + 2 * DIM * 4 + offs_d, dbf, mask=mask_d)
+    tl.store(dw_p - offs_d * 4 + 2 * DIM * 4 + DIM + offs_d, dbb, mask=mask_d)
 
 
-CONV_BLOCK_D, CONV_BLOCK_L = 64, 32
+def conv_fwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | None,
+             out: Tensor, reverse: bool = False, cfg: KernelConfig | None = None) -> Tensor:
+    """``out[k] = silu(conv_k(x))`` for ``x: (b, d, l)``, ``out: (k, b, d, l)``, ``w[k]: (d, W)``.
+
+    Direction 0 is causal (anti-causal if ``reverse``), direction 1 anti-causal.
+    """
+    cfg = cfg or CONFIG
+    ndir, b, d, length = out.shape
+    grid = (b, triton.cdiv(d, cfg.conv_block_d), triton.cdiv(length, cfg.conv_block_l))
+    b0, b1 = bias if bias is not None else (w[0], w[0])
+    _conv_fwd_kernel[grid](
+        x, w[0], w[1], b0, b1, out, length, d, *x.stride(), *out.stride(),
+        W=w[0].shape[-1], BLOCK_D=cfg.conv_block_d, BLOCK_L=cfg.conv_block_l, NDIR=ndir,
+        REV0=bool(reverse), HAS_BIAS=bias is not None,
+    )
+    return out
 
 
-def _conv_grid(b: int, d: int, length: int) -> tuple[int, int, int]:
-    return (b, triton.cdiv(d, CONV_BLOCK_D), triton.cdiv(length, CONV_BLOCK_L))
+def conv_bwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | None,
+             g: Tensor, dx: Tensor, reverse: bool = False,
+             cfg: KernelConfig | None = None) -> tuple[Tensor, Tensor]:
+    """Gradients of :func:`conv_fwd` for ``g: (k, b, d, l)`` (width 4).
+
+    Writes ``dx`` (b, d, l), the sum over the directions, and returns ``(dw, dbias)`` fp32,
+    each ``(k, d, 4)`` / ``(k, d)``.
+    """
+    cfg = cfg or CONFIG
+    ndir, b, d, length = g.shape
+    if w[0].shape[-1] != 4:
+        raise ValueError("the Triton conv1d backward is written for width 4 (d_conv=4)")
+    seg = cfg.conv_bwd_segment
+    grid = (b, triton.cdiv(d, cfg.conv_bwd_block_d), triton.cdiv(length, seg))
+    part = torch.empty(b * grid[2], 2 * d * 5, device=g.device, dtype=torch.float32)
+    b0, b1 = bias if bias is not None else (w[0], w[0])
+    _conv_bwd_kernel[grid](
+        x, w[0], w[1], b0, b1, g, dx, part, length, d, seg,
+        *x.stride(), *g.stride(), *dx.stride(),
+        BLOCK_D=cfg.conv_bwd_block_d, NDIR=ndir, HAS_F=ndir == 2 or not reverse,
+        HAS_B=ndir == 2 or bool(reverse), HAS_BIAS=bias is not None,
+    )
+    tot = part.sum(0)
+    dw = tot[: 2 * d * 4].view(2, d, 4)
+    db = tot[2 * d * 4:].view(2, d)
+    if ndir == 1:  # the kernel files a lone direction as causal (0) or anti-causal (1)
+        k = 1 if reverse else 0
+        return dw[k:k + 1], db[k:k + 1]
+    return dw, db
 
 
 class _CausalConv1d(torch.autograd.Function):
+    """One direction of :func:`causal_conv1d_triton` with autograd."""
+
     @staticmethod
     def forward(ctx, x, w, bias, reverse):
-        b, d, length = x.shape
-        out = _like_layout(x)
-        _conv_fwd_kernel[_conv_grid(b, d, length)](
-            x, w, bias if bias is not None else w, out, length, d, *_s(x), *_s(out),
-            W=w.shape[1], BLOCK_D=CONV_BLOCK_D, BLOCK_L=CONV_BLOCK_L,
-            HAS_BIAS=bias is not None, REVERSE=bool(reverse), SILU=True,
-        )
+        out = _empty_like_layout(x, x.dtype)
+        conv_fwd(x, (w, w), None if bias is None else (bias, bias), out[None], reverse)
         ctx.save_for_backward(x, w, bias)
         ctx.reverse = reverse
         return out
@@ -774,30 +873,17 @@ class _CausalConv1d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, w, bias = ctx.saved_tensors
-        b, d, length = x.shape
-        grid = _conv_grid(b, d, length)
-        dx = _like_layout(x)
-        dwp = torch.empty(b, grid[2], d, w.shape[1], device=x.device, dtype=torch.float32)
-        dbp = torch.empty(b, grid[2], d, device=x.device, dtype=torch.float32)
-        _conv_bwd_kernel[grid](
-            x, w, bias if bias is not None else w, g, dx, dwp, dbp, length, d,
-            *_s(x), *_s(g), *_s(dx),
-            W=w.shape[1], BLOCK_D=CONV_BLOCK_D, BLOCK_L=CONV_BLOCK_L,
-            HAS_BIAS=bias is not None, REVERSE=bool(ctx.reverse), SILU=True,
-        )
-        dw = dwp.sum((0, 1)).to(w.dtype)
-        db = dbp.sum((0, 1)).to(bias.dtype) if bias is not None else None
-        return dx, dw, db, None
+        dx = _empty_like_layout(x, x.dtype)
+        dw, db = conv_bwd(x, (w, w), None if bias is None else (bias, bias), g[None], dx,
+                          ctx.reverse)
+        return dx, dw[0].to(w.dtype), None if bias is None else db[0].to(bias.dtype), None
 
 
 def causal_conv1d_triton(
     x: Tensor, weight: Tensor, bias: Tensor | None, reverse: bool = False
 ) -> Tensor:
     """Depthwise causal (anti-causal with ``reverse``) conv1d + silu, as ``causal_conv1d_ref``."""
-    w = weight.reshape(weight.shape[0], weight.shape[-1])
-    if not w.is_contiguous():
-        w = w.contiguous()
+    w = weight.reshape(weight.shape[0], weight.shape[-1]).contiguous()
     if x.shape[-1] == 0:
         return torch.empty_like(x)
-    out = _CausalConv1d.apply(x, w, bias, reverse)
-    return out
+    return _CausalConv1d.apply(x, w, bias, reverse)
