@@ -153,6 +153,8 @@ def _add_common_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
                    help="clip the gradient norm to this value (default: no clipping)")
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
                    help="autocast precision (auto: bf16 on CUDA, none on the CPU)")
+    g.add_argument("--compile", action="store_true",
+                   help="train through torch.compile (the first steps compile; BENCHMARKS.md)")
 
     g = p.add_argument_group("augmentation and regularisation")
     g.add_argument("--smoothing", type=float, default=d["smoothing"], help="label smoothing")
@@ -490,6 +492,8 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
     if dist.enabled and world > 1:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        train_model = torch.compile(train_model)
     ctx = TrainContext(state, train_model, teacher, train_loader, criterion, mixup, device,
                        amp, args, main)
 
