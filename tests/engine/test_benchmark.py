@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import vimstm
 from vimstm.cli import main
-from vimstm.engine.benchmark import measure_throughput
+from vimstm.engine.benchmark import measure_throughput, measure_training
 from vimstm.errors import ConfigError
 
 TINY = dict(depth=2, embed_dim=32, img_size=32, patch_size=8, stride=8, num_classes=10)
@@ -80,3 +81,29 @@ def test_relative_spread():
     assert relative_spread([1.0]) == 0.0
     assert relative_spread([1.0, 1.0, 1.0, 1.0]) == 0.0
     assert relative_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0 / 3.0)
+
+
+def test_measure_training_steps_the_optimizer():
+    """A training step: train mode, the weights move, images/s and the step time agree."""
+    model = vimstm.create_model("vim_tiny", scan_backend="reference", **TINY)
+    before = model.head.weight.detach().clone()
+    r = measure_training(model, batch_size=2, dtype="fp32", device="cpu", warmup=0, runs=2)
+    assert r["train"] and r["images_per_s"] > 0 and r["runs"] == 2
+    assert abs(r["images_per_s"] * r["ms_per_batch"] / 1e3 - 2) < 1e-6
+    assert model.training and not torch.equal(model.head.weight, before)
+
+
+def test_bench_train_cli(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    rc = main(["bench", "--train", "--model", "vim_tiny", "--device", "cpu", "--img-size", "32",
+               "--depth", "2", "--embed-dim", "32", "--batch-size", "2", "--dtype", "fp32",
+               "--warmup", "0", "--runs", "1", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["train"] and data["dense"]["train"] and data["dense"]["images_per_s"] > 0
+    assert "training step" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="cuda-graph"):
+        from vimstm.cli import build_parser
+        from vimstm.engine.benchmark import run
+
+        run(build_parser().parse_args(["bench", "--train", "--cuda-graph", "--device", "cpu"]))
