@@ -20,23 +20,21 @@
 # 2.34 GMACs per image for both scan directions (1.85 in the papers' one-direction convention).
 #
 # Budget and recipe (the reasoning; every value below can be overridden from the environment):
-# * Time: the project has ~25-30 min of one H100 in commands of <= 10 min, so training gets
-#   ~20-25 min. Training costs ~3x the forward, ~14 GFLOP per image, 0.7 PFLOP per epoch of 50k
-#   images. The bidirectional scans and the many small elementwise kernels keep vim_tiny far
-#   from the GEMM peak; with the Triton kernels in bf16 we expect 2,000-3,500 images/s on one
-#   H100, i.e. 15-25 s per epoch plus ~2 s of test evaluation. EPOCHS=50 therefore fits ~20 min
-#   at ~2,500 images/s. Measure the first epochs (log.jsonl: images_per_s, epoch_seconds) and set
-#   EPOCHS = budget / epoch time *before* the cosine schedule gets far (PROBE=1 measures it in
-#   about a minute): the schedule depends on EPOCHS, so change it only early (a resumed run
-#   follows the new length from its current step).
+# * Time: training costs ~3x the forward, ~14 GFLOP per image, 0.7 PFLOP per epoch of 50k
+#   images; the bidirectional scans keep vim_tiny far from the GEMM peak. Measured with this
+#   recipe (BENCHMARKS.md): ~1,600 images/s on one H100/H200 (31 s per epoch plus ~2 s of test
+#   evaluation), 5,900 on four H200s (8.3 s per epoch). Set EPOCHS = time budget / epoch time
+#   *before* the cosine schedule gets far (PROBE=1 measures the epoch time in about a minute):
+#   the schedule depends on EPOCHS, so change it only early (a resumed run follows the new
+#   length from its current step).
 # * Short schedule, so moderate regularisation: a 7 M-parameter model overfits CIFAR-10 without
 #   augmentation, but DeiT's full ImageNet recipe (mixup 0.8 + cutmix 1.0 + RandAugment m9 +
 #   erasing 0.25) is tuned for 300 epochs and underfits in ~50. We keep what helps in short runs
 #   (the timm "A3" lesson: weaker RandAugment, little mixup, cutmix kept): RandomCrop(32, pad 4,
 #   reflect) + flip + RandAugment m6 (2 ops, magnitude noise 0.5), cutmix 1.0 and mixup 0.1
 #   (one of them on every batch), label smoothing 0.1, drop path 0.1, no random erasing.
-# * Optimiser: AdamW, lr 1e-3 for a batch of 256 on one GPU (195 steps/epoch: enough steps in a short
-#   run, and 66k tokens per step keep the GPU busy), wd 0.05 (not on norms, biases, pos/cls
+# * Optimiser: AdamW, lr 1e-3 for a batch of 256 on one GPU (195 steps/epoch: enough steps in a
+#   short run, and 66k tokens per step keep the GPU busy), wd 0.05 (not on norms, biases, pos/cls
 #   tokens, A_log, D), cosine per step to 1e-5 after a 3-epoch linear warm-up, gradient
 #   clipping at 1.0 (guards the early bf16 steps of a from-scratch SSM).
 # * EMA of the weights (timm ModelEmaV3 with warm-up, cap 0.9998: ~0.998 by the end of a 10k-step
