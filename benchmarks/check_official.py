@@ -1,6 +1,7 @@
 """Compare vimstm's logits with the official hustvl/Vim code on the same random weights.
 
-Needs a checkout of https://github.com/hustvl/Vim (``--vim-repo``). The official model code is
+Needs a checkout of https://github.com/hustvl/Vim (``--vim-repo``) and ``einops``, which that
+code imports (``pip install einops``). The official model code is
 imported from there as it is; only its CUDA extensions (selective_scan_cuda, causal_conv1d_cuda)
 and the Triton RMSNorm are replaced by the reference functions that ship in that same checkout,
 so this runs on a CPU. With mamba_ssm and causal_conv1d installed on a GPU machine, pass
