@@ -3,7 +3,7 @@
 # numbers: one H100 80GB). Run from the repository root; every command it runs is printed first,
 # and each benchmark prints its device, dtype and batch size.
 #
-#   bash benchmarks/reproduce.sh                   # scan, speed, merge (no data needed)
+#   bash benchmarks/reproduce.sh                   # scan, speed, train, merge (no data needed)
 #   CIFAR10=/path/to/cifar10 bash benchmarks/reproduce.sh cifar-train cifar-tables cifar-finetune
 #   VIM_REPO=/path/to/hustvl/Vim bash benchmarks/reproduce.sh official
 #
@@ -12,6 +12,10 @@
 #                   backward, and over sizes                  -> $GPU_OUT/scan_*.json
 #   speed           `vimstm bench`, dense: vim_tiny/small/base in fp32 and fp16, bf16, CUDA graph,
 #                   the reference scan                        -> $GPU_OUT/bench_MODEL_DTYPE*.json
+#   train           the training step (`vimstm bench --train`, eager and compiled), its profile
+#                   by kernel group, and a 2-epoch CIFAR-10 probe with NGPU processes when
+#                   CIFAR10 is set                  -> $GPU_OUT/train_step_*.json,
+#                                                      $GPU_OUT/profile_train_vim_tiny.json
 #   merge           the merging speed target (STM at 60% of the GFLOPs, 3 models), then the
 #                   schedule sweeps of merge_overhead.py      -> $GPU_OUT/bench_MODEL_stm.json,
 #                                                                $GPU_OUT/merge_speed_*.json
@@ -69,6 +73,22 @@ part_speed() {
     --json "$GPU_OUT/bench_vim_tiny_fp16_graph.json"
   run $PY -m vimstm.cli bench --model vim_tiny --dtype fp32 --scan-backend reference \
     --batch-size 256 --warmup 1 --runs 3 --json "$GPU_OUT/bench_vim_tiny_fp32_reference.json"
+}
+
+part_train() {
+  for mb in vim_tiny:256 vim_small:128 vim_base:64 vim_tiny_cifar10:256; do
+    m=${mb%:*} b=${mb#*:}
+    run $PY -m vimstm.cli bench --train --model "$m" --batch-size "$b" --dtype bf16 \
+      --json "$GPU_OUT/train_step_$m.json"
+    run $PY -m vimstm.cli bench --train --model "$m" --batch-size "$b" --dtype bf16 --compile \
+      --json "$GPU_OUT/train_step_compiled_$m.json"
+  done
+  run $PY benchmarks/profile_train.py --model vim_tiny --batch-size 256 \
+    --json "$GPU_OUT/profile_train_vim_tiny.json"
+  if [ -n "${CIFAR10:-}" ]; then  # speed of the real loop, NGPU processes, 2 epochs
+    EPOCHS=2 WEIGHTS=$RUN/probe.safetensors run bash scripts/train_cifar10.sh "$CIFAR10" \
+      "$RUN-probe${NGPU:-1}"
+  fi
 }
 
 part_merge() {
@@ -153,10 +173,10 @@ part_official() {
 }
 
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(scan speed merge)
+[ ${#parts[@]} -gt 0 ] || parts=(scan speed train merge)
 for p in "${parts[@]}"; do
   case $p in
-    scan|speed|merge|cifar-train|cifar-tables|cifar-finetune|cifar-calibrate|official) ;;
+    scan|speed|train|merge|cifar-train|cifar-tables|cifar-finetune|cifar-calibrate|official) ;;
     *) echo "reproduce.sh: unknown part '$p' (see the header of $0)" >&2; exit 2 ;;
   esac
 done
