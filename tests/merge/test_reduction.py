@@ -134,3 +134,17 @@ def test_merge_before_block_0(small_model, method):
     c = info["cls_index_per_block"][-1]
     assert (info["source"][:, c, 32] == 1).all() and info["source"][:, c].sum() == 2
     assert out.shape == dense.shape and torch.isfinite(out).all()
+
+
+def test_every_command_takes_reduction_and_schedule():
+    from vimstm.cli import build_parser
+
+    parser = build_parser()
+    common = ["--reduction", "0.2", "--schedule", "even-blocks"]
+    for argv in (["eval", "--model", "m", "--data", "d", "--method", "stm", *common],
+                 ["bench", "--method", "stm", *common],
+                 ["finetune", "--model", "m", "--data", "d", "--output", "o", "--method", "stm",
+                  *common],
+                 ["sweep", "--model", "m", "--axis", "reduction", "--schedule", "s.json"]):
+        args = parser.parse_args(argv)
+        assert args.schedule in ("even-blocks", "s.json")
