@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from vimstm.errors import ConfigError, DataError
+from vimstm.models.checkpoint import atomic_write
 
 
 def group_map(source: Tensor, grid: tuple[int, int], cls_orig: int) -> np.ndarray:
@@ -127,9 +128,7 @@ def visualize(
     protected = {i for i in range(c - w, c + w + 1) if 0 <= i < t and i != c}
     owner = group_map(source, grid, cls_orig)
     fig = render(shown, owner, protected, cls_orig)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    out = atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vimstm.errors import ConfigError, DataError
+from vimstm.models.checkpoint import atomic_write
 
 
 @torch.inference_mode()
@@ -321,9 +322,7 @@ def run(args: argparse.Namespace) -> int:
                     args.max_steps or None, device)
     doc.update(checkpoint=args.checkpoint or "pretrained", data=str(args.data),
                vimstm_version=__version__)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(doc, indent=2) + "\n")
     steps = {i: r for i, r in enumerate(doc["schedule"]) if r}
     print("schedule: " + ", ".join(f"{r} after block {i}" for i, r in steps.items()))
     from vimstm.flops import describe

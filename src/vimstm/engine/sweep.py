@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -134,11 +135,12 @@ def write_outputs(rows: list[dict[str, Any]], out_dir: str | Path, meta: dict[st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "sweep.csv", "json": out / "sweep.json"}
-    with open(paths["csv"], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: _csv_value(row.get(k)) for k in FIELDS})
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: _csv_value(row.get(k)) for k in FIELDS})
+    atomic_write(paths["csv"], table.getvalue())
     atomic_write(paths["json"], json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
     paths.update(plot(rows, out))
     return paths
@@ -187,7 +189,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         written[name] = out_dir / name
-        fig.savefig(written[name], dpi=120)
+        atomic_write(written[name], lambda tmp, fig=fig: fig.savefig(tmp, dpi=120, format="png"))
         plt.close(fig)
     return written
 
