@@ -71,14 +71,7 @@ def measure_throughput(
         times), peak_mem_mb (None off CUDA), dtype, batch_size, device_name, runs,
         cuda_graph (whether a CUDA graph was replayed) and compile.
     """
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if batch_size < 1 or runs < 1 or warmup < 0:
-        raise ConfigError("batch_size and runs must be >= 1 and warmup >= 0")
-    dev = _device(device)
-    if img_size is None:
-        img_size = int(model.patch_embed.img_size[0])  # type: ignore[union-attr, index]
-    in_chans = int(model.patch_embed.proj.in_channels)  # type: ignore[union-attr]
+    dev, img_size, in_chans = _setup(model, batch_size, img_size, dtype, device, warmup, runs)
     model = model.to(dev).eval()
     run_model = torch.compile(model, fullgraph=True) if compile else model
     x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev)
@@ -118,30 +111,8 @@ def measure_throughput(
             run_once = graph.replay
         else:
             run_once = step  # type: ignore[assignment]
-        times = []
-        from tqdm import tqdm
-
-        for _ in tqdm(range(runs), desc=desc, unit="run", disable=desc is None, leave=False):
-            sync(dev)
-            t0 = time.perf_counter()
-            run_once()
-            sync(dev)
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    return {
-        "images_per_s": batch_size / med,
-        "ms_per_batch": med * 1e3,
-        "spread": relative_spread(times),
-        "peak_mem_mb": peak,
-        "dtype": dtype,
-        "batch_size": batch_size,
-        "device_name": name,
-        "runs": runs,
-        "cuda_graph": graph is not None,
-        "compile": compile,
-    }
+        times = _timed(run_once, runs, dev, desc, "run")
+    return _result(times, dev, dtype, batch_size, cuda_graph=graph is not None, compile=compile)
 
 
 def measure_training(
@@ -162,14 +133,7 @@ def measure_training(
     The peak memory covers the timed steps, optimizer state included. Returns the keys of
     :func:`measure_throughput` plus ``train: True``.
     """
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if batch_size < 1 or runs < 1 or warmup < 0:
-        raise ConfigError("batch_size and runs must be >= 1 and warmup >= 0")
-    dev = _device(device)
-    if img_size is None:
-        img_size = int(model.patch_embed.img_size[0])  # type: ignore[union-attr, index]
-    in_chans = int(model.patch_embed.proj.in_channels)  # type: ignore[union-attr]
+    dev, img_size, in_chans = _setup(model, batch_size, img_size, dtype, device, warmup, runs)
     num_classes = int(getattr(model, "num_classes", 1000)) or 1000
     model = model.to(dev).train()
     run_model = torch.compile(model, fullgraph=True) if compile else model
@@ -196,15 +160,41 @@ def measure_training(
     sync(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    times = []
+    times = _timed(step, runs, dev, desc, "step")
+    return _result(times, dev, dtype, batch_size, cuda_graph=False, compile=compile, train=True)
+
+
+def _setup(model: nn.Module, batch_size: int, img_size: int | None, dtype: str,
+           device: str | torch.device, warmup: int,
+           runs: int) -> tuple[torch.device, int, int]:
+    """Checked arguments: (device, input size, input channels)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if batch_size < 1 or runs < 1 or warmup < 0:
+        raise ConfigError("batch_size and runs must be >= 1 and warmup >= 0")
+    dev = _device(device)
+    if img_size is None:
+        img_size = int(model.patch_embed.img_size[0])  # type: ignore[union-attr, index]
+    return dev, img_size, int(model.patch_embed.proj.in_channels)  # type: ignore[union-attr]
+
+
+def _timed(fn: Any, runs: int, dev: torch.device, desc: str | None, unit: str) -> list[float]:
+    """Seconds of each of ``runs`` calls of ``fn``, the device synchronised around each."""
     from tqdm import tqdm
 
-    for _ in tqdm(range(runs), desc=desc, unit="step", disable=desc is None, leave=False):
+    times = []
+    for _ in tqdm(range(runs), desc=desc, unit=unit, disable=desc is None, leave=False):
         sync(dev)
         t0 = time.perf_counter()
-        step()
+        fn()
         sync(dev)
         times.append(time.perf_counter() - t0)
+    return times
+
+
+def _result(times: list[float], dev: torch.device, dtype: str, batch_size: int,
+            **flags: Any) -> dict[str, Any]:
+    """The result of a timing: median speed, spread, peak memory, what was measured."""
     med = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
@@ -216,10 +206,8 @@ def measure_training(
         "dtype": dtype,
         "batch_size": batch_size,
         "device_name": name,
-        "runs": runs,
-        "cuda_graph": False,
-        "compile": compile,
-        "train": True,
+        "runs": len(times),
+        **flags,
     }
 
 
