@@ -199,8 +199,7 @@ def test_ssm_stats_from_the_scan_equal_the_direct_computation():
     Δ·mean_n(A), computed here from the recorded per-channel Δ."""
     m = vimstm.create_model("vim_tiny", **TINY).eval()
     mixer = m.layers[1].mixer
-    mixer.record_ssm = True
-    mixer.record_delta_full = True
+    mixer.record = ("decay", "delta_full")
     with torch.no_grad():
         m(torch.randn(2, 3, 32, 32))
     ssm = mixer.last_ssm

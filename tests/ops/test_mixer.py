@@ -14,6 +14,7 @@ import torch
 
 pytest.importorskip("triton")
 import vimstm
+from vimstm.models.vim import SSM_PARTS
 from vimstm.ops.dispatch import bimamba
 from vimstm.ops.mixer import MixerParams
 
@@ -91,7 +92,7 @@ def test_whole_model_same_logits_gradients_and_ssm_stats():
     tri = copy.deepcopy(ref)
     tri.set_scan_backend("triton")
     for m in (ref, tri):
-        m.layers[1].mixer.record_ssm = True
+        m.layers[1].mixer.record = SSM_PARTS
     x = torch.randn(2, 3, 16, 16, device=DEV)
     out0, out1 = ref(x), tri(x)
     assert _rel(out1, out0) < 1e-5

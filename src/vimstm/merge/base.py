@@ -226,23 +226,19 @@ class Merger:
         self._saved_recording = []
         for i, layer in enumerate(model.layers):
             mixer = layer.mixer
-            self._saved_recording.append(
-                (mixer.record_ssm, mixer.record_delta_full, mixer.record_parts))
+            self._saved_recording.append(mixer.record)
             step_follows = i < len(self.schedule) and self.schedule[i] > 0
             if self.needs_ssm and step_follows:
-                mixer.record_ssm = True
-                mixer.record_delta_full = self.needs_delta_full
-                mixer.record_parts = tuple(self.ssm_parts)
+                mixer.record = tuple(self.ssm_parts) + (
+                    ("delta_full",) if self.needs_delta_full else ())
         model.merger = self
         model.merge_info = {}
 
     def detach(self, model: Any) -> None:
-        """Undo :meth:`attach`: the mixers' recording flags as they were, no merger."""
-        for layer, (rec, full, parts) in zip(model.layers, self._saved_recording):
-            layer.mixer.record_ssm = rec
-            layer.mixer.record_delta_full = full
-            layer.mixer.record_parts = parts
-            if not rec:
+        """Undo :meth:`attach`: the mixers' recording as it was, no merger."""
+        for layer, record in zip(model.layers, self._saved_recording):
+            layer.mixer.record = record
+            if record is None:
                 layer.mixer.last_ssm = None
         self._saved_recording = []
         model.merger = None

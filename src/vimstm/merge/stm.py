@@ -295,7 +295,7 @@ class STMMerger(AdjacentMerger):
             return adjacent_dissimilarity_of(torch.cat((ssm.B_fwd, ssm.B_bwd), -1))
         if ssm.delta_full is None:
             raise ConfigError(
-                "similarity='delta' needs the mixers' record_delta_full (set by patch)"
+                "similarity='delta' needs the mixers to record 'delta_full' (set by patch)"
             )
         return adjacent_dissimilarity_of(ssm.delta_full)
 

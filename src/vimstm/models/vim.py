@@ -106,8 +106,8 @@ class PatchEmbed(nn.Module):
 class SSMStats:
     """What a mixer records for merging: per-direction B (batch, length, state) and Δ·mean(A).
 
-    Only the parts in the mixer's ``record_parts`` are computed (``None``: all of them); the
-    others are ``None``. ``tok`` holds ``(delta_fwd, delta_bwd, log_decay_fwd, log_decay_bwd)``
+    Only the parts in the mixer's ``record`` are computed (see :data:`SSM_PARTS`); the others
+    are ``None``. ``tok`` holds ``(delta_fwd, delta_bwd, log_decay_fwd, log_decay_bwd)``
     stacked as (batch, 4, length) fp32; the per-direction fields are views of it.
     """
 
@@ -122,7 +122,9 @@ class SSMStats:
     tok: Tensor | None = None  # (batch, 4, length): delta_fwd, delta_bwd, log_decay_fwd/bwd
 
 
-SSM_PARTS = ("B", "decay", "importance")
+SSM_PARTS = ("B", "decay", "importance", "delta_full")
+"""What a mixer can record: B of both directions; the per-token Δ statistics (``decay``: mean
+Δ and Δ·mean(A), from the scan kernel); the output ``importance``; the per-channel Δ."""
 
 
 class Mamba(nn.Module):
@@ -147,10 +149,8 @@ class Mamba(nn.Module):
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.if_divide_out = if_divide_out
         self.scan_backend = scan_backend
-        self.record_ssm = False
-        self.record_delta_full = False  # also keep the per-channel Δ in last_ssm (merging option)
-        self.record_parts: tuple[str, ...] | None = None  # subset of SSM_PARTS; None: all
-        self.last_ssm: SSMStats | None = None
+        self.record: tuple[str, ...] | None = None  # parts of SSM_PARTS to keep; None: off
+        self.last_ssm: SSMStats | None = None  # what the last forward recorded
         di, r, n = self.d_inner, self.dt_rank, d_state
 
         self.in_proj = nn.Linear(d_model, di * 2, bias=False)
@@ -191,27 +191,25 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         xz = self.in_proj(hidden_states)  # (b, l, 2 * d_inner)
-        want_stats = self.record_ssm and (self.record_parts is None
-                                          or "decay" in self.record_parts
-                                          or self.record_delta_full)
+        want_stats = self.record is not None and "decay" in self.record
         scale = 0.5 if self.if_divide_out else 1.0
         y, x_dbl, stats = bimamba(xz, self.mixer_params(), scale, self.scan_backend,
                                   stats=want_stats)
-        if self.record_ssm:
+        if self.record is not None:
             self.last_ssm = self._stats(x_dbl, stats, y, scale)
         return self.out_proj(y)
 
     @torch.no_grad()
     def _stats(self, x_dbl: Tensor, stats: Tensor | None, y: Tensor, scale: float) -> SSMStats:
         """What merging reads, from the op's by-products: x_dbl (2, b, l, r + 2n), Δ stats."""
-        parts = SSM_PARTS if self.record_parts is None else self.record_parts
+        parts = self.record or ()
         r, n = self.dt_rank, self.d_state
         B_fwd = B_bwd = tok = imp = full = None
         if "B" in parts:
             B_fwd, B_bwd = x_dbl[0, ..., r:r + n].float(), x_dbl[1, ..., r:r + n].float()
         if stats is not None:  # (b, 2, 2, l) -> (b, 4, l): delta_fwd, delta_bwd,
             tok = stats.flatten(1, 2)  # log_decay_fwd, log_decay_bwd
-        if self.record_delta_full:  # per-channel Δ of both directions, (b, l, 2 * d_inner)
+        if "delta_full" in parts:  # per-channel Δ of both directions, (b, l, 2 * d_inner)
             full = torch.cat([
                 F.softplus(x_dbl[k, ..., :r] @ proj.weight.t().to(x_dbl.dtype)
                            + proj.bias.to(x_dbl.dtype)).float()
