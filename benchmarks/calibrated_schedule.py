@@ -54,6 +54,8 @@ def main() -> int:
     p.add_argument("--amp", default=None, help="bf16 or fp16 for evaluation (default fp32)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="write the rows and schedules here (JSON)")
+    p.add_argument("--sensitivity-from", default=None, metavar="JSON",
+                   help="reuse the sensitivity of an earlier run's --out instead of measuring")
     args = p.parse_args()
     targets = [float(v) for v in args.flops.split(",") if v.strip()]
     dev = torch.device(args.device)
@@ -66,14 +68,22 @@ def main() -> int:
     depth, m = len(model.layers), model.patch_embed.num_patches
 
     t0 = time.perf_counter()
-    calib = build_eval_loader(args.train, model, batch_size=args.batch_size,
-                              workers=args.workers, limit=args.calib_images)
-    batches = [b[0] for b in calib if b[0].numel()]
-    steps = merge_slots(depth, args.every)
-    print(f"calibration: {sum(x.shape[0] for x in batches)} training images, "
-          f"{len(steps)} candidate steps", flush=True)
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp == "bf16"):
-        sens, r_probe = sensitivity(model, batches, args.method, {}, steps, args.probe, dev)
+    if args.sensitivity_from:  # an earlier run's measurement, e.g. to evaluate more images
+        prev = json.loads(Path(args.sensitivity_from).read_text())
+        steps = [int(k) for k in prev["sensitivity"]]
+        sens, r_probe = list(prev["sensitivity"].values()), prev["probe_tokens"]
+        n_calib = prev.get("calibration_images", prev["args"]["calib_images"])
+        print(f"calibration: {n_calib} training images, from {args.sensitivity_from}")
+    else:
+        calib = build_eval_loader(args.train, model, batch_size=args.batch_size,
+                                  workers=args.workers, limit=args.calib_images)
+        batches = [b[0] for b in calib if b[0].numel()]
+        n_calib = sum(x.shape[0] for x in batches)
+        steps = merge_slots(depth, args.every)
+        print(f"calibration: {n_calib} training images, {len(steps)} candidate steps",
+              flush=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+            sens, r_probe = sensitivity(model, batches, args.method, {}, steps, args.probe, dev)
     calib_s = time.perf_counter() - t0
     schedules = {f: allocate(model, args.method, {}, steps, sens, flops=f,
                              max_steps=args.max_steps or None) for f in targets}
@@ -124,7 +134,7 @@ def main() -> int:
 
     dense = rows[0]
     print(f"\n{args.model}, {args.method}, test images: {dense['images']}, calibration "
-          f"{sum(x.shape[0] for x in batches)} train images ({calib_s:.0f} s), probe {r_probe} "
+          f"{n_calib} train images ({calib_s:.0f} s), probe {r_probe} "
           "tokens")
     head = (f"{'schedule':<11} {'target':>6} {'mean red.':>9} {'ratio':>6} {'last':>5} "
             f"{'GMACs lit':>9} {'GMACs full':>10} {'top-1':>7} {'Δ dense':>8} {'agree':>6} "
@@ -147,7 +157,8 @@ def main() -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"device": name, "args": vars(args), "rows": rows,
                                    "sensitivity": dict(zip(steps, sens)),
-                                   "probe_tokens": r_probe}, indent=2))
+                                   "probe_tokens": r_probe, "calibration_images": n_calib},
+                                  indent=2))
         print(f"wrote {out}")
     return 0
 
