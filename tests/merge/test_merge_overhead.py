@@ -77,7 +77,7 @@ def test_stats_compute_only_what_the_method_reads(small_model, images):
     with torch.no_grad():
         small_model(images)
     ssm = small_model.layers[0].mixer.last_ssm
-    assert ssm.importance is None and ssm.B_fwd is not None and ssm.tok.shape[1] == 4
+    assert ssm.importance is None and ssm.B_fwd is not None and ssm.token_stats.shape[1] == 4
     unpatch(small_model)
     assert all(layer.mixer.record is None for layer in small_model.layers)
     patch(small_model, method="prune-top", ratio=0.4)

@@ -206,8 +206,9 @@ def test_ssm_stats_from_the_scan_equal_the_direct_computation():
     d = mixer.d_inner
     full = ssm.delta_full  # (b, l, 2 d): forward then backward direction
     a_mean = -torch.exp(torch.stack((mixer.A_log, mixer.A_b_log))).mean(-1)  # (2, d)
+    ts = ssm.token_stats
     for k in range(2):
         dk = full[..., k * d:(k + 1) * d]
-        assert torch.allclose(ssm.tok[:, k], dk.mean(-1), atol=1e-6, rtol=1e-5)
-        assert torch.allclose(ssm.tok[:, 2 + k], (dk * a_mean[k]).mean(-1), atol=1e-6, rtol=1e-5)
-    assert (ssm.tok[:, 2:] <= 0).all() and (ssm.tok[:, :2] > 0).all()  # log-decays, mean Δ
+        assert torch.allclose(ts[:, k], dk.mean(-1), atol=1e-6, rtol=1e-5)
+        assert torch.allclose(ts[:, 2 + k], (dk * a_mean[k]).mean(-1), atol=1e-6, rtol=1e-5)
+    assert (ts[:, 2:] <= 0).all() and (ts[:, :2] > 0).all()  # log-decays, mean Δ

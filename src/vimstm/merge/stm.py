@@ -339,7 +339,7 @@ class STMMerger(AdjacentMerger):
         if self.fading_kind == "gamma":
             fade = layout.fade.view(1, 3, 2, n_a)
         else:  # the log-decays of both directions, (b, 2 * tokens), times the fade matrix
-            fade = (ssm.tok[:, 2:].flatten(1) @ layout.fade).view(b, 3, 2, n_a)
+            fade = (ssm.token_stats[:, 2:].flatten(1) @ layout.fade).view(b, 3, 2, n_a)
         cost = d * fade[:, 1:].exp()  # relative to the A token's own fade
         score = (cost.amin(1) + 1e-6).log() + fade[:, 0]  # absolute: log(dissimilarity x fade)
         return cost, score
@@ -347,7 +347,7 @@ class STMMerger(AdjacentMerger):
     def _edge_alpha(self, state, ssm):
         if self.options["weights"] == "size" or ssm is None:
             return super()._edge_alpha(state, ssm)
-        return dispatch.edge_alpha(ssm.B_fwd, ssm.B_bwd, ssm.tok, state.size, self.backend)
+        return dispatch.edge_alpha(ssm.B_fwd, ssm.B_bwd, ssm.token_stats, state.size, self.backend)
 
 
 class RandomMerger(AdjacentMerger):

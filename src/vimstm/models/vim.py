@@ -107,7 +107,7 @@ class SSMStats:
     """What a mixer records for merging: per-direction B (batch, length, state) and Δ·mean(A).
 
     Only the parts in the mixer's ``record`` are computed (see :data:`SSM_PARTS`); the others
-    are ``None``. ``tok`` holds ``(delta_fwd, delta_bwd, log_decay_fwd, log_decay_bwd)``
+    are ``None``. ``token_stats`` holds ``(delta_fwd, delta_bwd, log_decay_fwd, log_decay_bwd)``
     stacked as (batch, 4, length) fp32; the per-direction fields are views of it.
     """
 
@@ -119,7 +119,7 @@ class SSMStats:
     delta_bwd: Tensor | None
     importance: Tensor | None = None  # (batch, length): mean_d relu(y_fwd + y_bwd), as ToP-ViM
     delta_full: Tensor | None = None  # (batch, length, 2*d_inner) Δ of both directions, on request
-    tok: Tensor | None = None  # (batch, 4, length): delta_fwd, delta_bwd, log_decay_fwd/bwd
+    token_stats: Tensor | None = None  # (batch, 4, length): delta_fwd/bwd, log_decay_fwd/bwd
 
 
 SSM_PARTS = ("B", "decay", "importance", "delta_full")
@@ -204,11 +204,11 @@ class Mamba(nn.Module):
         """What merging reads, from the op's by-products: x_dbl (2, b, l, r + 2n), Δ stats."""
         parts = self.record or ()
         r, n = self.dt_rank, self.d_state
-        B_fwd = B_bwd = tok = imp = full = None
+        B_fwd = B_bwd = ts = imp = full = None
         if "B" in parts:
             B_fwd, B_bwd = x_dbl[0, ..., r:r + n].float(), x_dbl[1, ..., r:r + n].float()
         if stats is not None:  # (b, 2, 2, l) -> (b, 4, l): delta_fwd, delta_bwd,
-            tok = stats.flatten(1, 2)  # log_decay_fwd, log_decay_bwd
+            ts = stats.flatten(1, 2)  # log_decay_fwd, log_decay_bwd
         if "delta_full" in parts:  # per-channel Δ of both directions, (b, l, 2 * d_inner)
             full = torch.cat([
                 F.softplus(x_dbl[k, ..., :r] @ proj.weight.t().to(x_dbl.dtype)
@@ -216,9 +216,9 @@ class Mamba(nn.Module):
                 for k, proj in ((0, self.dt_proj), (1, self.dt_proj_b))], -1)
         if "importance" in parts:  # mean_d relu(y_fwd + y_bwd)
             imp = torch.mean(y.clamp_min(0), -1, dtype=torch.float32) / scale
-        if tok is None:
+        if ts is None:
             return SSMStats(B_fwd, B_bwd, None, None, None, None, imp, full)
-        return SSMStats(B_fwd, B_bwd, tok[:, 2], tok[:, 3], tok[:, 0], tok[:, 1], imp, full, tok)
+        return SSMStats(B_fwd, B_bwd, ts[:, 2], ts[:, 3], ts[:, 0], ts[:, 1], imp, full, ts)
 
 
 class Block(nn.Module):

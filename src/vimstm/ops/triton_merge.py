@@ -111,10 +111,11 @@ def _edge_alpha_kernel(
     tl.store(out_ptr + pid_b * (T - 1) + e, w0 / (w0 + w1), mask=me)
 
 
-def edge_alpha_triton(B_fwd: Tensor, B_bwd: Tensor, tok: Tensor, size: Tensor) -> Tensor:
+def edge_alpha_triton(B_fwd: Tensor, B_bwd: Tensor, token_stats: Tensor,
+                      size: Tensor) -> Tensor:
     """STM's least-squares weight of the left token of every adjacent pair: (batch, tokens - 1).
 
-    ``B_*`` (b, t, n), ``tok`` (b, 4, t) = (Δ fwd, Δ bwd, log-decay fwd, log-decay bwd),
+    ``B_*`` (b, t, n), ``token_stats`` (b, 4, t) = (Δ fwd, Δ bwd, log-decay fwd, log-decay bwd),
     ``size`` (b, t); the PyTorch definition is :func:`vimstm.ops.merge_ref.edge_alpha_ref`.
     """
     b, t, n = B_fwd.shape
@@ -123,8 +124,9 @@ def edge_alpha_triton(B_fwd: Tensor, B_bwd: Tensor, tok: Tensor, size: Tensor) -
         return out
     block_e = 64
     _edge_alpha_kernel[(b, triton.cdiv(t - 1, block_e))](
-        B_fwd, B_bwd, tok, size, out, t, n, *B_fwd.stride(), *B_bwd.stride(), *tok.stride(),
-        *size.stride(), N=triton.next_power_of_2(n), BLOCK_E=block_e, num_warps=4,
+        B_fwd, B_bwd, token_stats, size, out, t, n, *B_fwd.stride(), *B_bwd.stride(),
+        *token_stats.stride(), *size.stride(), N=triton.next_power_of_2(n), BLOCK_E=block_e,
+        num_warps=4,
     )
     return out
 
