@@ -17,13 +17,23 @@ merged with a size-weighted average (several A tokens may join one B token).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
 from vimstm.errors import ConfigError
 from vimstm.merge.base import GroupPlan, Merger, block_input, group_normalize
+
+
+class BipartiteLayout(NamedTuple):
+    """Index tensors of one step's shape (tokens, class index, r)."""
+
+    pos_a: Tensor  # (n_a,): sequence index of each A (even) patch token
+    pos_b: Tensor  # (n_b,): sequence index of each B (odd) patch token
+    rank_b: Tensor  # (1, n_b): B tokens' new patch ranks in ToMe's order (after kept A tokens)
+    n_patches: int  # patch tokens (the class token left out)
+    cls: Tensor  # (1, 1): the class token's new index
 
 
 class BipartiteMerger(Merger):
@@ -48,26 +58,24 @@ class BipartiteMerger(Merger):
         feat = dim if self.options["similarity"] == "x" else 2 * d_state
         return tokens * feat + (tokens / 2) ** 2 * feat + 2.0 * tokens * dim
 
-    def _ranks(self, keep_a: Tensor, layout: dict[str, Tensor]) -> Tensor:
+    def _ranks(self, keep_a: Tensor, layout: BipartiteLayout) -> Tensor:
         """New patch ranks of the A tokens (the kept ones; merged ones are overwritten)."""
         return keep_a.long().cumsum(1) - 1
 
-    def _rank_b(self, keep_a: Tensor, layout: dict[str, Tensor]) -> Tensor:
+    def _rank_b(self, keep_a: Tensor, layout: BipartiteLayout) -> Tensor:
         """New patch ranks of the B tokens: after the n_a - r unmerged A tokens."""
-        return layout["rank_b"].expand(keep_a.shape[0], -1)
+        return layout.rank_b.expand(keep_a.shape[0], -1)
 
-    def _layout(self, t: int, c: int, r: int, dev: torch.device) -> dict[str, Any]:
-        def build() -> dict[str, Any]:
+    def _layout(self, t: int, c: int, r: int, dev: torch.device) -> BipartiteLayout:
+        def build() -> BipartiteLayout:
             patch_pos = torch.cat((torch.arange(c), torch.arange(c + 1, t)))
             n_a, n_b = (t - 1 + 1) // 2, (t - 1) // 2
-            out = {
-                "patch_pos": patch_pos,
-                "pos_a": patch_pos[::2].clone(), "pos_b": patch_pos[1::2].clone(),
-                "rank_b": (n_a - r + torch.arange(n_b)).unsqueeze(0),
-                "odd": torch.arange(n_a + n_b) % 2 == 1,
-                "cls": torch.full((1, 1), self.next_cls(t, c, r)),
-            }
-            return {k: v.to(dev) for k, v in out.items()}
+            return BipartiteLayout(
+                pos_a=patch_pos[::2].to(dev), pos_b=patch_pos[1::2].to(dev),
+                rank_b=(n_a - r + torch.arange(n_b)).unsqueeze(0).to(dev),
+                n_patches=n_a + n_b,
+                cls=torch.full((1, 1), self.next_cls(t, c, r)).to(dev),
+            )
 
         return self.cached(("layout", t, c, r, str(dev)), build)
 
@@ -80,7 +88,7 @@ class BipartiteMerger(Merger):
         else:
             f = torch.cat((ssm.B_fwd, ssm.B_bwd), -1)
         # A (even patches) and B (odd patches), class token left out; cosine similarity
-        fa, fb = f.index_select(1, layout["pos_a"]), f.index_select(1, layout["pos_b"])
+        fa, fb = f.index_select(1, layout.pos_a), f.index_select(1, layout.pos_b)
         fa = fa / torch.linalg.vector_norm(fa, dim=-1, keepdim=True).clamp_min_(1e-6)
         fb = fb / torch.linalg.vector_norm(fb, dim=-1, keepdim=True).clamp_min_(1e-6)
         node_max, node_idx = (fa @ fb.transpose(1, 2)).max(dim=-1)
@@ -95,7 +103,7 @@ class BipartiteMerger(Merger):
         if rank_a.shape[1] > rank_b.shape[1]:
             patch_rank = torch.cat((patch_rank, rank_a[:, -1:]), 1)
         patch_dest = patch_rank + (patch_rank >= new_c).long()
-        dest = torch.cat((patch_dest[:, :c], layout["cls"].expand(b, 1), patch_dest[:, c:]), 1)
+        dest = torch.cat((patch_dest[:, :c], layout.cls.expand(b, 1), patch_dest[:, c:]), 1)
         wn = group_normalize(dest, state.size, t - r)
         return GroupPlan(dest, wn, t - r, False, new_c)
 
@@ -106,13 +114,13 @@ class RMeeToMerger(BipartiteMerger):
     def next_cls(self, tokens: int, cls_index: int, r: int) -> int:
         return cls_index * (tokens - r) // tokens
 
-    def _ranks(self, keep_a: Tensor, layout: dict[str, Tensor]) -> Tensor:
+    def _ranks(self, keep_a: Tensor, layout: BipartiteLayout) -> Tensor:
         """Original order: a patch's rank counts the kept patches before it."""
-        keep = torch.ones(keep_a.shape[0], layout["odd"].shape[0], dtype=torch.long,
+        keep = torch.ones(keep_a.shape[0], layout.n_patches, dtype=torch.long,
                           device=keep_a.device)
         keep[:, ::2] = keep_a
         self._rank = keep.cumsum(1) - 1
         return self._rank[:, ::2]
 
-    def _rank_b(self, keep_a: Tensor, layout: dict[str, Tensor]) -> Tensor:
+    def _rank_b(self, keep_a: Tensor, layout: BipartiteLayout) -> Tensor:
         return self._rank[:, 1::2]
