@@ -123,19 +123,24 @@ def _params(conv_w_f, conv_b_f, conv_w_b, conv_b_b, A_log_f, A_log_b, D_f, D_b, 
         (A_log_f, A_log_b), (D_f, D_b), (dt_b_f, dt_b_b), a_log=True, softplus=True)
 
 
-def _recompute(xz, w, cb, x_proj_w, dt_proj_w, x_dbl, dt_rank: int, want_dbl: bool):
-    """conv + silu (2, b, d, l) and, from x_dbl, delta (2, b, d, l); x_dbl itself if asked."""
+def _stacked(pair: tuple[Tensor, Tensor], dtype: torch.dtype) -> Tensor:
+    """The two directions' weights of one projection as (2, out, in) in the compute dtype."""
+    return torch.stack(pair).to(dtype)
+
+
+def _conv_and_delta(xz: Tensor, w, cb, dtw: Tensor, x_dbl: Tensor | None, xw: Tensor | None,
+                    dt_rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    """conv + silu (2, b, l, d), x_dbl (2, b*l, r+2n; from ``xw`` when not given) and delta
+    (2, b, d, l); ``xw``/``dtw`` are :func:`_stacked` weights."""
     from vimstm.ops.triton_scan import conv_fwd
 
     b, length, d2 = xz.shape
     d = d2 // 2
-    dt = xz.dtype
-    xc = torch.empty(2, b, length, d, device=xz.device, dtype=dt)
+    xc = torch.empty(2, b, length, d, device=xz.device, dtype=xz.dtype)
     conv_fwd(xz[..., :d].transpose(1, 2), w, cb, xc.transpose(2, 3))
-    xcm = xc.view(2, b * length, d)
-    if want_dbl:
-        x_dbl = torch.bmm(xcm, torch.stack(x_proj_w).to(dt).transpose(1, 2))
-    delta = torch.bmm(x_dbl[..., :dt_rank], torch.stack(dt_proj_w).to(dt).transpose(1, 2))
+    if x_dbl is None:
+        x_dbl = torch.bmm(xc.view(2, b * length, d), xw.transpose(1, 2))
+    delta = torch.bmm(x_dbl[..., :dt_rank], dtw.transpose(1, 2))
     return xc, x_dbl, delta.view(2, b, length, d).transpose(2, 3)
 
 
@@ -153,8 +158,9 @@ def _bimamba_op(
     w, cb, p = _params(conv_w_f, conv_b_f, conv_w_b, conv_b_b, A_log_f, A_log_b, D_f, D_b,
                        dt_proj_b_f, dt_proj_b_b)
     n = A_log_f.shape[1]
-    xc, x_dbl, delta = _recompute(xz, w, cb, (x_proj_w_f, x_proj_w_b),
-                                  (dt_proj_w_f, dt_proj_w_b), None, dt_rank, True)
+    xc, x_dbl, delta = _conv_and_delta(
+        xz, w, cb, _stacked((dt_proj_w_f, dt_proj_w_b), xz.dtype), None,
+        _stacked((x_proj_w_f, x_proj_w_b), xz.dtype), dt_rank)
     _, z, B, C = _views(xz, x_dbl, dt_rank, n)
     y = torch.empty(b, length, d2 // 2, device=xz.device, dtype=xz.dtype)
     st = torch.empty((b, 2, 2, length) if stats else (0,), device=xz.device,
@@ -196,10 +202,9 @@ def _bimamba_backward_op(
     d, n, dt = d2 // 2, A_log_f.shape[1], xz.dtype
     w, cb, p = _params(conv_w_f, conv_b_f, conv_w_b, conv_b_b, A_log_f, A_log_b, D_f, D_b,
                        dt_proj_b_f, dt_proj_b_b)
-    xw = torch.stack((x_proj_w_f, x_proj_w_b)).to(dt)  # (2, r + 2n, d)
-    dtw = torch.stack((dt_proj_w_f, dt_proj_w_b)).to(dt)  # (2, d, r)
-    xc, _, delta = _recompute(xz, w, cb, None, (dt_proj_w_f, dt_proj_w_b), x_dbl, dt_rank,
-                              False)
+    xw = _stacked((x_proj_w_f, x_proj_w_b), dt)  # (2, r + 2n, d)
+    dtw = _stacked((dt_proj_w_f, dt_proj_w_b), dt)  # (2, d, r)
+    xc, _, delta = _conv_and_delta(xz, w, cb, dtw, x_dbl, None, dt_rank)
     x, z, B, C = _views(xz, x_dbl, dt_rank, n)
     dxz = torch.empty_like(xz, memory_format=torch.contiguous_format)
     du = torch.empty(2, b, length, d, device=xz.device, dtype=dt)
