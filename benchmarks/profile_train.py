@@ -24,7 +24,9 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from vimstm.engine.benchmark import training_step
 from vimstm.models.registry import create_model
+from vimstm.runtime import DTYPES
 
 GROUPS = (  # first match wins
     ("scan backward", r"scan.*bwd|_mixer_bwd|scan_bwd"),
@@ -79,22 +81,10 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("profile_train.py needs a CUDA device", file=sys.stderr)
         return 2
-    amp = torch.bfloat16 if a.dtype == "bf16" else torch.float16
-    m = create_model(a.model).cuda().train()
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True)
-    img = int(m.patch_embed.img_size[0])
-    x = torch.randn(a.batch_size, 3, img, img, device="cuda")
-    y = torch.randint(0, m.num_classes, (a.batch_size,), device="cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=amp):
-            loss = nn.functional.cross_entropy(m(x), y)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-
+    amp = DTYPES[a.dtype]
+    m = create_model(a.model)
+    step, x, y = training_step(m, a.batch_size, int(m.patch_embed.img_size[0]), a.dtype,
+                               torch.device("cuda"))
     for _ in range(3):
         step()
     torch.cuda.synchronize()

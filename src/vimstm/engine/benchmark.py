@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from vimstm.errors import ConfigError
 from vimstm.runtime import DTYPES, sync
@@ -133,26 +133,8 @@ def measure_training(
     The peak memory covers the timed steps, optimizer state included. Returns the keys of
     :func:`measure_throughput` plus ``train: True``.
     """
-    dev, img_size, in_chans = _setup(model, batch_size, img_size, dtype, device, warmup, runs)
-    num_classes = int(getattr(model, "num_classes", 1000)) or 1000
-    model = model.to(dev).train()
-    run_model = torch.compile(model, fullgraph=True) if compile else model
-    gen = torch.Generator(device=dev).manual_seed(0)
-    x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev, generator=gen)
-    y = torch.randint(0, num_classes, (batch_size,), device=dev, generator=gen)
-    amp_dtype = DTYPES[dtype]
-    use_amp = amp_dtype != torch.float32
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=dev.type == "cuda")
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
-
-    def step() -> None:
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-            loss = nn.functional.cross_entropy(run_model(x), y)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-
+    dev, img_size, _ = _setup(model, batch_size, img_size, dtype, device, warmup, runs)
+    step, _, _ = training_step(model, batch_size, img_size, dtype, dev, compile)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     for _ in range(max(warmup, 2 if compile else 0)):  # compile: the first steps compile
@@ -162,6 +144,34 @@ def measure_training(
         torch.cuda.reset_peak_memory_stats(dev)
     times = _timed(step, runs, dev, desc, "step")
     return _result(times, dev, dtype, batch_size, cuda_graph=False, compile=compile, train=True)
+
+
+def training_step(model: nn.Module, batch_size: int, img_size: int, dtype: str,
+                  device: torch.device, compile: bool = False) -> tuple[Any, Tensor, Tensor]:
+    """``(step, images, labels)``: ``step()`` trains ``model`` (moved to ``device``, train
+    mode) one step on fixed random images and labels: forward under autocast (fp16 with a grad
+    scaler), cross-entropy, backward, fused AdamW on CUDA; ``compile`` runs the model through
+    ``torch.compile(fullgraph=True)``."""
+    in_chans = int(model.patch_embed.proj.in_channels)  # type: ignore[union-attr]
+    num_classes = int(getattr(model, "num_classes", 1000)) or 1000
+    model = model.to(device).train()
+    run_model = torch.compile(model, fullgraph=True) if compile else model
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch_size, in_chans, img_size, img_size, device=device, generator=gen)
+    y = torch.randint(0, num_classes, (batch_size,), device=device, generator=gen)
+    amp_dtype = DTYPES[dtype]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+            loss = nn.functional.cross_entropy(run_model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    return step, x, y
 
 
 def _setup(model: nn.Module, batch_size: int, img_size: int | None, dtype: str,
