@@ -258,3 +258,32 @@ def test_finetune_of_a_model_without_weights_is_refused(data: dict[str, Path],
 
     with pytest.raises(ConfigError, match=r"random weights.*--pretrained"):
         T.fit(args_for("finetune", data, tmp_path / "ft", "--method", "stm", "--ratio", "0.25"))
+
+
+def test_epoch_img_size_ramps_from_min_res_to_full() -> None:
+    sizes = [T.epoch_img_size(e, 10, 32, 16, (0.2, 0.6), 4) for e in range(10)]
+    assert sizes[:2] == [16, 16] and sizes[6:] == [32] * 4
+    assert sizes == sorted(sizes) and all((s - 16) % 4 == 0 for s in sizes)
+    assert [T.epoch_img_size(e, 10, 32, None, (0.2, 0.6), 4) for e in range(3)] == [32] * 3
+
+
+def test_progressive_resizing_trains_small_then_full(data: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "prog"
+    T.fit(args_for("train", data, out, "--epochs", "2", "--min-res", "16",
+                   "--res-ramp", "0.5", "0.5"))
+    log = list(iter_history(out))
+    assert log[0]["train_img_size"] == 16 and "train_img_size" not in log[1]
+    assert "val_top1" in log[1]  # validated at the model's size
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--min-res", "32"], "must be smaller than the image size"),
+    (["--min-res", "20"], "does not fit the patch grid"),
+    (["--min-res", "16", "--res-ramp", "0.6", "0.2"], "--res-ramp START END"),
+])
+def test_bad_min_res_is_refused_before_training(flags: list[str], match: str,
+                                                data: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(VimstmError, match=match):
+        T.fit(args_for("train", data, tmp_path / "out", "--epochs", "1", *flags))
+    assert not (tmp_path / "out" / "last.pth").exists()

@@ -159,6 +159,33 @@ def test_overrides_and_clear_errors():
         m(torch.randn(1, 1, 64, 64))
 
 
+def test_dynamic_img_size_resamples_the_position_embedding():
+    """Progressive resizing: a smaller input runs through a resampled position embedding, with
+    the class row kept and re-inserted in the middle, and gradients reach the parameter."""
+    from vimstm.models.vim import resample_pos_embed
+
+    m = vimstm.create_model("vim_tiny", **{**TINY, "patch_size": 4, "stride": 4},
+                            dynamic_img_size=True)
+    pos = m.pos_embed.detach()
+    same = resample_pos_embed(pos, (8, 8), (8, 8))
+    torch.testing.assert_close(same, pos)  # the model's own grid: unchanged
+    small = resample_pos_embed(pos, (8, 8), (4, 4), antialias=True)
+    assert small.shape == (1, 17, pos.shape[-1])
+    torch.testing.assert_close(small[:, 8], pos[:, 32])  # class row moved to the new middle
+    x = torch.randn(2, 3, 16, 16)
+    m(x).sum().backward()
+    assert m.pos_embed.grad is not None and m.pos_embed.grad.abs().sum() > 0
+    ref = m.patch_embed.proj(x).flatten(2).transpose(1, 2)
+    tokens, cls_index = m.embed(x)
+    assert cls_index == 8 and tokens.shape[1] == 17
+    torch.testing.assert_close(tokens[:, :8], ref[:, :8] + small[:, :8])
+    with pytest.raises(ConfigError, match="does not fit the patch grid"):
+        m(torch.randn(1, 3, 18, 18))
+    fixed = vimstm.create_model("vim_tiny", **{**TINY, "patch_size": 4, "stride": 4})
+    with pytest.raises(ConfigError, match="dynamic_img_size=True"):
+        fixed(x)
+
+
 def test_stride8_grid():
     assert patch_grid(224, 16, 8) == (27, 27)
     assert patch_grid(32, 2, 2) == (16, 16)

@@ -94,6 +94,14 @@ def register(subparsers: Any) -> None:
                     "(--resume auto), DDP under torchrun.",
     )
     _add_common_args(p, TRAIN_DEFAULTS)
+    g = p.add_argument_group("progressive resizing (off by default)")
+    g.add_argument("--min-res", type=int, default=None,
+                   help="train the first epochs at this image size (downsampled on the device, "
+                        "position embedding resampled), growing to the model's size")
+    g.add_argument("--res-ramp", type=float, nargs=2, default=(0.2, 0.5),
+                   metavar=("START", "END"),
+                   help="fractions of --epochs: --min-res before START, the model's size from "
+                        "END on, linear in between (default 0.2 0.5)")
     p.set_defaults(func=run_train, finetune=False)
 
     f = subparsers.add_parser(
@@ -293,6 +301,12 @@ def _validate(args: argparse.Namespace) -> None:
     ]
     if (args.mixup > 0 or args.cutmix > 0) and args.batch_size % 2:
         checks.append((False, "mixup/cutmix need an even --batch-size"))
+    min_res = getattr(args, "min_res", None)
+    if min_res is not None:
+        lo, hi = args.res_ramp
+        checks += [(min_res >= 1, "--min-res must be at least 1"),
+                   (0 <= lo <= hi <= 1, "--res-ramp START END must satisfy 0 <= START <= END "
+                                        f"<= 1 (fractions of --epochs), got {lo:g} {hi:g}")]
     for flag in ("limit_train", "limit_val"):
         n = getattr(args, flag)
         if n is not None and n < 1:
@@ -311,6 +325,25 @@ def _validate(args: argparse.Namespace) -> None:
                               "merging method and schedule, e.g. --method stm --ratio 0.4 (without "
                               "one it would only self-distil the dense model)")
         weights_source(args, "required")  # weights exist before any data is read
+
+
+def epoch_img_size(epoch: int, epochs: int, full: int, min_res: int | None,
+                   ramp: tuple[float, float], step: int) -> int:
+    """The training image size of ``epoch`` under progressive resizing (``full`` when off).
+
+    ``min_res`` before ``ramp[0] * epochs``, ``full`` from ``ramp[1] * epochs`` on, linear in
+    between, rounded down to ``min_res`` plus a multiple of ``step`` (so every size tiles the
+    patch grid when ``min_res`` does).
+    """
+    if not min_res or min_res >= full:
+        return full
+    start, end = ramp[0] * epochs, ramp[1] * epochs
+    if epoch < start:
+        return min_res
+    if epoch >= end:
+        return full
+    size = min_res + (full - min_res) * (epoch - start) / max(end - start, 1e-9)
+    return min(full, min_res + int((size - min_res) // step) * step)
 
 
 def _resolve_amp(amp: str, device: torch.device) -> str | None:
@@ -345,9 +378,10 @@ def _open_data(args: argparse.Namespace, model_cfg: dict[str, Any], img_size: in
 
 def _build_model(args: argparse.Namespace, num_classes: int | None) -> nn.Module:
     """The untrained architecture (weights are loaded by the caller: finetune, resume)."""
+    extra = {"dynamic_img_size": True} if getattr(args, "min_res", None) else {}
     return create_model(args.model, scan_backend=args.scan_backend,
                         **{**arch_overrides(args), "num_classes": num_classes,
-                           "drop_path_rate": args.drop_path})
+                           "drop_path_rate": args.drop_path, **extra})
 
 
 def _class_contract(args: argparse.Namespace, data_classes: list[str]) -> tuple[int, list | None]:
@@ -395,6 +429,8 @@ class TrainContext:
     amp: str | None  # autocast precision (fp16, bf16) or None
     args: argparse.Namespace
     main: bool  # rank 0: progress bar
+    img_size: int  # the model's input size
+    train_size: int = 0  # this epoch's training size (progressive resizing), set per epoch
 
 
 def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: bool,
@@ -495,7 +531,10 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
     if args.compile:
         train_model = torch.compile(train_model)
     ctx = TrainContext(state, train_model, teacher, train_loader, criterion, mixup, device,
-                       amp, args, main)
+                       amp, args, main, img_size)
+    min_res = getattr(args, "min_res", None)
+    if min_res is not None:
+        on_main_for_all(lambda: _check_min_res(model, min_res, img_size), main, device)
 
     if main:
         what = "fine-tuning" if args.finetune else "training"
@@ -522,6 +561,9 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
         sampler.set_epoch(epoch)
         if args.sched_on == "epoch":
             scheduler.step(epoch)
+        ctx.train_size = epoch_img_size(epoch, args.epochs, img_size, min_res,
+                                        tuple(getattr(args, "res_ramp", (0, 0))),
+                                        2 * model.patch_embed.stride)
         meter = _train_one_epoch(ctx, epoch, step)
         step += meter.steps
         stats = {k: distributed.all_reduce_sum(
@@ -535,6 +577,8 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
             "images_per_s": stats["images"] / max(meter.seconds, 1e-9),
             "epoch_seconds": meter.seconds,
         }
+        if ctx.train_size != img_size:
+            entry["train_img_size"] = ctx.train_size
         entry.update(meter.distill)
         if getattr(model, "merger", None) is not None:
             entry["tokens_per_block"] = plain(model.merge_info.get("tokens_per_block"))
@@ -578,6 +622,9 @@ def _train_one_epoch(ctx: TrainContext, epoch: int, step: int) -> _Meter:
             continue
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
+        if ctx.train_size != ctx.img_size:
+            x = F.interpolate(x, size=(ctx.train_size, ctx.train_size), mode="bilinear",
+                              antialias=True, align_corners=False)
         x, target = ctx.mixup(x, y) if ctx.mixup is not None else (x, y)
         with autocast(device, ctx.amp):
             logits = ctx.train_model(x)
@@ -618,6 +665,16 @@ def _train_one_epoch(ctx: TrainContext, epoch: int, step: int) -> _Meter:
     return meter
 
 
+def _check_min_res(model: nn.Module, min_res: int, img_size: int) -> None:
+    """--min-res must be below the model's size and tile its patch grid."""
+    from vimstm.models.vim import patch_grid
+
+    if min_res >= img_size:
+        raise ConfigError(f"--min-res {min_res} must be smaller than the image size {img_size}")
+    pe = model.patch_embed
+    patch_grid(min_res, pe.patch_size, pe.stride)
+
+
 def _check_finite(value: float, epoch: int, step: int) -> None:
     if not math.isfinite(value):
         raise VimstmError(
@@ -638,5 +695,7 @@ def _format_entry(e: dict[str, Any], epochs: int) -> str:
         parts.append(f"val top-1 {e['val_top1']:.2f}")
     if "ema_top1" in e:
         parts.append(f"EMA top-1 {e['ema_top1']:.2f}")
+    if "train_img_size" in e:
+        parts.append(f"{e['train_img_size']} px")
     parts += [f"{e['images_per_s']:.0f} img/s", f"{e['epoch_seconds']:.1f} s"]
     return " | ".join(parts)

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vimstm.errors import CheckpointError
+from vimstm.models.vim import resample_pos_embed
 from vimstm.runtime import DTYPES
 
 SAFE_GLOBALS: list[Any] = [argparse.Namespace]
@@ -166,16 +166,9 @@ def interpolate_pos_embed(pos: Tensor, new_tokens: int, new_grid: tuple[int, int
         raise CheckpointError(
             f"cannot interpolate a position embedding of {m_old} patches: not square"
         )
-    c_old = m_old // 2
-    cls_row = pos[:, c_old : c_old + 1]
-    patches = torch.cat((pos[:, :c_old], pos[:, c_old + 1 :]), dim=1)
-    grid = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
-    patches = grid.permute(0, 2, 3, 1).flatten(1, 2).to(pos.dtype)
-    m_new = patches.shape[1]
-    assert m_new + 1 == new_tokens
-    c_new = m_new // 2
-    return torch.cat((patches[:, :c_new], cls_row, patches[:, c_new:]), dim=1)
+    out = resample_pos_embed(pos, (side, side), new_grid)
+    assert out.shape[1] == new_tokens
+    return out
 
 
 def load_state_dict_checked(model: nn.Module, sd: Mapping[str, Tensor], source: str = "") -> None:

@@ -71,6 +71,7 @@ _BY_NAME: dict[str, ModelSpec] = {key: s for s in _SPECS for key in (s.name, s.a
 OVERRIDES = (
     "depth", "embed_dim", "img_size", "patch_size", "stride", "num_classes", "in_chans",
     "d_state", "drop_rate", "drop_path_rate", "if_divide_out", "d_conv", "expand",
+    "dynamic_img_size",
 )
 
 
@@ -112,7 +113,8 @@ def create_model(
     released weights: the bundled file, or the official file from the Hugging Face Hub (cached).
 
     ``overrides`` may change depth, embed_dim, img_size, patch_size, stride, num_classes,
-    in_chans, d_state (and drop rates). With another ``img_size`` than the checkpoint's, the
+    in_chans, d_state, dynamic_img_size (any input size that tiles the patch grid) and drop
+    rates. With another ``img_size`` than the checkpoint's, the
     position embedding is interpolated, keeping the class-token row.
     """
     spec = get_spec(name)

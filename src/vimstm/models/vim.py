@@ -81,13 +81,19 @@ class DropPath(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Image to patch tokens through one strided conv."""
+    """Image to patch tokens through one strided conv.
 
-    def __init__(self, img_size=224, patch_size=16, stride=16, in_chans=3, embed_dim=192) -> None:
+    ``dynamic``: accept any image size that tiles the patch grid (the caller resamples the
+    position embedding); otherwise only ``img_size``.
+    """
+
+    def __init__(self, img_size=224, patch_size=16, stride=16, in_chans=3, embed_dim=192,
+                 dynamic: bool = False) -> None:
         super().__init__()
         self.img_size = _pair(img_size)
         self.patch_size = _pair(patch_size)
         self.stride = stride
+        self.dynamic = dynamic
         self.grid_size = patch_grid(img_size, patch_size, stride)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=stride)
@@ -95,11 +101,35 @@ class PatchEmbed(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
         if (h, w) != self.img_size:
-            raise ConfigError(
-                f"input image is {h}x{w} but the model expects {self.img_size[0]}x"
-                f"{self.img_size[1]}; resize the input or create the model with img_size={h}"
-            )
+            if not self.dynamic:
+                raise ConfigError(
+                    f"input image is {h}x{w} but the model expects {self.img_size[0]}x"
+                    f"{self.img_size[1]}; resize the input, create the model with img_size={h}, "
+                    "or with dynamic_img_size=True"
+                )
+            patch_grid((h, w), self.patch_size, self.stride)  # a clear error if it does not tile
         return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def resample_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
+                       antialias: bool = False) -> Tensor:
+    """A middle-class-token position embedding (1, M+1, C) resized from ``old_grid`` to
+    ``new_grid``.
+
+    The class row sits at index M//2; it is kept as it is, the M patch rows are resized
+    bicubically as a grid (``antialias`` when shrinking), and the class row is re-inserted at
+    M'//2. Differentiable, so a model can train at a smaller size through it.
+    """
+    m_old = old_grid[0] * old_grid[1]
+    c_old = m_old // 2
+    cls_row = pos[:, c_old : c_old + 1]
+    patches = torch.cat((pos[:, :c_old], pos[:, c_old + 1 :]), dim=1)
+    grid = patches.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False,
+                         antialias=antialias)
+    patches = grid.permute(0, 2, 3, 1).flatten(1, 2).to(pos.dtype)
+    c_new = patches.shape[1] // 2
+    return torch.cat((patches[:, :c_new], cls_row, patches[:, c_new:]), dim=1)
 
 
 @dataclass
@@ -266,6 +296,7 @@ class VisionMamba(nn.Module):
         scan_backend: str = "auto",
         d_conv: int = 4,
         expand: int = 2,
+        dynamic_img_size: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1 or embed_dim < 1 or d_state < 1:
@@ -273,7 +304,8 @@ class VisionMamba(nn.Module):
         self.num_classes = num_classes
         self.embed_dim = self.num_features = self.d_model = embed_dim
         self.depth = depth
-        self.patch_embed = PatchEmbed(img_size, patch_size, stride, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(img_size, patch_size, stride, in_chans, embed_dim,
+                                      dynamic=dynamic_img_size)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
@@ -340,11 +372,18 @@ class VisionMamba(nn.Module):
     # -- forward ------------------------------------------------------------------------
     def embed(self, x: Tensor) -> tuple[Tensor, int]:
         """Patch tokens with the class token inserted at M//2 and position embedding added."""
+        hw = (x.shape[-2], x.shape[-1])
         x = self.patch_embed(x)
         b, m, _ = x.shape
         pos = m // 2
         x = torch.cat((x[:, :pos], self.cls_token.expand(b, -1, -1), x[:, pos:]), dim=1)
-        x = self.pos_drop(x + self.pos_embed)
+        pos_embed = self.pos_embed
+        if m != self.patch_embed.num_patches:  # dynamic_img_size: another grid
+            pe = self.patch_embed
+            new_grid = patch_grid(hw, pe.patch_size, pe.stride)
+            pos_embed = resample_pos_embed(pos_embed, pe.grid_size, new_grid,
+                                           antialias=m < pe.num_patches)
+        x = self.pos_drop(x + pos_embed)
         return x, pos
 
     def forward_features(self, x: Tensor) -> Tensor:
