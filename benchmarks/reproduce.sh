@@ -111,8 +111,10 @@ part_merge() {
 
 part_cifar_train() {
   need CIFAR10 "cifar-train needs the CIFAR-10 data"
-  # the published run: 6 epochs, 1 warm-up epoch (one H100, ~6 min)
-  run env EPOCHS="${EPOCHS:-6}" WARMUP="${WARMUP:-1}" WEIGHTS="$RUN/vim_tiny_cifar10.safetensors" \
+  # the published run (src/vimstm/weights/MODEL_CARD.md): 2 GPUs, 68 epochs, progressive
+  # resizing from 16 px (2 x H200: 17.4 min)
+  run env NGPU="${NGPU:-2}" EPOCHS="${EPOCHS:-68}" MIN_RES="${MIN_RES:-16}" \
+    RES_RAMP="${RES_RAMP:-0.2 0.5}" WEIGHTS="$RUN/vim_tiny_cifar10.safetensors" \
     bash scripts/train_cifar10.sh "$CIFAR10" "$RUN"
   mkdir -p "$CIFAR_OUT"
   run cp "$RUN/log.jsonl" "$CIFAR_OUT/train_log.jsonl"

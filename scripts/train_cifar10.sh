@@ -25,7 +25,8 @@
 # * Time: training costs ~3x the forward, ~14 GFLOP per image, 0.7 PFLOP per epoch of 50k
 #   images; the bidirectional scans keep vim_tiny far from the GEMM peak. Measured with this
 #   recipe (BENCHMARKS.md): ~1,600 images/s on one H100/H200 (31 s per epoch plus ~2 s of test
-#   evaluation), 5,900 on four H200s (8.3 s per epoch). Set EPOCHS = time budget / epoch time
+#   evaluation), 3,100 on two H200s, 5,900 on four H200s (8.3 s per epoch). The bundled model:
+#   NGPU=2 EPOCHS=68 MIN_RES=16 (its model card). Set EPOCHS = time budget / epoch time
 #   *before* the cosine schedule gets far (PROBE=1 measures the epoch time in about a minute):
 #   the schedule depends on EPOCHS, so change it only early (a resumed run follows the new
 #   length from its current step).
