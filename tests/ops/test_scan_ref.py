@@ -1,5 +1,6 @@
-"""The reference selective scan and conv1d against independent formulations: a float64
-element-by-element recurrence and the token-by-token loop (the oracle of the chunked scan)."""
+"""The reference selective scan, conv1d and mixer core against independent formulations: a
+float64 element-by-element recurrence and the token-by-token loop (the oracle of the chunked
+scan), composed per direction as the official flip / scan / flip for the mixer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from vimstm.errors import ConfigError
+from vimstm.ops import mixer as mixer_ops
 from vimstm.ops import (
     causal_conv1d_ref,
     resolve_backend,
@@ -153,3 +155,91 @@ def test_scan_without_optional_inputs_and_plain_delta():
                           i["B"].double(), i["C"].double(), delta_softplus=False)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
 
+
+
+def test_fast_softplus_matches_pytorch():
+    x = torch.cat((torch.randn(10000) * 8, torch.tensor(
+        [-104.0, -100.0, -30.0, -17.0, -1e-8, 0.0, 1e-8, 19.9, 20.0, 20.1, 50.0, 90.0, 1e30,
+         float("inf"), float("-inf"), float("nan")])))
+    with torch.no_grad():
+        fast = scan_ref.softplus(x)
+    # within 2 ulp (and one unit where exp(x) is a denormal, below 1.2e-38)
+    torch.testing.assert_close(fast, F.softplus(x), rtol=4e-7, atol=1e-44, equal_nan=True)
+    torch.testing.assert_close(fast.double(), F.softplus(x.double()), rtol=4e-7, atol=1e-44,
+                               equal_nan=True)
+    g = torch.randn(5, requires_grad=True)
+    assert scan_ref.softplus(g).grad_fn is not None  # autograd: PyTorch's own softplus
+
+
+def _mixer_params(d=6, n=4, r=3, width=4, dtype=torch.float64):
+    g = torch.Generator().manual_seed(2)
+    r_ = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    pair = lambda f: (f(), f())  # noqa: E731
+    return mixer_ops.MixerParams(
+        conv_w=pair(lambda: r_(d, 1, width) * 0.5), conv_b=pair(lambda: r_(d) * 0.1),
+        x_proj_w=pair(lambda: r_(r + 2 * n, d) * 0.5), dt_proj_w=pair(lambda: r_(d, r) * 0.5),
+        dt_proj_b=pair(lambda: r_(d) * 0.5 - 1), A_log=pair(lambda: r_(d, n) * 0.5 + 0.5),
+        D=pair(lambda: r_(d)))
+
+
+def oracle_mixer(xz, p, scale):
+    """Official bimamba v2 per direction: conv, x_proj, dt_proj, token-loop scan (flip for the
+    reverse one); y (b, l, d), x_dbl (2, b, l, r + 2n), stats (b, 2, 2, l)."""
+    x, z = xz.transpose(1, 2).chunk(2, dim=1)
+    r, n = p.dt_proj_w[0].shape[1], p.A_log[0].shape[1]
+    y, dbls, stats = 0, [], []
+    for k, reverse in ((0, False), (1, True)):
+        xc = causal_conv1d_ref(x, p.conv_w[k], p.conv_b[k], reverse=reverse)
+        x_dbl = xc.transpose(1, 2) @ p.x_proj_w[k].t()
+        dt, B, C = x_dbl.split([r, n, n], dim=-1)
+        delta = (dt @ p.dt_proj_w[k].t()).transpose(1, 2)
+        A = -torch.exp(p.A_log[k])
+        y = y + token_loop_scan(xc, delta, A, B.transpose(1, 2), C.transpose(1, 2), p.D[k], z,
+                                p.dt_proj_b[k], True, reverse)
+        full = F.softplus(delta + p.dt_proj_b[k][:, None])  # (b, d, l)
+        stats.append(torch.stack((full.mean(1), (full * A.mean(-1)[:, None]).mean(1)), 1))
+        dbls.append(x_dbl)
+    return (y * scale).transpose(1, 2), torch.stack(dbls), torch.stack(stats, 2)
+
+
+@pytest.mark.parametrize("L", [1, 13])
+@pytest.mark.parametrize("chunk_elements", [1, 300, None])  # 1 and 3 tokens per chunk, all
+def test_reference_mixer_equals_official_per_direction(L, chunk_elements, monkeypatch):
+    if chunk_elements:
+        monkeypatch.setattr(scan_ref, "_CHUNK_ELEMENTS", chunk_elements)
+    p = _mixer_params()
+    xz = torch.randn(2, L, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    want = oracle_mixer(xz, p, 0.5)
+    with torch.no_grad():
+        got = mixer_ops.bimamba_reference(xz, p, 0.5, stats=True)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # fp32 against the float64 oracle
+    p32 = mixer_ops.MixerParams(*[tuple(t.float() for t in f) for f in (
+        p.conv_w, p.conv_b, p.x_proj_w, p.dt_proj_w, p.dt_proj_b, p.A_log, p.D)])
+    with torch.no_grad():
+        got32 = mixer_ops.bimamba_reference(xz.float(), p32, 0.5, stats=True)
+    for a, b in zip(got32, want):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_mixer_gradients_match_the_oracle(monkeypatch):
+    monkeypatch.setattr(scan_ref, "_CHUNK_ELEMENTS", 300)  # several chunks
+    p = _mixer_params()
+    leaves = [t.clone().requires_grad_() for t in p.flat()]
+    q = mixer_ops.MixerParams(conv_w=(leaves[0], leaves[2]), conv_b=(leaves[1], leaves[3]),
+                              x_proj_w=(leaves[4], leaves[5]), dt_proj_w=(leaves[6], leaves[8]),
+                              dt_proj_b=(leaves[7], leaves[9]), A_log=(leaves[10], leaves[11]),
+                              D=(leaves[12], leaves[13]))
+    xz = torch.randn(2, 9, 12, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(2, 9, 6, dtype=torch.float64)
+    y = mixer_ops.bimamba_reference(xz, q, 0.5)[0]
+    got = torch.autograd.grad(y, [xz, *leaves], gy)
+    want = torch.autograd.grad(oracle_mixer(xz, q, 0.5)[0], [xz, *leaves], gy)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():  # the in-place path computes what the autograd path does
+        torch.testing.assert_close(mixer_ops.bimamba_reference(xz, q, 0.5)[0], y.detach(),
+                                   rtol=1e-12, atol=1e-12)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from vimstm.errors import ConfigError
 from vimstm.ops.merge_ref import adjacent_dissimilarity_ref, apply_pairs, edge_alpha_ref
-from vimstm.ops.mixer import MixerParams, bimamba_composed, bimamba_triton
+from vimstm.ops.mixer import MixerParams, bimamba_composed, bimamba_reference, bimamba_triton
 from vimstm.ops.norm import add_rmsnorm_ref, add_rmsnorm_triton
 from vimstm.ops.scan_ref import causal_conv1d_ref, scan_token_stats, selective_scan_ref
 
@@ -72,12 +72,14 @@ def bimamba(xz: Tensor, params: MixerParams, scale: float, backend: str = "auto"
             stats: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """The bidirectional mixer core (:mod:`vimstm.ops.mixer`): ``(y, x_dbl, stats)``.
 
-    The custom op on the Triton kernels where ``backend`` resolves to "triton", the
-    composition of the single-direction ops otherwise.
+    The custom op on the Triton kernels where ``backend`` resolves to "triton", both directions
+    in PyTorch for "reference", the composition of the single-direction ops for "mamba_ssm".
     """
     impl = resolve_backend(backend, xz.device.type)
     if impl == "triton":
         return bimamba_triton(xz, params, scale, stats)
+    if impl == "reference":
+        return bimamba_reference(xz, params, scale, stats)
     return bimamba_composed(xz, params, scale, impl, stats)
 
 

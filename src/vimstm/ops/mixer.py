@@ -12,7 +12,7 @@ where ``scan_k`` is the selective scan with softplus(Δ + bias), the D skip and 
 gate, run in reverse token order for ``b`` (the official flip / scan / flip). ``y`` feeds
 ``out_proj``.
 
-Two implementations with one contract, chosen by :func:`vimstm.ops.dispatch.bimamba`:
+Three implementations with one contract, chosen by :func:`vimstm.ops.dispatch.bimamba`:
 
 * :func:`bimamba_triton`: the custom op ``vimstm::bimamba`` on the kernels of
   :mod:`vimstm.ops.triton_scan` (both directions per launch), with a registered autograd
@@ -20,9 +20,11 @@ Two implementations with one contract, chosen by :func:`vimstm.ops.dispatch.bima
   ``torch.compile(fullgraph=True)`` traces through it. Its forward saves only ``xz`` and
   ``x_dbl`` for the backward, as the official ``mamba_inner_fn_no_out_proj``: the conv output
   and Δ are recomputed there, and the scan replays its states.
-* :func:`bimamba_composed`, for the other scan backends (``reference``, ``mamba_ssm``): the
-  same maths composed of the single-direction ops of :mod:`vimstm.ops.dispatch`,
-  differentiated by PyTorch.
+* :func:`bimamba_reference`, PyTorch on any device (the CPU path): both directions side by
+  side, token-major, the reverse one in flipped token order so that one chunked scan
+  (:func:`vimstm.ops.scan_ref.scan_chunked`) runs both forward; differentiated by PyTorch.
+* :func:`bimamba_composed`, for ``mamba_ssm``: the same maths composed of the
+  single-direction ops of :mod:`vimstm.ops.dispatch`.
 
 Besides ``y`` both return ``x_dbl`` (2, b, l, dt_rank + 2 n), which holds B of each direction,
 and, on request, the per-token channel means of Δ and of Δ·mean_n(A) (b, 2, 2, l) fp32:
@@ -73,9 +75,44 @@ def bimamba_triton(xz: Tensor, p: MixerParams, scale: float,
     return y, x_dbl.view(2, xz.shape[0], xz.shape[1], -1), (st if stats else None)
 
 
+def bimamba_reference(xz: Tensor, p: MixerParams, scale: float,
+                      stats: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Both directions in PyTorch as one (2, b, l, ·) computation (autograd by PyTorch)."""
+    from vimstm.ops.scan_ref import causal_conv1d_ref, scan_chunked
+
+    b, length, d2 = xz.shape
+    d = d2 // 2
+    dt_rank, n = p.dt_proj_w[0].shape[1], p.A_log[0].shape[1]
+    acc = torch.promote_types(xz.dtype, torch.float32)
+    x, z = xz[..., :d].transpose(1, 2), xz[..., d:]  # (b, d, l), (b, l, d) views
+    # conv + silu per direction, then (2, b, l, d) with the reverse direction's tokens flipped
+    xc = torch.stack((causal_conv1d_ref(x, p.conv_w[0], p.conv_b[0]).transpose(1, 2),
+                      causal_conv1d_ref(x, p.conv_w[1], p.conv_b[1], True).transpose(1, 2)
+                      .flip(1)))
+    x_dbl = torch.matmul(xc.view(2, b * length, d),
+                         torch.stack(p.x_proj_w).to(xc.dtype).transpose(1, 2))
+    delta = torch.baddbmm(torch.stack(p.dt_proj_b).to(x_dbl.dtype)[:, None], x_dbl[..., :dt_rank],
+                          torch.stack(p.dt_proj_w).to(x_dbl.dtype).transpose(1, 2))
+    x_dbl = x_dbl.view(2, b, length, -1)
+    A = -torch.exp(torch.stack(p.A_log).to(acc))  # (2, d, n)
+    BC = x_dbl[..., dt_rank:].to(acc)
+    # per token, the channel means of Δ and of Δ·mean_n(A) of each direction
+    w = (torch.stack((torch.ones_like(A[..., 0]), A.mean(-1)), -1) / d).detach() \
+        if stats else None
+    y2, s = scan_chunked(delta.to(acc).view(2, b, length, d), xc.to(acc), A, BC[..., :n],
+                         BC[..., n:], torch.stack(p.D).to(acc), True, w)  # (2, b, l, d)
+    y = torch.add(y2[0], y2[1].flip(1)).mul_(F.silu(z.to(acc)))
+    if scale != 1.0:
+        y = y.mul_(scale)
+    st = None if s is None else torch.stack((s[0], s[1].flip(1))).permute(1, 3, 0, 2).detach()
+    x_dbl = torch.stack((x_dbl[0], x_dbl[1].flip(1))).detach()
+    return y.to(xz.dtype), x_dbl, st
+
+
 def bimamba_composed(xz: Tensor, p: MixerParams, scale: float, backend: str,
                      stats: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The single-direction ops of :mod:`vimstm.ops.dispatch`, composed (autograd by PyTorch)."""
+    """The single-direction ops of :mod:`vimstm.ops.dispatch`, composed (autograd by PyTorch);
+    the path of ``mamba_ssm``."""
     from vimstm.ops.dispatch import causal_conv1d, selective_scan
 
     x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (b, d, l) views
