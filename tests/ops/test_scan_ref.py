@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from vimstm.errors import ConfigError
-from vimstm.ops import mixer as mixer_ops
 from vimstm.ops import (
     causal_conv1d_ref,
     resolve_backend,
@@ -17,6 +16,7 @@ from vimstm.ops import (
     selective_scan,
     selective_scan_ref,
 )
+from vimstm.ops import mixer as mixer_ops
 
 
 def naive_scan(u, delta, A, B, C, D, z, bias):
