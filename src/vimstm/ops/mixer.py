@@ -91,8 +91,8 @@ def bimamba_reference(xz: Tensor, p: MixerParams, scale: float,
                       .flip(1)))
     x_dbl = torch.matmul(xc.view(2, b * length, d),
                          torch.stack(p.x_proj_w).to(xc.dtype).transpose(1, 2))
-    delta = torch.baddbmm(torch.stack(p.dt_proj_b).to(x_dbl.dtype)[:, None], x_dbl[..., :dt_rank],
-                          torch.stack(p.dt_proj_w).to(x_dbl.dtype).transpose(1, 2))
+    delta = torch.bmm(x_dbl[..., :dt_rank],
+                      torch.stack(p.dt_proj_w).to(x_dbl.dtype).transpose(1, 2))
     x_dbl = x_dbl.view(2, b, length, -1)
     A = -torch.exp(torch.stack(p.A_log).to(acc))  # (2, d, n)
     BC = x_dbl[..., dt_rank:].to(acc)
@@ -100,7 +100,8 @@ def bimamba_reference(xz: Tensor, p: MixerParams, scale: float,
     w = (torch.stack((torch.ones_like(A[..., 0]), A.mean(-1)), -1) / d).detach() \
         if stats else None
     y2, s = scan_chunked(delta.to(acc).view(2, b, length, d), xc.to(acc), A, BC[..., :n],
-                         BC[..., n:], torch.stack(p.D).to(acc), True, w)  # (2, b, l, d)
+                         BC[..., n:], torch.stack(p.D).to(acc), torch.stack(p.dt_proj_b).to(acc),
+                         True, w)  # (2, b, l, d)
     y = torch.add(y2[0], y2[1].flip(1)).mul_(F.silu(z.to(acc)))
     if scale != 1.0:
         y = y.mul_(scale)

@@ -40,17 +40,15 @@ def selective_scan_ref(
     dtype_in = u.dtype
     acc = torch.promote_types(dtype_in, torch.float32)  # fp32 math (fp64 stays fp64)
     u32 = u.to(acc)
-    dt = delta.to(acc)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(acc)[:, None]
 
     def token_major(t: Tensor) -> Tensor:  # (b, ·, l) -> (1, b, l, ·), in scan order
         t = t.transpose(1, 2)
         return (t.flip(1) if reverse else t)[None]
 
-    y, _ = scan_chunked(token_major(dt), token_major(u32), A.to(acc)[None],
+    y, _ = scan_chunked(token_major(delta.to(acc)), token_major(u32), A.to(acc)[None],
                         token_major(B.to(acc)), token_major(C.to(acc)),
-                        None if D is None else D.to(acc)[None], delta_softplus)
+                        None if D is None else D.to(acc)[None],
+                        None if delta_bias is None else delta_bias.to(acc)[None], delta_softplus)
     y = y[0]
     y = (y.flip(1) if reverse else y).transpose(1, 2)
     if z is not None:
@@ -72,23 +70,25 @@ def softplus(x: Tensor) -> Tensor:
 
 
 def scan_chunked(delta: Tensor, u: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                 D: Tensor | None = None, delta_softplus: bool = True,
+                 D: Tensor | None = None, delta_bias: Tensor | None = None,
+                 delta_softplus: bool = True,
                  stats_w: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """``y_t = sum_n C_t h_t + D u_t`` of ``g`` scans side by side, in token order.
 
-    ``delta`` (Δ before softplus, bias added) and ``u``: (g, b, l, d); ``A``: (g, d, n);
-    ``B``, ``C``: (g, b, l, n); ``D``: (g, d); any strides; fp32 (or fp64). Returns y
-    (g, b, l, d) and, for ``stats_w`` (g, d, s), ``Δ @ stats_w`` (g, b, l, s). Everything
-    per token (softplus, Δ u, the D skip) is computed chunk by chunk while the chunk is in
+    ``delta`` (Δ before bias and softplus) and ``u``: (g, b, l, d); ``A``: (g, d, n);
+    ``B``, ``C``: (g, b, l, n); ``D``, ``delta_bias``: (g, d); any strides; fp32 (or fp64).
+    Returns y (g, b, l, d) and, for ``stats_w`` (g, d, s), ``Δ @ stats_w`` (g, b, l, s). Everything
+    per token (bias, softplus, Δ u, the D skip) is computed chunk by chunk while the chunk is in
     cache; each chunk's states are token-major (k, g, b, d, n), so that every step reads and
     writes one contiguous (g, b, d, n) slice.
     """
     g, b, length, d = delta.shape
     n = A.shape[-1]
     grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (delta, u, A, B, C, D))
+        t is not None and t.requires_grad for t in (delta, u, A, B, C, D, delta_bias))
     a2 = (A * _LOG2E)[:, None]  # (g, 1, d, n); exp(Δ A) as exp2(Δ A log2 e): ~3x faster
     Dg = None if D is None else D[:, None]  # (g, 1, d)
+    bias = None if delta_bias is None else delta_bias[:, None]
     k = max(1, min(length, _CHUNK_ELEMENTS // max(1, g * b * d * n)))  # tokens per chunk
     y = delta.new_empty(length, g, b, d)  # token-major, as the chunks
     st = None if stats_w is None else delta.new_empty(length, g, b, stats_w.shape[-1])
@@ -105,6 +105,8 @@ def scan_chunked(delta: Tensor, u: Tensor, A: Tensor, B: Tensor, C: Tensor,
             return t[:, :, t0:t1].permute(2, 0, 1, 3)  # noqa: B023 (called in this iteration)
 
         dt_c, u_c = chunk(delta), chunk(u)
+        if bias is not None:
+            dt_c = dt_c + bias
         if delta_softplus:
             dt_c = softplus(dt_c)
         if st is not None:
