@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 import vimstm
 from vimstm.ops import dispatch
+from vimstm.runtime import keep_freed_memory
 
 
 def old_scan_module(rev: str) -> ModuleType:
@@ -88,7 +89,11 @@ def main() -> None:
     ap.add_argument("--before-threads", type=int, default=None,
                     help="threads for the older scans (default: --threads)")
     ap.add_argument("--before-runs", type=int, default=3)
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc as it is (the CLI applies "
+                         "vimstm.runtime.keep_freed_memory; so does this script by default)")
     args = ap.parse_args()
+    kept = not args.default_malloc and keep_freed_memory()
     model = vimstm.create_model(args.model, pretrained=vimstm.models.get_spec(
         args.model).has_weights).eval()
     x = torch.randn(args.batch_size, *model.default_cfg["input_size"])
@@ -98,7 +103,8 @@ def main() -> None:
     setups.append(("now", now, args.threads, args.runs))
     print("command:", " ".join(["python", *sys.argv]))
     print(f"device: {cpu_name()}, {os.cpu_count()} cores visible, torch {torch.__version__}")
-    print(f"model {args.model}, CPU, fp32, batch {args.batch_size}, forward under no_grad")
+    print(f"model {args.model}, CPU, fp32, batch {args.batch_size}, forward under no_grad, "
+          f"malloc: {'freed memory kept (as the CLI)' if kept else 'default'}")
     times: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in setups}
     outs = {}
     with torch.no_grad():

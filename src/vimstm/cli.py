@@ -79,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     import torch
 
+    from vimstm.runtime import keep_freed_memory
+
     torch.set_num_threads(cpu_threads())
+    keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except VimstmError as e:
