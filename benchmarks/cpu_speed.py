@@ -4,7 +4,8 @@ direction as the mixer composed it then).
 
 Times whole forwards (no_grad, batch ``--batch-size``, random input) by wall clock and by this
 process's CPU time (less sensitive to other processes on a shared machine), median of
-``--runs``; the setups alternate so that all see the same load.
+``--runs``; the setups alternate round by round, and each speed-up is the median of the
+per-round ratios (runs of one round see the same load).
 
     python benchmarks/cpu_speed.py --before-rev 9f44f3f fdd2c91 --threads 1
 """
@@ -128,10 +129,14 @@ def main() -> None:
         print(f"{name:16s} {threads} thread(s): {res[name][0]:.2f} images/s (wall), "
               f"{res[name][1]:.2f} images/CPU-s")
     for name, *_ in setups[:-1]:
-        print(f"now vs {name}: {res['now'][0] / res[name][0]:.2f}x wall, "
-              f"{res['now'][1] / res[name][1]:.2f}x per CPU second; max |dlogit| "
+        # paired: the runs of one round saw the same load, so the median of per-round ratios
+        # is robust to load drifting over the whole measurement
+        pairs = list(zip(times[name], times["now"]))
+        wall = statistics.median(b[0] / a[0] for b, a in pairs)
+        cpu = statistics.median(b[1] / a[1] for b, a in pairs)
+        print(f"now vs {name}: {wall:.2f}x wall, {cpu:.2f}x per CPU second (median of "
+              f"{len(pairs)} paired rounds); max |dlogit| "
               f"{(outs['now'] - outs[name]).abs().max().item():.2e}")
-
 
 if __name__ == "__main__":
     main()
