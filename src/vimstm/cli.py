@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vimstm.runtime import keep_freed_memory
 
     torch.set_num_threads(cpu_threads())
-    keep_freed_memory()
+    if not torch.cuda.is_available():  # the CPU path allocates its activations per op
+        keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except VimstmError as e:
