@@ -252,6 +252,23 @@ def test_finetune_without_a_method_is_refused(data: dict[str, Path], trained: Pa
     assert a.method == "stm" and "merging with stm" in capsys.readouterr().err
 
 
+def test_finetune_dense_control_by_name(data: dict[str, Path], trained: Path,
+                                        tmp_path: Path) -> None:
+    """--method dense fine-tunes the unmerged model with the same recipe (the control); with a
+    schedule it would be ignored, so that is refused."""
+    from vimstm.errors import ConfigError
+
+    ck = ["--checkpoint", str(trained / "last.pth")]
+    with pytest.raises(ConfigError, match="would be ignored"):
+        T._validate(args_for("finetune", data, tmp_path / "x", *ck, "--method", "dense",
+                             "--ratio", "0.25"))
+    out = tmp_path / "dense"
+    T.fit(args_for("finetune", data, out, *ck, "--method", "dense", "--epochs", "1",
+                   "--limit-train", "8"))
+    log = list(iter_history(out))
+    assert len(log) == 1 and "train_kd" in log[0] and "tokens_per_block" not in log[0]
+
+
 def test_finetune_of_a_model_without_weights_is_refused(data: dict[str, Path],
                                                         tmp_path: Path) -> None:
     from vimstm.errors import ConfigError

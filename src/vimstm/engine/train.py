@@ -11,6 +11,8 @@
   512, min lr 1e-6, 30 epochs, no warm-up, AdamW wd 0.05, mixup 0.8 / cutmix 1.0, smoothing 0.1,
   RandAugment m9, random erasing 0.25, drop path 0.1, no EMA, loss ``1.0·CE + 0.5·KL`` at T=1).
   Adam is invariant to the scale of the loss, so ``1.0·CE + 0.5·KL`` is ``α = 1/3`` here.
+  ``--method dense`` (asked for by name; no method at all is refused) runs the same recipe
+  without merging: the control that tells a merged fine-tune's gain from more training.
 * ``export``: the (EMA) weights of a run as a half-precision safetensors file, e.g. the bundled
   ``vimstm/weights/vim_tiny_cifar10.safetensors`` (:func:`vimstm.models.checkpoint.export_weights`).
 
@@ -320,10 +322,12 @@ def _validate(args: argparse.Namespace) -> None:
             raise ConfigError(msg)
     arch_overrides(args)  # sizes >= 1
     if getattr(args, "finetune", False):
-        if merge_method(args) is None:
+        explicit = args.method is not None  # --method dense: the control, asked for by name
+        if merge_method(args) is None and not explicit:
             raise ConfigError("finetune trains a merged model against its dense self: give a "
                               "merging method and schedule, e.g. --method stm --ratio 0.4 (without "
-                              "one it would only self-distil the dense model)")
+                              "one it would only self-distil the dense model; --method dense does "
+                              "that on purpose, as the control of a merged fine-tune)")
         weights_source(args, "required")  # weights exist before any data is read
 
 
