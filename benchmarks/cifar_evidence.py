@@ -1,0 +1,624 @@
+"""The evidence on the CIFAR-10 reference model: every method against dense, with paired stats.
+
+One process, one pass per configuration over the test split (kept on the device):
+
+* **main**: dense, then every method at the literature's operating points: mean token reduction
+  0.17 / 0.27 / 0.36 / 0.46 (``reduction=``, AMVim's and R-MeeTo's definition), STM's ratio
+  0.2 / 0.4 (``ratio=``) and GFLOPs-matched points (``flops=`` 0.8 / 0.6), all on the default
+  schedule (merges after blocks 6, 12, 18 of 24);
+* **ablation**: STM with one part changed at each ablation point (ratio 0.4 and flops 0.6):
+  protection window 0/2/8/16 (default 4), fading gamma/none (default ssm), weights size
+  (default b), similarity b/delta (default x);
+* **calibrated**: STM with ``vimstm calibrate``'s schedule (sensitivity measured once on
+  ``--calib-images`` training images, allocated per point) at the GFLOPs of the default
+  schedule at each ablation point.
+
+Each row: top-1 on the images given, agreement with the dense predictions and KL from the dense
+logits, the operating point (mean token reduction, ratio, tokens in the last block, GMACs in
+the literature convention and with both scan directions), images/s (CUDA: fp16, batch 256,
+CUDA-graph replay as ``vimstm bench`` does by default; dense measured first and again last,
+in the same process), and the difference in top-1 against dense and against STM (default
+options) at the same point, each with a 95% paired-bootstrap interval over the images and
+McNemar's p-value (:mod:`vimstm.engine.stats`); ``distinct`` says whether the interval
+excludes 0. The per-image predictions are saved (``*_preds.npz``: ``labels`` and one uint8
+vector per row) so every comparison can be recomputed.
+
+``--finetuned DIR`` evaluates the runs of ``vimstm finetune`` under DIR instead (each
+subfolder with a ``last.pth``; its merging options are read from the checkpoint): the
+fine-tuned model, and the original weights with the same merging, with differences against the
+original dense model, the dense fine-tune (``--method dense``: the control), the STM fine-tune
+at the same point and the same configuration training-free.
+
+    # GPU, the whole split (benchmarks/reproduce.sh cifar-evidence prints this command)
+    python benchmarks/cifar_evidence.py --checkpoint W --data .data/cifar10/test.tar.xz \\
+        --calib-data .data/cifar10/train.tar.xz --out results/cifar10 \\
+        --markdown results/cifar10/evidence.md
+    # fine-tuned runs (benchmarks/reproduce.sh cifar-finetune)
+    python benchmarks/cifar_evidence.py --checkpoint W --data ... --finetuned runs/ft \\
+        --out results/cifar10 --markdown results/cifar10/evidence_finetune.md
+    # CPU check on 64 images
+    OMP_NUM_THREADS=1 python benchmarks/cifar_evidence.py --data test.tar.xz --limit 64 \\
+        --calib-data train.tar.xz --calib-images 8 --batch-size 32 --out /tmp/ev
+
+Writes ``OUT/evidence.{json,csv,png}`` and ``OUT/evidence_preds.npz`` (``evidence_finetune.*``
+with ``--finetuned``); ``--plot-only`` redraws the PNG from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import vimstm
+from vimstm.data import build_eval_loader
+from vimstm.engine.model_args import add_model_args, model_from_args
+from vimstm.engine.paths import check_output_dir, check_output_file
+from vimstm.engine.stats import compare
+from vimstm.errors import VimstmError
+from vimstm.flops import count_flops
+from vimstm.merge import METHODS, parse_merge_opts
+
+ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("protect=0", {"protect": 0}), ("protect=2", {"protect": 2}), ("protect=8", {"protect": 8}),
+    ("protect=16", {"protect": 16}), ("fading=gamma", {"fading": "gamma"}),
+    ("fading=none", {"fading": "none"}), ("weights=size", {"weights": "size"}),
+    ("similarity=b", {"similarity": "b"}), ("similarity=delta", {"similarity": "delta"}),
+)
+STATS = ("diff", "lo", "hi", "p_exact", "p_chi2", "distinct")
+
+
+@dataclass
+class Config:
+    """One row to evaluate: ``kw`` goes to ``vimstm.patch`` (nothing for dense)."""
+
+    label: str
+    method: str
+    group: str  # dense | main | ablation | calibrated | finetuned | training-free
+    point: str | None = None  # "ratio=0.4": rows at one point are compared with STM's
+    variant: str = "default"
+    kw: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None  # finetuned rows: their own weights
+    error: str | None = None  # why it cannot run (a calibration that found no schedule)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def parse_point(point: str) -> dict[str, float]:
+    key, _, val = point.partition("=")
+    if key not in ("ratio", "reduction", "flops") or not val:
+        raise VimstmError(f"operating point {point!r}: use ratio=F, reduction=F or flops=F")
+    return {key: float(val)}
+
+
+def main_points(args: argparse.Namespace) -> list[str]:
+    return ([f"reduction={v:g}" for v in _floats(args.reductions)]
+            + [f"ratio={v:g}" for v in _floats(args.ratios)]
+            + [f"flops={v:g}" for v in _floats(args.flops)])
+
+
+def plan(methods: list[str], points: list[str], ablation_points: list[str],
+         calibrated: bool) -> list[Config]:
+    """The training-free rows in table order."""
+    out = [Config("dense", "dense", "dense")]
+    for point in points:
+        for m in methods:
+            extra = {"seed": 0} if m == "random" else {}
+            out.append(Config(f"{m} {point}", m, "main", point, kw={**parse_point(point),
+                                                                    **extra}))
+    for point in ablation_points:
+        if point not in points:  # the default STM row that the ablations are compared with
+            out.append(Config(f"stm {point}", "stm", "ablation", point,
+                              kw=parse_point(point)))
+        for name, opts in ABLATIONS:
+            out.append(Config(f"stm {point} {name}", "stm", "ablation", point, name,
+                              {**parse_point(point), **opts}))
+        if calibrated:  # kw (the schedule) is filled in once the sensitivity is known
+            out.append(Config(f"stm {point} calibrated", "stm", "calibrated", point,
+                              "calibrated"))
+    return out
+
+
+# --------------------------------------------------------------------------- measuring
+class Runner:
+    """The model, the test images on the device and the dense reference logits."""
+
+    def __init__(self, model: torch.nn.Module, batches: list, dev: torch.device,
+                 amp: str | None, bench: bool, bench_batch: int) -> None:
+        self.model, self.batches, self.dev = model, batches, dev
+        self.amp, self.bench, self.bench_batch = amp, bench, bench_batch
+        self.labels = torch.cat([y for _, y in batches])
+        self.dense_logits: list[torch.Tensor] | None = None
+
+    @torch.inference_mode()
+    def predict(self, model: torch.nn.Module) -> tuple[np.ndarray, float]:
+        """Predicted class per image (uint8) and the mean KL(dense || model) of the logits."""
+        dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp or "")
+        preds, kl, logits_all = [], 0.0, []
+        for k, (x, _) in enumerate(self.batches):
+            with torch.autocast(self.dev.type, dtype=dt or torch.float32, enabled=dt is not None):
+                logits = model(x).float()
+            if self.dense_logits is None:
+                logits_all.append(logits)
+            ref = (self.dense_logits or logits_all)[k]
+            kl += float(torch.nn.functional.kl_div(logits.log_softmax(-1), ref.log_softmax(-1),
+                                                   log_target=True, reduction="sum"))
+            preds.append(logits.argmax(-1).to(torch.uint8).cpu())
+        if self.dense_logits is None:
+            self.dense_logits = logits_all
+        return torch.cat(preds).numpy(), kl / len(self.labels)
+
+    def speed(self, model: torch.nn.Module) -> dict[str, float] | None:
+        if not self.bench:
+            return None
+        from vimstm.engine.benchmark import measure_throughput
+
+        r = measure_throughput(model, batch_size=self.bench_batch, dtype="fp16", device=self.dev,
+                               warmup=5, runs=20, cuda_graph=self.dev.type == "cuda")
+        return {"images_per_s": round(r["images_per_s"], 1),
+                "ms_per_batch": round(r["ms_per_batch"], 3), "spread": round(r["spread"], 3)}
+
+
+def run_config(runner: Runner, model: torch.nn.Module, cfg: Config) -> tuple[dict, np.ndarray]:
+    """Patch ``model`` as ``cfg`` says, measure it, unpatch; (row, predictions)."""
+    t0 = time.perf_counter()
+    vimstm.unpatch(model)
+    if cfg.method != "dense":
+        vimstm.patch(model, method=cfg.method, **cfg.kw)
+    try:
+        rep = count_flops(model)
+        preds, kl = runner.predict(model)
+        t_eval = time.perf_counter() - t0
+        speed = runner.speed(model)
+        merger = getattr(model, "merger", None)
+        options = {k: v for k, v in merger.options.items()} if merger is not None else {}
+    finally:
+        vimstm.unpatch(model)
+    dense_pred = None if runner.dense_logits is None else torch.cat(
+        [v.argmax(-1).cpu() for v in runner.dense_logits]).numpy()
+    correct = preds == runner.labels.numpy()
+    row: dict[str, Any] = {
+        "label": cfg.label, "group": cfg.group, "method": cfg.method, "point": cfg.point,
+        "variant": cfg.variant, "images": int(correct.size),
+        "top1": round(100.0 * float(correct.mean()), 3),
+        "agree_dense": None if dense_pred is None else round(
+            100.0 * float((preds == dense_pred).mean()), 3),
+        "kl_dense": round(kl, 5),
+        **{k: (round(v, 6) if isinstance(v, float) else v)
+           for k, v in rep.operating_point().items()},
+        "schedule": {i: r for i, r in enumerate(merger.schedule) if r} if merger else {},
+        "options": options, "eval_s": round(t_eval, 2),
+    }
+    if speed:
+        row.update(speed)
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row, preds
+
+
+def add_stats(rows: list[dict], preds: dict[str, np.ndarray], labels: np.ndarray,
+              refs: dict[str, Any], resamples: int, seed: int) -> None:
+    """``vs_<name>``: the paired comparison of each row with the reference row ``refs[name]``
+    (a label, or a function of the row giving a label; None: no comparison)."""
+    correct = {k: v == labels for k, v in preds.items()}
+    for row in rows:
+        for name, ref in refs.items():
+            other = ref(row) if callable(ref) else ref
+            if other is None or other == row["label"] or other not in correct:
+                continue
+            r = compare(correct[row["label"]], correct[other], resamples, seed)
+            row[f"vs_{name}"] = {"ref": other, **{k: (round(r[k], 4) if isinstance(r[k], float)
+                                                     else r[k]) for k in (*STATS, "b01", "b10")}}
+
+
+def stm_at(row: dict) -> str | None:
+    """The STM row (default options) at the row's operating point."""
+    return None if row["point"] is None else f"stm {row['point']}"
+
+
+# --------------------------------------------------------------------------- outputs
+def flat(row: dict) -> dict[str, Any]:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, dict) and k.startswith("vs_"):
+            out.update({f"{k}_{s}": v.get(s) for s in ("ref", *STATS)})
+        elif isinstance(v, dict):
+            out[k] = json.dumps(v, sort_keys=True)
+        else:
+            out[k] = v
+    return out
+
+
+def write_tables(rows: list[dict], preds: dict[str, np.ndarray], labels: np.ndarray,
+                 meta: dict, stem: Path) -> None:
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    flats = [flat(r) for r in rows]
+    keys: list[str] = []
+    for f in flats:
+        keys += [k for k in f if k not in keys]
+    with open(stem.with_suffix(".csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(flats)
+    np.savez_compressed(stem.parent / f"{stem.name}_preds.npz", labels=labels.astype(np.uint8),
+                        names=np.array(list(preds)), **{f"p{i}": v for i, v in
+                                                         enumerate(preds.values())})
+
+
+def _delta(row: dict, name: str) -> str:
+    v = row.get(f"vs_{name}")
+    if not v:
+        return "–"
+    mark = "" if v["distinct"] else " ≈"
+    return f"{v['diff']:+.2f} [{v['lo']:+.2f}, {v['hi']:+.2f}]{mark}"
+
+
+def markdown(rows: list[dict], meta: dict, finetuned: bool = False) -> str:
+    """RESULTS.md-ready tables: one per group, the columns the issue asks for."""
+    dense = next((r for r in rows if r["group"] == "dense"), None)
+    ips0 = (dense or {}).get("images_per_s")
+    lines = [f"<!-- {meta['command']} -->",
+             f"{meta['model']}, {meta['images']} test images, {meta['device']}; top-1 in "
+             f"{meta['amp'] or 'fp32'}; images/s: {meta['speed']}. Δ: top-1 difference in "
+             f"points with its 95% paired-bootstrap interval over the same images "
+             f"({meta['resamples']} resamples); ≈: the interval contains 0 (the images cannot "
+             "tell the two apart).", ""]
+    compare_cols = (("dense", "Δ vs dense"), ("stm", "Δ vs STM same point"))
+    if finetuned:
+        compare_cols = (("dense", "Δ vs dense"), ("dense_ft", "Δ vs dense fine-tuned"),
+                        ("stm", "Δ vs STM fine-tuned"), ("free", "Δ vs training-free"))
+    groups = (("finetuned", "Fine-tuned"), ("training-free", "The same configurations "
+              "training-free (original weights)")) if finetuned else (
+        ("main", "Every method against dense"), ("ablation", "STM ablations"),
+        ("calibrated", "Calibrated schedule (STM)"))
+    for group, title in groups:
+        sel = [r for r in rows if r["group"] == group]
+        if not sel:
+            continue
+        if not finetuned and dense is not None:
+            sel = [dense, *sel]
+        head = ["configuration", "top-1", *[c for _, c in compare_cols], "GMACs (lit.)",
+                "GMACs (full)", "mean red.", "tokens last", "img/s", "speed-up", "agree %"]
+        lines += [f"#### {title}", "", "| " + " | ".join(head) + " |",
+                  "| --- |" + " ---: |" * (len(head) - 1)]
+        for r in sel:
+            ips = r.get("images_per_s")
+            cells = [r["label"], f"{r['top1']:.2f}", *[_delta(r, k) for k, _ in compare_cols],
+                     f"{r['gmacs_literature']:.3f}", f"{r['gmacs_full']:.3f}",
+                     f"{r['mean_token_reduction']:.3f}", str(r["tokens_last_block"]),
+                     f"{ips:.0f}" if ips else "–",
+                     f"{ips / ips0:.2f}x" if ips and ips0 else "–",
+                     "–" if r.get("agree_dense") is None else f"{r['agree_dense']:.1f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+COLORS = {"stm": "C3", "tome": "C0", "rmeeto": "C1", "prune-top": "C2", "prune-norm": "C4",
+          "random": "C7", "mtr": "C5"}
+
+
+def plot(data: dict, path: Path) -> None:
+    """Top-1 against GMACs and against images/s, a line per method (training-free main rows;
+    fine-tuned points as triangles when ``data['finetuned']`` holds them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, meta = data["rows"], data["meta"]
+    ft = data.get("finetuned") or []
+    dense = next(r for r in rows if r["group"] == "dense")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for ax, key, xlabel in ((axes[0], "gmacs_literature", "GMACs per image (literature)"),
+                            (axes[1], "images_per_s", f"images/s ({meta['speed']})")):
+        if dense.get(key) is None:
+            ax.text(0.5, 0.5, "not measured (CPU run)", ha="center", transform=ax.transAxes)
+            ax.set_xlabel(xlabel)
+            continue
+        for method in dict.fromkeys(r["method"] for r in rows if r["group"] == "main"):
+            pts = sorted((r[key], r["top1"]) for r in rows
+                         if r["group"] == "main" and r["method"] == method)
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, "o-", color=COLORS.get(method), label=method, markersize=4)
+            fpts = sorted((r[key], r["top1"]) for r in ft if r["method"] == method
+                          and r.get(key) is not None)
+            if fpts:
+                ax.plot(*zip(*fpts), "^", color=COLORS.get(method), markersize=8,
+                        markerfacecolor="none")
+        ax.plot([dense[key]], [dense["top1"]], "*", color="k", markersize=12, label="dense")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("CIFAR-10 test top-1 (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{meta['model']} ({dense['top1']:.2f}% dense, {meta['images']} test images): "
+                 "training-free (circles)" + (", fine-tuned (triangles)" if ft else ""),
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- the runs
+def calibrate_rows(cfgs: list[Config], model: torch.nn.Module, args: argparse.Namespace,
+                   dev: torch.device) -> dict:
+    """Fill in the calibrated rows' schedules: the sensitivity on training images, once, then
+    one allocation per point at the GFLOPs of the default STM schedule there."""
+    from vimstm.engine.calibrate import allocate, sensitivity
+    from vimstm.merge.schedule import merge_slots, schedule_document
+
+    todo = [c for c in cfgs if c.group == "calibrated"]
+    if not todo:
+        return {}
+    t0 = time.perf_counter()
+    loader = build_eval_loader(args.calib_data, model, batch_size=args.batch_size,
+                               workers=args.workers, limit=args.calib_images)
+    calib = [x.to(dev) for x, *_ in loader if x.numel()]
+    depth, m = len(model.layers), model.patch_embed.num_patches
+    steps = merge_slots(depth, args.calib_every)
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp or "")
+    print(f"# calibration: {sum(len(x) for x in calib)} images of {args.calib_data}, "
+          f"{len(steps)} candidate steps", flush=True)
+    with torch.autocast(dev.type, dtype=dt or torch.float32, enabled=dt is not None):
+        sens, r_probe = sensitivity(model, calib, "stm", {}, steps, 0.25, dev, progress=False)
+    out = {"images": sum(len(x) for x in calib), "steps": steps, "kl": sens,
+           "probe_tokens": r_probe, "schedules": {}}
+    for c in todo:
+        vimstm.patch(model, method="stm", **parse_point(c.point))
+        rep = count_flops(model)
+        vimstm.unpatch(model)
+        target = rep.gmacs_literature / rep.dense_gmacs_literature
+        try:
+            sched = allocate(model, "stm", {}, steps, sens, flops=target, max_steps=3)
+        except vimstm.ConfigError as e:
+            c.error = str(e)
+            continue
+        c.kw = {"schedule": schedule_document(sched, depth, m, method="stm")}
+        out["schedules"][c.point] = {"target_flops": round(target, 5),
+                                     "steps": {i: r for i, r in enumerate(sched) if r}}
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"# calibration done in {out['seconds']} s: " + "; ".join(
+        f"{p}: {s['steps']}" for p, s in out["schedules"].items()), flush=True)
+    return out
+
+
+def finetune_configs(root: Path, trust: bool) -> list[Config]:
+    """One config per fine-tune run under ``root``: its merging read from the checkpoint."""
+    from vimstm.models.checkpoint import read_checkpoint
+
+    cfgs = []
+    for ck in sorted(root.glob("*/last.pth")):
+        a = read_checkpoint(ck, trust=trust).get("args", {})
+        method = a.get("method") or "dense"
+        if method in ("none", "dense"):
+            method = "dense"
+        kw: dict[str, Any] = {}
+        point = None
+        for key in ("ratio", "reduction", "flops"):
+            if a.get(key) is not None:
+                kw[key] = a[key]
+                point = f"{key}={a[key]:g}"
+        if a.get("r") is not None or a.get("schedule") is not None:
+            raise VimstmError(f"{ck}: runs with --r or --schedule are not evaluated here; use "
+                              "--ratio, --reduction or --flops")
+        kw.update(parse_merge_opts(a.get("merge_opt")))
+        if method == "random":
+            kw.setdefault("seed", 0)
+        variant = ",".join(a.get("merge_opt") or []) or "default"
+        label = f"{method} {point} ft" if point else f"{method} ft"
+        if variant != "default":
+            label += f" {variant}"
+        cfgs.append(Config(label, method, "finetuned", point, variant, kw, str(ck)))
+    if not cfgs:
+        raise VimstmError(f"no fine-tune runs under {root} (expected {root}/<run>/last.pth from "
+                          "`vimstm finetune --output`)")
+    return cfgs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_args(p, weights="optional", model_default="vim_tiny_cifar10")
+    p.add_argument("--random-init", action="store_true",
+                   help="no weights (smoke tests of this script only)")
+    p.add_argument("--data", required=False, help="CIFAR-10 test split (folder or tar)")
+    p.add_argument("--out", default="results/cifar10")
+    p.add_argument("--markdown", default=None, metavar="FILE",
+                   help="also write RESULTS.md-ready tables here")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--reductions", default="0.17,0.27,0.36,0.46",
+                   help="mean token reduction points (the papers' definition)")
+    p.add_argument("--ratios", default="0.2,0.4", help="STM's ratio points")
+    p.add_argument("--flops", default="0.8,0.6", help="GFLOPs-matched points (share kept)")
+    p.add_argument("--ablation-points", default="ratio=0.4,flops=0.6")
+    p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--calib-data", default=None,
+                   help="training images for the calibrated schedule (without: no such rows)")
+    p.add_argument("--calib-images", type=int, default=256)
+    p.add_argument("--calib-every", type=int, default=1, help="candidate steps every k blocks")
+    p.add_argument("--finetuned", default=None, metavar="DIR",
+                   help="evaluate the `vimstm finetune` runs in DIR/*/ instead")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only N test images")
+    p.add_argument("--batch-size", type=int, default=500, help="evaluation batch")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--amp", choices=("bf16", "fp16", "none"), default=None,
+                   help="evaluation autocast (default: bf16 on CUDA, fp32 on the CPU)")
+    p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure images/s (default: on CUDA only)")
+    p.add_argument("--bench-batch", type=int, default=256)
+    p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--plot-only", action="store_true", help="redraw OUT/evidence.png")
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except VimstmError as e:
+        print(f"cifar_evidence: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    stem = out / ("evidence_finetune" if args.finetuned else "evidence")
+    if args.plot_only:
+        plot(json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".png"))
+        return 0
+    if not args.data:
+        raise VimstmError("give --data (the CIFAR-10 test split)")
+    check_output_dir(out, "--out")
+    if args.markdown:
+        check_output_file(Path(args.markdown), "--markdown")
+    if args.calib_data and not Path(args.calib_data).exists():
+        raise VimstmError(f"--calib-data {args.calib_data} does not exist")
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise VimstmError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    dev = torch.device(args.device)
+    amp = args.amp or ("bf16" if dev.type == "cuda" else None)
+    amp = None if amp == "none" else amp
+    bench = dev.type == "cuda" if args.bench is None else args.bench
+    model = model_from_args(args, "none" if args.random_init else "required").to(dev).eval()
+    if args.finetuned:
+        cfgs = finetune_configs(Path(args.finetuned), args.trust_checkpoint)
+    else:
+        ablation_points = [] if args.no_ablations else [
+            v for v in args.ablation_points.split(",") if v]
+        for pt in ablation_points:
+            parse_point(pt)
+        cfgs = plan(methods, main_points(args), ablation_points, bool(args.calib_data))
+        if not args.calib_data:
+            print("# no --calib-data: the calibrated-schedule rows are left out", flush=True)
+
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    speed = (f"{name}, fp16, batch {args.bench_batch}, CUDA-graph replay, median of 20"
+             if bench and dev.type == "cuda" else
+             f"{name}, fp16, batch {args.bench_batch}, median of 20" if bench else "not measured")
+    print(f"# {command}")
+    t_load = time.perf_counter()
+    loader = build_eval_loader(args.data, model, batch_size=args.batch_size,
+                               workers=args.workers, limit=args.limit)
+    batches = [(x.to(dev), y) for x, y, _ in loader if x.numel()]
+    runner = Runner(model, batches, dev, amp, bench, args.bench_batch)
+    n = len(runner.labels)
+    print(f"# {args.model} on {n} images of {args.data} ({time.perf_counter() - t_load:.1f} s "
+          f"to load), {name}, eval {amp or 'fp32'} batch {args.batch_size}, speed: {speed}, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+    meta: dict[str, Any] = {"command": command, "model": args.model,
+                            "checkpoint": args.checkpoint, "device": name, "images": n,
+                            "data": args.data, "amp": amp, "speed": speed,
+                            "resamples": args.resamples, "seed": args.seed,
+                            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+    rows: list[dict] = []
+    preds: dict[str, np.ndarray] = {}
+    started = time.perf_counter()
+
+    def record(cfg: Config, mdl: torch.nn.Module, k: int, total: int) -> dict:
+        try:
+            if cfg.error:
+                raise vimstm.ConfigError(cfg.error)
+            row, pr = run_config(runner, mdl, cfg)
+        except vimstm.ConfigError as e:
+            print(f"[{k}/{total}] {cfg.label}: not run: {e}", flush=True)
+            meta.setdefault("not_run", {})[cfg.label] = str(e)
+            return {}
+        rows.append(row)
+        preds[cfg.label] = pr
+        spent = time.perf_counter() - started
+        eta = spent / k * (total - k)
+        ips = f"  {row['images_per_s']:.0f} img/s" if "images_per_s" in row else ""
+        print(f"[{k}/{total}] {cfg.label}: top-1 {row['top1']:.2f}  GMACs "
+              f"{row['gmacs_literature']:.3f}{ips}  ({row['seconds']:.1f} s; about "
+              f"{eta / 60:.1f} min left)", flush=True)
+        return row
+
+    if args.finetuned:
+        # the original dense model, and per run: the original weights with the same merging
+        # (training-free) and the fine-tuned weights
+        free = {c.label: Config(c.label.replace(" ft", " free"), c.method, "training-free",
+                                c.point, c.variant, c.kw) for c in cfgs}
+        total = 1 + 2 * len(cfgs) - sum(c.method == "dense" for c in cfgs)
+        record(Config("dense", "dense", "dense"), model, 1, total)
+        k = 1
+        from vimstm.models.checkpoint import load_checkpoint
+
+        ft_model = model_from_args(args, "none" if args.random_init else "required").to(dev)
+        for c in cfgs:
+            if c.method != "dense":
+                k += 1
+                record(free[c.label], model, k, total)
+            load_checkpoint(ft_model, c.checkpoint, trust=args.trust_checkpoint)
+            k += 1
+            record(c, ft_model.eval(), k, total)
+        dense_ft = next((c.label for c in cfgs if c.method == "dense"), None)
+        refs: dict[str, Any] = {
+            "dense": "dense", "dense_ft": lambda r: dense_ft if r["group"] == "finetuned"
+            else None,
+            "stm": lambda r: None if r["point"] is None else (
+                f"stm {r['point']} ft" if r["group"] == "finetuned" else f"stm {r['point']} free"),
+            "free": lambda r: r["label"].replace(" ft", " free")
+            if r["group"] == "finetuned" and r["method"] != "dense" else None}
+    else:
+        meta["calibration"] = calibrate_rows(cfgs, model, args, dev) if args.calib_data else None
+        total = len(cfgs) + int(bench)
+        print(f"# plan: {len(cfgs)} configurations x {n} images (+ images/s: {bench}); ",
+              flush=True)
+        for k, c in enumerate(cfgs, 1):
+            row = record(c, model, k, total)
+            if k == 1 and row:
+                per = row["seconds"]
+                print(f"# dense took {per:.1f} s: about {per * len(cfgs) / 60:.1f} min for all "
+                      f"{len(cfgs)} rows (merged rows are faster to evaluate)", flush=True)
+        if bench:  # dense again at the end: how much the speed drifted during the run
+            meta["dense_images_per_s_end"] = runner.speed(model)
+            print(f"# dense at the end: {meta['dense_images_per_s_end']}", flush=True)
+        refs = {"dense": "dense", "stm": stm_at}
+    add_stats(rows, preds, runner.labels.numpy(), refs, args.resamples, args.seed)
+    dense_ips = next((r.get("images_per_s") for r in rows if r["group"] == "dense"), None)
+    for r in rows:
+        if r.get("images_per_s") and dense_ips:
+            r["speedup"] = round(r["images_per_s"] / dense_ips, 3)
+    meta["seconds"] = round(time.perf_counter() - started, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    write_tables(rows, preds, runner.labels.numpy(), meta, stem)
+    print(f"wrote {stem}.json, .csv and {stem.name}_preds.npz ({meta['seconds']:.0f} s)")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(rows, meta, bool(args.finetuned)) + "\n")
+        print(f"wrote {args.markdown}")
+    if not args.finetuned:
+        plot({"meta": meta, "rows": rows}, stem.with_suffix(".png"))
+    elif (out / "evidence.json").exists():  # the training-free lines with the fine-tuned points
+        free = json.loads((out / "evidence.json").read_text())
+        plot({**free, "finetuned": [r for r in rows if r["group"] == "finetuned"]},
+             stem.with_suffix(".png"))
+    _summary(rows)
+    return 0
+
+
+def _summary(rows: list[dict]) -> None:
+    """The rows with their differences, as one plain table on stdout."""
+    print(f"\n{'configuration':<34} {'top-1':>7} {'Δ dense [95% CI]':>25} "
+          f"{'Δ STM [95% CI]':>25} {'GMACs':>6} {'img/s':>7}")
+    for r in rows:
+        ips = r.get("images_per_s")
+        print(f"{r['label']:<34} {r['top1']:>7.2f} {_delta(r, 'dense'):>25} "
+              f"{_delta(r, 'stm'):>25} {r['gmacs_literature']:>6.3f} "
+              f"{'–' if not ips else f'{ips:.0f}':>7}")
+    print("≈: the 95% interval contains 0")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""benchmarks/cifar_evidence.py end to end on embedded CIFAR-10 images and a small model.
+
+The full-size reference model takes about 10 s per 32-image forward on one CPU thread, so the
+run here uses a 4-block, dim-32 model at the reference geometry (32x32, patch 2: 256 patch
+tokens, so every protection window fits) with random weights; the numbers are meaningless,
+the rows, statistics and files are what is checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vimstm
+from vimstm.data import demo_cifar10
+from vimstm.engine.stats import compare
+from vimstm.merge import METHODS
+
+ROOT = Path(__file__).resolve().parents[2]
+ARCH = ["--depth", "4", "--embed-dim", "32", "--patch-size", "2", "--stride", "2",
+        "--d-state", "4"]
+
+
+def _load() -> object:
+    spec = importlib.util.spec_from_file_location("cifar_evidence",
+                                                  ROOT / "benchmarks" / "cifar_evidence.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ev = _load()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Many tiny forwards: one thread (two fight over a shared 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32 of the embedded test images (spread over the classes) as class folders."""
+    ds = demo_cifar10()
+    root = tmp_path_factory.mktemp("cifar") / "test"
+    for i in np.linspace(0, len(ds) - 1, 32).astype(int):
+        folder = root / ds.classes[ds.targets[i]]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:04d}.jpg").write_bytes(ds._jpeg[ds._offsets[i]:ds._offsets[i + 1]])
+    return root
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = vimstm.create_model("vim_tiny_cifar10", depth=4, embed_dim=32, patch_size=2,
+                                stride=2, d_state=4)
+    path = tmp_path_factory.mktemp("w") / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def test_the_default_plan_has_every_method_point_and_ablation():
+    args = ev.argparse.Namespace(reductions="0.17,0.27,0.36,0.46", ratios="0.2,0.4",
+                                 flops="0.8,0.6")
+    points = ev.main_points(args)
+    assert points == ["reduction=0.17", "reduction=0.27", "reduction=0.36", "reduction=0.46",
+                      "ratio=0.2", "ratio=0.4", "flops=0.8", "flops=0.6"]
+    cfgs = ev.plan(list(METHODS), points, ["ratio=0.4", "flops=0.6"], calibrated=True)
+    labels = [c.label for c in cfgs]
+    assert len(labels) == len(set(labels)) == 1 + 7 * 8 + 2 * 10
+    for m in ("stm", "tome", "rmeeto", "prune-top", "prune-norm", "random", "mtr"):
+        assert all(f"{m} {p}" in labels for p in points)
+    for p in ("ratio=0.4", "flops=0.6"):
+        for v in ("protect=0", "protect=2", "protect=8", "protect=16", "fading=gamma",
+                  "fading=none", "weights=size", "similarity=b", "similarity=delta",
+                  "calibrated"):
+            assert f"stm {p} {v}" in labels
+    # an ablation point outside the main points brings its own default STM row
+    extra = ev.plan(["stm"], ["ratio=0.2"], ["flops=0.7"], calibrated=False)
+    assert "stm flops=0.7" in [c.label for c in extra]
+
+
+def test_evidence_end_to_end(images: Path, weights: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    md = tmp_path / "ev.md"
+    rc = ev.main(["--checkpoint", str(weights), *ARCH, "--data", str(images),
+                  "--calib-data", str(images), "--calib-images", "8", "--reductions", "0.17,0.46",
+                  "--flops", "0.65", "--batch-size", "32", "--workers", "0", "--out", str(out),
+                  "--markdown", str(md), "--resamples", "500"])
+    assert rc == 0
+    data = json.loads((out / "evidence.json").read_text())
+    rows = {r["label"]: r for r in data["rows"]}
+    assert not data["meta"].get("not_run")
+    points = ["reduction=0.17", "reduction=0.46", "ratio=0.2", "ratio=0.4", "flops=0.65"]
+    expected = {"dense"} | {f"{m} {p}" for m in METHODS for p in points}
+    expected |= {f"stm ratio=0.4 {v}" for v, _ in ev.ABLATIONS} | {"stm ratio=0.4 calibrated"}
+    expected |= {"stm flops=0.6"} | {f"stm flops=0.6 {v}" for v, _ in ev.ABLATIONS}
+    expected |= {"stm flops=0.6 calibrated"}
+    assert set(rows) == expected
+    for label, r in rows.items():
+        assert r["images"] == 32 and 0 <= r["top1"] <= 100
+        assert r["gmacs_full"] > r["gmacs_literature"] > 0
+        if label != "dense":
+            assert r["tokens_last_block"] < rows["dense"]["tokens_last_block"]
+            assert r["vs_dense"]["ref"] == "dense"
+            assert r["vs_dense"]["lo"] <= r["vs_dense"]["diff"] <= r["vs_dense"]["hi"]
+        if r["method"] != "stm" or r["group"] in ("ablation", "calibrated"):
+            if label != "dense" and label != "stm flops=0.6":
+                assert r["vs_stm"]["ref"] == f"stm {r['point']}"
+    # calibrated rows: the GFLOPs of the default STM schedule at the same point, or fewer
+    for p in ("ratio=0.4", "flops=0.6"):
+        assert (rows[f"stm {p} calibrated"]["gmacs_literature"]
+                <= rows[f"stm {p}"]["gmacs_literature"] + 1e-9)
+    # the saved predictions reproduce the statistics
+    z = np.load(out / "evidence_preds.npz")
+    names = list(z["names"])
+    assert set(names) == expected
+    correct = {n: z[f"p{i}"] == z["labels"] for i, n in enumerate(names)}
+    r = compare(correct["tome ratio=0.4"], correct["dense"], resamples=500)
+    assert rows["tome ratio=0.4"]["vs_dense"]["diff"] == pytest.approx(r["diff"], abs=1e-3)
+    assert rows["tome ratio=0.4"]["top1"] == pytest.approx(100 * correct["tome ratio=0.4"].mean())
+    text = md.read_text()
+    assert all(f"| {label} |" in text for label in expected)
+    assert (out / "evidence.png").stat().st_size > 0
+    assert (out / "evidence.csv").read_text().count("\n") == len(expected) + 1
+
+
+def test_finetuned_runs_are_evaluated_with_their_controls(images: Path, weights: Path,
+                                                         tmp_path: Path):
+    from vimstm.cli import build_parser
+    from vimstm.engine import train as T
+
+    runs = tmp_path / "ft"
+    for name, merge in (("dense", ["--method", "dense"]),
+                        ("stm", ["--method", "stm", "--ratio", "0.4"]),
+                        ("tome", ["--method", "tome", "--ratio", "0.4"])):
+        T.fit(build_parser().parse_args(
+            ["finetune", "--model", "vim_tiny_cifar10", *ARCH, "--checkpoint", str(weights),
+             "--data", str(images), "--output", str(runs / name), "--epochs", "1",
+             "--limit-train", "8", "--batch-size", "8", "--workers", "0", "--no-progress",
+             "--aa", "none", "--mixup", "0", "--cutmix", "0", *merge]))
+    out = tmp_path / "out"
+    rc = ev.main(["--checkpoint", str(weights), *ARCH, "--data", str(images), "--finetuned",
+                  str(runs), "--batch-size", "32", "--workers", "0", "--out", str(out),
+                  "--resamples", "200", "--markdown", str(tmp_path / "ft.md")])
+    assert rc == 0
+    rows = {r["label"]: r for r in json.loads((out / "evidence_finetune.json").read_text())["rows"]}
+    assert set(rows) == {"dense", "dense ft", "stm ratio=0.4 ft", "stm ratio=0.4 free",
+                         "tome ratio=0.4 ft", "tome ratio=0.4 free"}
+    tome = rows["tome ratio=0.4 ft"]
+    assert tome["vs_dense"]["ref"] == "dense" and tome["vs_dense_ft"]["ref"] == "dense ft"
+    assert tome["vs_stm"]["ref"] == "stm ratio=0.4 ft"
+    assert tome["vs_free"]["ref"] == "tome ratio=0.4 free"
+    assert rows["tome ratio=0.4 free"]["vs_stm"]["ref"] == "stm ratio=0.4 free"
+    assert rows["stm ratio=0.4 ft"]["tokens_last_block"] < rows["dense ft"]["tokens_last_block"]
+    assert "| tome ratio=0.4 ft |" in (tmp_path / "ft.md").read_text()
+
+
+def test_bad_input_is_one_line(tmp_path: Path, capsys):
+    assert ev.main(["--data", str(tmp_path), "--methods", "stm,nope", "--out",
+                    str(tmp_path / "o")]) == 2
+    assert "unknown method" in capsys.readouterr().err
