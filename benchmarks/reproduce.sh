@@ -4,7 +4,7 @@
 # and each benchmark prints its device, dtype and batch size.
 #
 #   bash benchmarks/reproduce.sh                   # scan, speed, train, merge (no data needed)
-#   CIFAR10=/path/to/cifar10 bash benchmarks/reproduce.sh cifar-train cifar-tables cifar-finetune
+#   CIFAR10=/path/to/cifar10 bash benchmarks/reproduce.sh cifar-train cifar-evidence cifar-finetune
 #   VIM_REPO=/path/to/hustvl/Vim bash benchmarks/reproduce.sh official
 #
 # Parts (in BENCHMARKS.md / RESULTS.md order):
@@ -21,13 +21,17 @@
 #                                                                $GPU_OUT/merge_speed_*.json
 #   cifar-train     train vim_tiny_cifar10 from scratch (scripts/train_cifar10.sh) and export its
 #                   EMA weights                               -> $CIFAR_OUT/train_log.jsonl
-#   cifar-tables    the training-free tables, default and per-block schedules, and the plot
-#                                                             -> $CIFAR_OUT/cifar_results*.{json,csv}
-#   cifar-finetune  1-epoch distillation fine-tunes at 60% of the GFLOPs, one per method
-#                                                             -> $CIFAR_OUT/finetune_1epoch.json
-#   cifar-calibrate `vimstm calibrate`'s schedule (256 training images) against the default
-#                   at 60% and 80% of the GFLOPs, STM, the whole test split
-#                                                             -> $CIFAR_OUT/calibrated_schedule.json
+#   cifar-evidence  training-free, the whole test split (benchmarks/cifar_evidence.py): dense and
+#                   every method at mean token reduction 0.17/0.27/0.36/0.46, ratio 0.2/0.4 and
+#                   flops 0.8/0.6; STM ablations and the calibrated schedule (256 training
+#                   images) at ratio 0.4 and flops 0.6; paired statistics against dense and STM;
+#                   the plot and RESULTS.md-ready tables
+#                                  -> $CIFAR_OUT/evidence{.json,.csv,.png,.md,_preds.npz}
+#   cifar-finetune  distillation fine-tunes (`vimstm finetune`) of every method at ratio 0.2 and
+#                   0.4 and the dense control (`--method dense`), then their evaluation with the
+#                   same statistics (FT_* variables below; the plan and its time are printed)
+#                                  -> $FT_RUNS/*/, $CIFAR_OUT/evidence_finetune{.json,.csv,.png,
+#                                     .md,_preds.npz}
 #   official        equivalence with the official hustvl/Vim model code (CPU is enough)
 #
 # Environment: CIFAR10 (a folder with train.tar.xz and test.tar.xz, or train/ and test/ class
@@ -35,6 +39,10 @@
 # $RESULTS/h100), CIFAR_OUT (default $RESULTS/cifar10), PYTHON (default python3), WEIGHTS (the
 # CIFAR-10 weights the tables and fine-tunes use; default: the bundled ones, or the ones
 # cifar-train wrote). scripts/train_cifar10.sh documents its own variables (EPOCHS, ...).
+# cifar-finetune: FT_EPOCHS (default 1), FT_LIMIT (training images per run, default 30000;
+# empty: all 50,000), FT_METHODS (default: every method), FT_RATIOS (default "0.2 0.4"),
+# FT_RUNS (default runs/finetune; finished runs are kept, --resume auto), FT_ARGS (the recipe
+# flags), FT_IMG_S (fine-tuning images/s assumed by the printed estimate, default 1300).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -120,53 +128,49 @@ part_cifar_train() {
   run cp "$RUN/log.jsonl" "$CIFAR_OUT/train_log.jsonl"
 }
 
-part_cifar_tables() {
-  need CIFAR10 "cifar-tables needs the CIFAR-10 test split"
-  local test="$CIFAR10/test.tar.xz"; [ -e "$test" ] || test="$CIFAR10/test"
+split() {  # the train and test splits under $CIFAR10: archives or folders
+  train="$CIFAR10/train.tar.xz" test="$CIFAR10/test.tar.xz"
+  [ -e "$train" ] || train="$CIFAR10/train"
+  [ -e "$test" ] || test="$CIFAR10/test"
+}
+
+part_cifar_evidence() {
+  need CIFAR10 "cifar-evidence needs the CIFAR-10 data"
+  local train test; split
   # shellcheck disable=SC2046
-  run $PY benchmarks/cifar_results.py $(weights) --data "$test" --out "$CIFAR_OUT"
-  # shellcheck disable=SC2046
-  run $PY benchmarks/cifar_results.py $(weights) --data "$test" --out "$CIFAR_OUT" \
-    --schedule per-block
-  run $PY benchmarks/plot_cifar_results.py "$CIFAR_OUT"
+  run $PY benchmarks/cifar_evidence.py $(weights) --data "$test" --calib-data "$train" \
+    --calib-images 256 --workers 8 --out "$CIFAR_OUT" --markdown "$CIFAR_OUT/evidence.md"
 }
 
 part_cifar_finetune() {
   need CIFAR10 "cifar-finetune needs the CIFAR-10 data"
-  local train="$CIFAR10/train.tar.xz" test="$CIFAR10/test.tar.xz"
-  [ -e "$train" ] || { train="$CIFAR10/train"; test="$CIFAR10/test"; }
+  local train test; split
   local ck; ck=$(weights)
-  for m in dense stm tome rmeeto prune-top prune-norm random; do
-    local merge=(--method "$m" --flops 0.6); [ "$m" = dense ] && merge=()
-    # shellcheck disable=SC2086
-    run $PY -m vimstm.cli finetune --model vim_tiny_cifar10 ${ck} --data "$train" \
-      --val-data "$test" --output "runs/finetune_$m" --epochs 1 --batch-size 256 --workers 12 \
-      --aa rand-m6-n2-mstd0.5-inc1 --mixup 0.1 --reprob 0 --amp bf16 --no-progress "${merge[@]}"
+  local epochs=${FT_EPOCHS:-1} limit=${FT_LIMIT-30000} runs=${FT_RUNS:-runs/finetune}
+  local methods=${FT_METHODS:-"stm mtr tome rmeeto prune-top prune-norm random"}
+  local ratios=${FT_RATIOS:-"0.2 0.4"} speed=${FT_IMG_S:-1300}
+  local recipe=${FT_ARGS:-"--aa rand-m6-n2-mstd0.5-inc1 --mixup 0.1 --reprob 0"}
+  local n_runs=$(( $(wc -w <<<"$methods") * $(wc -w <<<"$ratios") + 1 ))
+  local per=$(( epochs * ${limit:-50000} ))
+  echo "fine-tune plan: $n_runs runs (methods: $methods; ratios: $ratios; and the dense" \
+       "control), $epochs epoch(s) of ${limit:-50000} training images each; at about" \
+       "$speed images/s and 10 s of start-up per run: about" \
+       "$(( n_runs * (per / speed + 10) / 60 )) min, then the evaluation (under 1 min)" >&2
+  local lim=(); [ -n "$limit" ] && lim=(--limit-train "$limit")
+  local ft=(-m vimstm.cli finetune --model vim_tiny_cifar10 --data "$train" --resume auto
+            --epochs "$epochs" "${lim[@]}" --batch-size 256 --workers 12 --amp bf16
+            --no-progress)
+  # shellcheck disable=SC2086
+  run $PY "${ft[@]}" ${ck} $recipe --output "$runs/dense" --method dense
+  for r in $ratios; do
+    for m in $methods; do
+      # shellcheck disable=SC2086
+      run $PY "${ft[@]}" ${ck} $recipe --output "$runs/${m}_ratio$r" --method "$m" --ratio "$r"
+    done
   done
-  run $PY - "$CIFAR_OUT/finetune_1epoch.json" <<'PY'
-import json, sys
-from pathlib import Path
-import torch
-runs = {}
-for m in ("dense", "stm", "tome", "rmeeto", "prune-top", "prune-norm", "random"):
-    log = Path(f"runs/finetune_{m}/log.jsonl")
-    runs[m] = json.loads(log.read_text().splitlines()[-1]) if log.exists() else None
-meta = {"command": "vimstm finetune --model vim_tiny_cifar10 --epochs 1 --batch-size 256 --aa "
-        "rand-m6-n2-mstd0.5-inc1 --mixup 0.1 --reprob 0 --amp bf16 --method M --flops 0.6",
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-Path(sys.argv[1]).write_text(json.dumps({"meta": meta, "runs": runs}, indent=1) + "\n")
-print(f"wrote {sys.argv[1]}")
-PY
-}
-
-part_cifar_calibrate() {
-  need CIFAR10 "cifar-calibrate needs the CIFAR-10 data"
-  local train="$CIFAR10/train.tar.xz" test="$CIFAR10/test.tar.xz"
-  [ -e "$train" ] || { train="$CIFAR10/train"; test="$CIFAR10/test"; }
   # shellcheck disable=SC2046
-  run $PY benchmarks/calibrated_schedule.py $(weights) --train "$train" --test "$test" \
-    --device cuda --calib-images 256 --flops 0.6,0.8 --batch-size 256 --workers 8 --amp bf16 \
-    --out "$CIFAR_OUT/calibrated_schedule.json"
+  run $PY benchmarks/cifar_evidence.py $(weights) --data "$test" --finetuned "$runs" \
+    --workers 8 --out "$CIFAR_OUT" --markdown "$CIFAR_OUT/evidence_finetune.md"
 }
 
 part_official() {
@@ -178,7 +182,7 @@ parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(scan speed train merge)
 for p in "${parts[@]}"; do
   case $p in
-    scan|speed|train|merge|cifar-train|cifar-tables|cifar-finetune|cifar-calibrate|official) ;;
+    scan|speed|train|merge|cifar-train|cifar-evidence|cifar-finetune|official) ;;
     *) echo "reproduce.sh: unknown part '$p' (see the header of $0)" >&2; exit 2 ;;
   esac
 done
