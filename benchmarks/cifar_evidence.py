@@ -185,6 +185,8 @@ def run_config(runner: Runner, model: torch.nn.Module, cfg: Config) -> tuple[dic
         options = {k: v for k, v in merger.options.items()} if merger is not None else {}
     finally:
         vimstm.unpatch(model)
+        if runner.dev.type == "cuda":  # each patch captured its own CUDA graphs
+            torch.cuda.empty_cache()
     dense_pred = None if runner.dense_logits is None else torch.cat(
         [v.argmax(-1).cpu() for v in runner.dense_logits]).numpy()
     correct = preds == runner.labels.numpy()
