@@ -73,14 +73,16 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_default_plan_has_every_method_point_and_ablation():
-    args = ev.argparse.Namespace(reductions="0.17,0.27,0.36,0.46", ratios="0.2,0.4",
-                                 flops="0.8,0.6")
+    defaults = {a.dest: a.default for a in ev.build_parser()._actions}
+    args = ev.argparse.Namespace(**{k: defaults[k] for k in ("reductions", "ratios", "flops")})
     points = ev.main_points(args)
-    assert points == ["reduction=0.17", "reduction=0.27", "reduction=0.36", "reduction=0.46",
-                      "ratio=0.2", "ratio=0.4", "flops=0.8", "flops=0.6"]
+    assert points == ["reduction=0.17", "reduction=0.2", "reduction=0.27", "reduction=0.36",
+                      "reduction=0.4", "reduction=0.46", "ratio=0.2", "ratio=0.4", "flops=0.8",
+                      "flops=0.6"]
+    assert defaults["ablation_points"] == "ratio=0.4,flops=0.6"
     cfgs = ev.plan(list(METHODS), points, ["ratio=0.4", "flops=0.6"], calibrated=True)
     labels = [c.label for c in cfgs]
-    assert len(labels) == len(set(labels)) == 1 + 7 * 8 + 2 * 10
+    assert len(labels) == len(set(labels)) == 1 + 7 * 10 + 2 * 10
     for m in ("stm", "tome", "rmeeto", "prune-top", "prune-norm", "random", "mtr"):
         assert all(f"{m} {p}" in labels for p in points)
     for p in ("ratio=0.4", "flops=0.6"):
@@ -136,6 +138,9 @@ def test_evidence_end_to_end(images: Path, weights: Path, tmp_path: Path):
     assert rows["tome ratio=0.4"]["top1"] == pytest.approx(100 * correct["tome ratio=0.4"].mean())
     text = md.read_text()
     assert all(f"| {label} |" in text for label in expected)
+    # the pivot: every other method against STM at every point
+    assert "| point | STM top-1 | mtr | tome | rmeeto | prune-top | prune-norm | random |" in text
+    assert all(f"| {p} | " in text for p in points)
     assert (out / "evidence.png").stat().st_size > 0
     assert (out / "evidence.csv").read_text().count("\n") == len(expected) + 1
 
@@ -168,7 +173,8 @@ def test_finetuned_runs_are_evaluated_with_their_controls(images: Path, weights:
     assert tome["vs_free"]["ref"] == "tome ratio=0.4 free"
     assert rows["tome ratio=0.4 free"]["vs_stm"]["ref"] == "stm ratio=0.4 free"
     assert rows["stm ratio=0.4 ft"]["tokens_last_block"] < rows["dense ft"]["tokens_last_block"]
-    assert "| tome ratio=0.4 ft |" in (tmp_path / "ft.md").read_text()
+    text = (tmp_path / "ft.md").read_text()
+    assert "| tome ratio=0.4 ft |" in text and "| ratio=0.4 | " in text  # and the pivot
 
 
 def test_bad_input_is_one_line(tmp_path: Path, capsys):
