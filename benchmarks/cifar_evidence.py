@@ -283,7 +283,8 @@ def versus_stm(rows: list[dict], group: str) -> list[str]:
         r = at.get((point, "stm"))
         if r and r.get("vs_dense"):
             v = r["vs_dense"]
-            ok = "met" if v["diff"] >= limit else "missed"
+            ok = ("missed" if v["diff"] < limit else "met" if v["lo"] >= limit
+                  else "met, but the interval reaches below it")
             lines.append(f"- STM at {point}: {v['diff']:+.2f} points against dense "
                          f"[{v['lo']:+.2f}, {v['hi']:+.2f}] (target: at least {limit:+.1f}; "
                          f"{ok})")
