@@ -568,20 +568,29 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict] = []
     preds: dict[str, np.ndarray] = {}
     started = time.perf_counter()
+    first_row_at: dict[str, float] = {}  # the ETA counts from the first row (not calibration)
 
     def record(cfg: Config, mdl: torch.nn.Module, k: int, total: int) -> dict:
         try:
             if cfg.error:
                 raise vimstm.ConfigError(cfg.error)
             row, pr = run_config(runner, mdl, cfg)
-        except vimstm.ConfigError as e:
+        except vimstm.ConfigError as e:  # the method cannot reach this point: say so, go on
             print(f"[{k}/{total}] {cfg.label}: not run: {e}", flush=True)
             meta.setdefault("not_run", {})[cfg.label] = str(e)
             return {}
+        except Exception as e:  # a bug in one row must not cost the others (one GPU call)
+            import traceback
+
+            traceback.print_exc()
+            print(f"[{k}/{total}] {cfg.label}: FAILED: {type(e).__name__}: {e}", flush=True)
+            meta.setdefault("failed", {})[cfg.label] = f"{type(e).__name__}: {e}"
+            vimstm.unpatch(mdl)
+            return {}
         rows.append(row)
         preds[cfg.label] = pr
-        spent = time.perf_counter() - started
-        eta = spent / k * (total - k)
+        first = first_row_at.setdefault("t", time.perf_counter() - row["seconds"])
+        eta = (time.perf_counter() - first) / len(rows) * (total - k)
         ips = f"  {row['images_per_s']:.0f} img/s" if "images_per_s" in row else ""
         print(f"[{k}/{total}] {cfg.label}: top-1 {row['top1']:.2f}  GMACs "
               f"{row['gmacs_literature']:.3f}{ips}  ({row['seconds']:.1f} s; about "
@@ -648,6 +657,10 @@ def run(args: argparse.Namespace) -> int:
         plot({**free, "finetuned": [r for r in rows if r["group"] == "finetuned"]},
              stem.with_suffix(".png"))
     _summary(rows)
+    if meta.get("failed"):
+        print(f"cifar_evidence: {len(meta['failed'])} row(s) FAILED (the tracebacks are above; "
+              f"the others are written): {', '.join(meta['failed'])}", file=sys.stderr)
+        return 1
     return 0
 
 

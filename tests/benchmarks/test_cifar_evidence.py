@@ -181,3 +181,23 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys):
     assert ev.main(["--data", str(tmp_path), "--methods", "stm,nope", "--out",
                     str(tmp_path / "o")]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_a_failing_row_costs_only_itself(images: Path, weights: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch, capsys):
+    real = ev.run_config
+
+    def flaky(runner, model, cfg):
+        if cfg.label == "tome reduction=0.2":
+            raise RuntimeError("boom")
+        return real(runner, model, cfg)
+
+    monkeypatch.setattr(ev, "run_config", flaky)
+    rc = ev.main(["--checkpoint", str(weights), *ARCH, "--data", str(images), "--methods",
+                  "stm,tome", "--reductions", "0.2", "--ratios", "", "--flops", "",
+                  "--no-ablations", "--batch-size", "32", "--workers", "0", "--out",
+                  str(tmp_path)])
+    assert rc == 1 and "1 row(s) FAILED" in capsys.readouterr().err
+    data = json.loads((tmp_path / "evidence.json").read_text())
+    assert [r["label"] for r in data["rows"]] == ["dense", "stm reduction=0.2"]
+    assert data["meta"]["failed"] == {"tome reduction=0.2": "RuntimeError: boom"}
