@@ -136,9 +136,10 @@ class Runner:
     """The model, the test images on the device and the dense reference logits."""
 
     def __init__(self, model: torch.nn.Module, batches: list, dev: torch.device,
-                 amp: str | None, bench: bool, bench_batch: int) -> None:
+                 amp: str | None, bench: bool, bench_batch: int, bench_runs: int) -> None:
         self.model, self.batches, self.dev = model, batches, dev
         self.amp, self.bench, self.bench_batch = amp, bench, bench_batch
+        self.bench_runs = bench_runs
         self.labels = torch.cat([y for _, y in batches])
         self.dense_logits: list[torch.Tensor] | None = None
 
@@ -166,7 +167,8 @@ class Runner:
         from vimstm.engine.benchmark import measure_throughput
 
         r = measure_throughput(model, batch_size=self.bench_batch, dtype="fp16", device=self.dev,
-                               warmup=5, runs=20, cuda_graph=self.dev.type == "cuda")
+                               warmup=3, runs=self.bench_runs,
+                               cuda_graph=self.dev.type == "cuda")
         return {"images_per_s": round(r["images_per_s"], 1),
                 "ms_per_batch": round(r["ms_per_batch"], 3), "spread": round(r["spread"], 3)}
 
@@ -375,6 +377,7 @@ def plot(data: dict, path: Path) -> None:
                 ax.plot(*zip(*fpts), "^", color=COLORS.get(method), markersize=8,
                         markerfacecolor="none")
         ax.plot([dense[key]], [dense["top1"]], "*", color="k", markersize=12, label="dense")
+        ax.axhline(dense["top1"], color="k", lw=0.7, ls=":")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("CIFAR-10 test top-1 (%)")
         ax.grid(alpha=0.3)
@@ -386,6 +389,19 @@ def plot(data: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"wrote {path}")
+
+
+def plot_finetuned(rows: list[dict], out: Path) -> None:
+    """``evidence_finetune.png``: the training-free lines of ``out/evidence.json`` with the
+    fine-tuned points (at the GMACs of their schedules)."""
+    free = out / "evidence.json"
+    if not free.exists():
+        print(f"# no {free}: no plot of the fine-tuned points (bring the training-free run's "
+              "JSON there and rerun with --plot-only)")
+        return
+    data = json.loads(free.read_text())
+    plot({**data, "finetuned": [r for r in rows if r["group"] == "finetuned"]},
+         out / "evidence_finetune.png")
 
 
 # --------------------------------------------------------------------------- the runs
@@ -495,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=None,
                    help="measure images/s (default: on CUDA only)")
     p.add_argument("--bench-batch", type=int, default=256)
+    p.add_argument("--bench-runs", type=int, default=10, help="timed forwards (median)")
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -515,7 +532,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     stem = out / ("evidence_finetune" if args.finetuned else "evidence")
     if args.plot_only:
-        plot(json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".png"))
+        data = json.loads(stem.with_suffix(".json").read_text())
+        if args.finetuned:
+            plot_finetuned(data["rows"], out)
+        else:
+            plot(data, stem.with_suffix(".png"))
         return 0
     if not args.data:
         raise VimstmError("give --data (the CIFAR-10 test split)")
@@ -546,15 +567,16 @@ def run(args: argparse.Namespace) -> int:
 
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    speed = (f"{name}, fp16, batch {args.bench_batch}, CUDA-graph replay, median of 20"
-             if bench and dev.type == "cuda" else
-             f"{name}, fp16, batch {args.bench_batch}, median of 20" if bench else "not measured")
+    speed = (f"{name}, fp16, batch {args.bench_batch}, CUDA-graph replay, median of "
+             f"{args.bench_runs}" if bench and dev.type == "cuda" else
+             f"{name}, fp16, batch {args.bench_batch}, median of {args.bench_runs}" if bench
+             else "not measured")
     print(f"# {command}")
     t_load = time.perf_counter()
     loader = build_eval_loader(args.data, model, batch_size=args.batch_size,
                                workers=args.workers, limit=args.limit)
     batches = [(x.to(dev), y) for x, y, _ in loader if x.numel()]
-    runner = Runner(model, batches, dev, amp, bench, args.bench_batch)
+    runner = Runner(model, batches, dev, amp, bench, args.bench_batch, args.bench_runs)
     n = len(runner.labels)
     print(f"# {args.model} on {n} images of {args.data} ({time.perf_counter() - t_load:.1f} s "
           f"to load), {name}, eval {amp or 'fp32'} batch {args.batch_size}, speed: {speed}, "
@@ -652,10 +674,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.markdown}")
     if not args.finetuned:
         plot({"meta": meta, "rows": rows}, stem.with_suffix(".png"))
-    elif (out / "evidence.json").exists():  # the training-free lines with the fine-tuned points
-        free = json.loads((out / "evidence.json").read_text())
-        plot({**free, "finetuned": [r for r in rows if r["group"] == "finetuned"]},
-             stem.with_suffix(".png"))
+    else:
+        plot_finetuned(rows, out)
     _summary(rows)
     if meta.get("failed"):
         print(f"cifar_evidence: {len(meta['failed'])} row(s) FAILED (the tracebacks are above; "

@@ -175,6 +175,13 @@ def test_finetuned_runs_are_evaluated_with_their_controls(images: Path, weights:
     assert rows["stm ratio=0.4 ft"]["tokens_last_block"] < rows["dense ft"]["tokens_last_block"]
     text = (tmp_path / "ft.md").read_text()
     assert "| tome ratio=0.4 ft |" in text and "| ratio=0.4 | " in text  # and the pivot
+    # the plot of the fine-tuned points over the training-free lines (from evidence.json)
+    data = json.loads((out / "evidence_finetune.json").read_text())
+    free = [{**r, "group": "main"} if r["group"] == "training-free" else r
+            for r in data["rows"] if r["group"] in ("dense", "training-free")]
+    (out / "evidence.json").write_text(json.dumps({"meta": data["meta"], "rows": free}))
+    assert ev.main(["--finetuned", str(runs), "--out", str(out), "--plot-only"]) == 0
+    assert (out / "evidence_finetune.png").stat().st_size > 0
 
 
 def test_bad_input_is_one_line(tmp_path: Path, capsys):
