@@ -103,6 +103,19 @@ def parse_point(point: str) -> dict[str, float]:
     return {key: float(val)}
 
 
+# One H100, the published table of the interim model (commit 60d48fb): a merged row evaluated
+# 8,000 images in about 1.0 s (bf16, CUDA graphs), dense (eager) in 3.7 s; a speed measurement
+# (3 warm-up + 10 timed forwards of 256, CUDA-graph capture) takes about 0.6 s.
+H100_EVAL_IPS, H100_BENCH_S = 8000.0, 0.6
+
+
+def gpu_estimate(rows: int, images: int, bench: bool) -> str:
+    """The expected wall time of the rows on one H100 (from the published speeds)."""
+    s = rows * (images / H100_EVAL_IPS + (H100_BENCH_S if bench else 0.0)) + 3.0
+    return (f"expected on one H100: about {s / 60:.1f} min for the rows (+ data loading, "
+            "calibration and the first Triton compilations)")
+
+
 def main_points(args: argparse.Namespace) -> list[str]:
     return ([f"reduction={v:g}" for v in _floats(args.reductions)]
             + [f"ratio={v:g}" for v in _floats(args.ratios)]
@@ -648,8 +661,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         meta["calibration"] = calibrate_rows(cfgs, model, args, dev) if args.calib_data else None
         total = len(cfgs) + int(bench)
-        print(f"# plan: {len(cfgs)} configurations x {n} images (+ images/s: {bench}); ",
-              flush=True)
+        print(f"# plan: {len(cfgs)} configurations x {n} images, images/s: {bench}; "
+              f"{gpu_estimate(len(cfgs), n, bench)}", flush=True)
         for k, c in enumerate(cfgs, 1):
             row = record(c, model, k, total)
             if k == 1 and row:
