@@ -10,9 +10,11 @@ One process, one pass per configuration over the test split (kept on the device)
 * **ablation**: STM with one part changed at each ablation point (ratio 0.4 and flops 0.6):
   protection window 0/2/8/16 (default 4), fading gamma/none (default ssm), weights size
   (default b), similarity b/delta (default x);
-* **calibrated**: STM with ``vimstm calibrate``'s schedule (sensitivity measured once on
-  ``--calib-images`` training images, allocated per point) at the GFLOPs of the default
-  schedule at each ablation point.
+* **calibrated**: STM with ``vimstm calibrate``'s schedule (its functions and defaults: KL
+  sensitivity of every candidate step on ``--calib-images`` 256 training images, probe 25%,
+  at most 3 steps; measured once under the evaluation autocast, allocated per point) at the
+  GFLOPs of the default schedule at each ablation point; the schedule documents are kept in
+  the JSON's ``meta.calibration`` (written to a file, ``--schedule FILE`` reads one).
 
 Each row: top-1 on the images given, agreement with the dense predictions and KL from the dense
 logits, the operating point (mean token reduction, ratio, tokens in the last block, GMACs in
@@ -451,9 +453,11 @@ def calibrate_rows(cfgs: list[Config], model: torch.nn.Module, args: argparse.Na
         except vimstm.ConfigError as e:
             c.error = str(e)
             continue
-        c.kw = {"schedule": schedule_document(sched, depth, m, method="stm")}
+        doc = schedule_document(sched, depth, m, method="stm")
+        c.kw = {"schedule": doc}
         out["schedules"][c.point] = {"target_flops": round(target, 5),
-                                     "steps": {i: r for i, r in enumerate(sched) if r}}
+                                     "steps": {i: r for i, r in enumerate(sched) if r},
+                                     "document": doc}  # as a file: --schedule FILE
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(f"# calibration done in {out['seconds']} s: " + "; ".join(
         f"{p}: {s['steps']}" for p, s in out["schedules"].items()), flush=True)
