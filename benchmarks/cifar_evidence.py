@@ -5,7 +5,9 @@ One process, one pass per configuration over the test split (kept on the device)
 * **main**: dense, then every method at the literature's operating points: mean token reduction
   0.17 / 0.27 / 0.36 / 0.46 (``reduction=``, AMVim's and R-MeeTo's definition) and 0.2 / 0.4
   (STM's stated 20% / 40%, the targets), ``ratio=`` 0.2 / 0.4 (share of the patch tokens gone
-  by the last block) and GFLOPs-matched points (``flops=`` 0.8 / 0.6), all on the default
+  by the last block) and GFLOPs-matched points (``flops=`` 0.8 / 0.6); the reduction points on
+  the papers' schedule (``--reduction-schedule``: the same r after every second block; 0.46
+  is out of its reach on 24 blocks and is reported as not run), the others on the default
   schedule (merges after blocks 6, 12, 18 of 24);
 * **ablation**: STM with one part changed at each ablation point (ratio 0.4 and flops 0.6):
   protection window 0/2/8/16 (default 4), fading gamma/none (default ssm), weights size
@@ -125,21 +127,25 @@ def main_points(args: argparse.Namespace) -> list[str]:
 
 
 def plan(methods: list[str], points: list[str], ablation_points: list[str],
-         calibrated: bool) -> list[Config]:
-    """The training-free rows in table order."""
+         calibrated: bool, reduction_kw: dict[str, Any] | None = None) -> list[Config]:
+    """The training-free rows in table order (``reduction_kw``: the reduction points'
+    schedule options, e.g. every=2, shape=even)."""
+
+    def at(point: str) -> dict[str, Any]:
+        kw = parse_point(point)
+        return {**kw, **(reduction_kw or {})} if "reduction" in kw else kw
+
     out = [Config("dense", "dense", "dense")]
     for point in points:
         for m in methods:
             extra = {"seed": 0} if m == "random" else {}
-            out.append(Config(f"{m} {point}", m, "main", point, kw={**parse_point(point),
-                                                                    **extra}))
+            out.append(Config(f"{m} {point}", m, "main", point, kw={**at(point), **extra}))
     for point in ablation_points:
         if point not in points:  # the default STM row that the ablations are compared with
-            out.append(Config(f"stm {point}", "stm", "ablation", point,
-                              kw=parse_point(point)))
+            out.append(Config(f"stm {point}", "stm", "ablation", point, kw=at(point)))
         for name, opts in ABLATIONS:
             out.append(Config(f"stm {point} {name}", "stm", "ablation", point, name,
-                              {**parse_point(point), **opts}))
+                              {**at(point), **opts}))
         if calibrated:  # kw (the schedule) is filled in once the sensitivity is known
             out.append(Config(f"stm {point} calibrated", "stm", "calibrated", point,
                               "calibrated"))
@@ -356,6 +362,10 @@ def markdown(rows: list[dict], meta: dict, finetuned: bool = False) -> str:
                      "–" if r.get("agree_dense") is None else f"{r['agree_dense']:.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    for what, title in (("not_run", "Not run (the method cannot reach that point)"),
+                        ("failed", "FAILED")):
+        if meta.get(what):
+            lines += [f"{title}:", "", *[f"- {k}: {v}" for k, v in meta[what].items()], ""]
     return "\n".join(lines)
 
 
@@ -443,8 +453,9 @@ def calibrate_rows(cfgs: list[Config], model: torch.nn.Module, args: argparse.Na
         sens, r_probe = sensitivity(model, calib, "stm", {}, steps, 0.25, dev, progress=False)
     out = {"images": sum(len(x) for x in calib), "steps": steps, "kl": sens,
            "probe_tokens": r_probe, "schedules": {}}
+    stm_rows = {c.label: c for c in cfgs}
     for c in todo:
-        vimstm.patch(model, method="stm", **parse_point(c.point))
+        vimstm.patch(model, method="stm", **stm_rows[f"stm {c.point}"].kw)
         rep = count_flops(model)
         vimstm.unpatch(model)
         target = rep.gmacs_literature / rep.dense_gmacs_literature
@@ -510,6 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reductions", default="0.17,0.2,0.27,0.36,0.4,0.46",
                    help="mean token reduction points (the papers' definition; 0.2 and 0.4: "
                    "STM's stated 20%% and 40%%)")
+    p.add_argument("--reduction-schedule", default="every=2,shape=even",
+                   help="schedule options of the reduction points ('default': the default "
+                   "schedule; every=2,shape=even: the same r after every second block, the "
+                   "papers' schedule without their merge before block 0)")
     p.add_argument("--ratios", default="0.2,0.4", help="STM's ratio points")
     p.add_argument("--flops", default="0.8,0.6", help="GFLOPs-matched points (share kept)")
     p.add_argument("--ablation-points", default="ratio=0.4,flops=0.6")
@@ -533,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--plot-only", action="store_true", help="redraw OUT/evidence.png")
+    p.add_argument("--stats-only", action="store_true",
+                   help="recompute the statistics, tables and plot from OUT's saved JSON and "
+                   "predictions (e.g. with another --resamples or --seed)")
     return p
 
 
@@ -555,6 +573,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             plot(data, stem.with_suffix(".png"))
         return 0
+    if args.stats_only:  # recompute the statistics and outputs from a run's saved files
+        if args.markdown:
+            check_output_file(Path(args.markdown), "--markdown")
+        data = json.loads(stem.with_suffix(".json").read_text())
+        z = np.load(stem.parent / f"{stem.name}_preds.npz", allow_pickle=False)
+        preds = {str(k): z[f"p{i}"] for i, k in enumerate(z["names"])}
+        rows = [{k: v for k, v in r.items() if not k.startswith("vs_")} for r in data["rows"]]
+        return finish(rows, preds, z["labels"], data["meta"], args, stem)
     if not args.data:
         raise VimstmError("give --data (the CIFAR-10 test split)")
     check_output_dir(out, "--out")
@@ -578,7 +604,9 @@ def run(args: argparse.Namespace) -> int:
             v for v in args.ablation_points.split(",") if v]
         for pt in ablation_points:
             parse_point(pt)
-        cfgs = plan(methods, main_points(args), ablation_points, bool(args.calib_data))
+        red = ({} if args.reduction_schedule == "default"
+               else parse_merge_opts(args.reduction_schedule.split(",")))
+        cfgs = plan(methods, main_points(args), ablation_points, bool(args.calib_data), red)
         if not args.calib_data:
             print("# no --calib-data: the calibrated-schedule rows are left out", flush=True)
 
@@ -654,14 +682,6 @@ def run(args: argparse.Namespace) -> int:
             load_checkpoint(ft_model, c.checkpoint, trust=args.trust_checkpoint)
             k += 1
             record(c, ft_model.eval(), k, total)
-        dense_ft = next((c.label for c in cfgs if c.method == "dense"), None)
-        refs: dict[str, Any] = {
-            "dense": "dense", "dense_ft": lambda r: dense_ft if r["group"] == "finetuned"
-            else None,
-            "stm": lambda r: None if r["point"] is None else (
-                f"stm {r['point']} ft" if r["group"] == "finetuned" else f"stm {r['point']} free"),
-            "free": lambda r: r["label"].replace(" ft", " free")
-            if r["group"] == "finetuned" and r["method"] != "dense" else None}
     else:
         meta["calibration"] = calibrate_rows(cfgs, model, args, dev) if args.calib_data else None
         total = len(cfgs) + int(bench)
@@ -676,23 +696,46 @@ def run(args: argparse.Namespace) -> int:
         if bench:  # dense again at the end: how much the speed drifted during the run
             meta["dense_images_per_s_end"] = runner.speed(model)
             print(f"# dense at the end: {meta['dense_images_per_s_end']}", flush=True)
-        refs = {"dense": "dense", "stm": stm_at}
-    add_stats(rows, preds, runner.labels.numpy(), refs, args.resamples, args.seed)
+    meta["seconds"] = round(time.perf_counter() - started, 1)
     dense_ips = next((r.get("images_per_s") for r in rows if r["group"] == "dense"), None)
     for r in rows:
         if r.get("images_per_s") and dense_ips:
             r["speedup"] = round(r["images_per_s"] / dense_ips, 3)
-    meta["seconds"] = round(time.perf_counter() - started, 1)
-    out.mkdir(parents=True, exist_ok=True)
-    write_tables(rows, preds, runner.labels.numpy(), meta, stem)
+    return finish(rows, preds, runner.labels.numpy(), meta, args, stem)
+
+
+def refs_for(rows: list[dict], finetuned: bool) -> dict[str, Any]:
+    """What each row is compared with (:func:`add_stats`): dense and STM at the same point;
+    fine-tuned rows also with the dense fine-tune (the control) and their training-free self."""
+    if not finetuned:
+        return {"dense": "dense", "stm": stm_at}
+    dense_ft = next((r["label"] for r in rows
+                     if r["group"] == "finetuned" and r["method"] == "dense"), None)
+    return {
+        "dense": "dense",
+        "dense_ft": lambda r: dense_ft if r["group"] == "finetuned" else None,
+        "stm": lambda r: None if r["point"] is None else (
+            f"stm {r['point']} ft" if r["group"] == "finetuned" else f"stm {r['point']} free"),
+        "free": lambda r: r["label"].replace(" ft", " free")
+        if r["group"] == "finetuned" and r["method"] != "dense" else None}
+
+
+def finish(rows: list[dict], preds: dict[str, np.ndarray], labels: np.ndarray, meta: dict,
+           args: argparse.Namespace, stem: Path) -> int:
+    """The paired statistics, then every output: JSON, CSV, predictions, markdown, plot."""
+    finetuned = stem.name == "evidence_finetune"
+    add_stats(rows, preds, labels, refs_for(rows, finetuned), args.resamples, args.seed)
+    meta.update(resamples=args.resamples, seed=args.seed)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_tables(rows, preds, labels, meta, stem)
     print(f"wrote {stem}.json, .csv and {stem.name}_preds.npz ({meta['seconds']:.0f} s)")
     if args.markdown:
-        Path(args.markdown).write_text(markdown(rows, meta, bool(args.finetuned)) + "\n")
+        Path(args.markdown).write_text(markdown(rows, meta, finetuned) + "\n")
         print(f"wrote {args.markdown}")
-    if not args.finetuned:
+    if not finetuned:
         plot({"meta": meta, "rows": rows}, stem.with_suffix(".png"))
     else:
-        plot_finetuned(rows, out)
+        plot_finetuned(rows, stem.parent)
     _summary(rows)
     if meta.get("failed"):
         print(f"cifar_evidence: {len(meta['failed'])} row(s) FAILED (the tracebacks are above; "

@@ -99,14 +99,14 @@ def test_evidence_end_to_end(images: Path, weights: Path, tmp_path: Path):
     out = tmp_path / "out"
     md = tmp_path / "ev.md"
     rc = ev.main(["--checkpoint", str(weights), *ARCH, "--data", str(images),
-                  "--calib-data", str(images), "--calib-images", "8", "--reductions", "0.17,0.46",
+                  "--calib-data", str(images), "--calib-images", "8", "--reductions", "0.17,0.2",
                   "--flops", "0.65", "--batch-size", "32", "--workers", "0", "--out", str(out),
                   "--markdown", str(md), "--resamples", "500"])
     assert rc == 0
     data = json.loads((out / "evidence.json").read_text())
     rows = {r["label"]: r for r in data["rows"]}
     assert not data["meta"].get("not_run")
-    points = ["reduction=0.17", "reduction=0.46", "ratio=0.2", "ratio=0.4", "flops=0.65"]
+    points = ["reduction=0.17", "reduction=0.2", "ratio=0.2", "ratio=0.4", "flops=0.65"]
     expected = {"dense"} | {f"{m} {p}" for m in METHODS for p in points}
     expected |= {f"stm ratio=0.4 {v}" for v, _ in ev.ABLATIONS} | {"stm ratio=0.4 calibrated"}
     expected |= {"stm flops=0.6"} | {f"stm flops=0.6 {v}" for v, _ in ev.ABLATIONS}
@@ -143,6 +143,17 @@ def test_evidence_end_to_end(images: Path, weights: Path, tmp_path: Path):
     assert all(f"| {p} | " in text for p in points)
     assert (out / "evidence.png").stat().st_size > 0
     assert (out / "evidence.csv").read_text().count("\n") == len(expected) + 1
+    # reduction points on the papers' schedule (every=2: one step in 4 blocks), the others on
+    # the default one (3 steps)
+    assert list(rows["stm reduction=0.2"]["schedule"]) == ["1"]
+    assert len(rows["stm ratio=0.4"]["schedule"]) == 3
+    # the statistics again from the saved files alone
+    md.unlink()
+    assert ev.main(["--out", str(out), "--stats-only", "--resamples", "500",
+                    "--markdown", str(md)]) == 0
+    again = {r["label"]: r for r in json.loads((out / "evidence.json").read_text())["rows"]}
+    assert again["tome ratio=0.4"]["vs_stm"] == rows["tome ratio=0.4"]["vs_stm"]
+    assert md.read_text() == text
 
 
 def test_finetuned_runs_are_evaluated_with_their_controls(images: Path, weights: Path,
