@@ -56,6 +56,7 @@ import csv
 import json
 import shlex
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -374,8 +375,10 @@ COLORS = {"stm": "C3", "tome": "C0", "rmeeto": "C1", "prune-top": "C2", "prune-n
 
 
 def plot(data: dict, path: Path) -> None:
-    """Top-1 against GMACs and against images/s, a line per method (training-free main rows;
-    fine-tuned points as triangles when ``data['finetuned']`` holds them)."""
+    """Top-1 against GMACs and against images/s, a line per method: solid through the
+    default-schedule points (ratio, flops), dashed through the reduction points (their own
+    schedule); fine-tuned points as triangles when ``data['finetuned']`` holds them. The
+    top-1 axis starts 15 points below dense (lower rows are marked at its foot)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -384,32 +387,43 @@ def plot(data: dict, path: Path) -> None:
     rows, meta = data["rows"], data["meta"]
     ft = data.get("finetuned") or []
     dense = next(r for r in rows if r["group"] == "dense")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    floor = dense["top1"] - 15.0
+    main_rows = [r for r in rows if r["group"] == "main"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, key, xlabel in ((axes[0], "gmacs_literature", "GMACs per image (literature)"),
                             (axes[1], "images_per_s", f"images/s ({meta['speed']})")):
         if dense.get(key) is None:
             ax.text(0.5, 0.5, "not measured (CPU run)", ha="center", transform=ax.transAxes)
             ax.set_xlabel(xlabel)
             continue
-        for method in dict.fromkeys(r["method"] for r in rows if r["group"] == "main"):
-            pts = sorted((r[key], r["top1"]) for r in rows
-                         if r["group"] == "main" and r["method"] == method)
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, "o-", color=COLORS.get(method), label=method, markersize=4)
+        for method in dict.fromkeys(r["method"] for r in main_rows):
+            color = COLORS.get(method)
+            for family, style in ((False, "o-"), (True, "s--")):
+                pts = sorted((r[key], r["top1"]) for r in main_rows if r["method"] == method
+                             and str(r["point"]).startswith("reduction=") == family)
+                if not pts:
+                    continue
+                xs, ys = zip(*pts)
+                ax.plot(xs, [max(y, floor) for y in ys], style, color=color, markersize=4,
+                        label=None if family else method, alpha=0.8 if family else 1.0)
+                low = [(x, y) for x, y in pts if y < floor]
+                for x, y in low:
+                    ax.annotate(f"{y:.0f}", (x, floor), fontsize=7, color=color,
+                                xytext=(0, 3), textcoords="offset points", ha="center")
             fpts = sorted((r[key], r["top1"]) for r in ft if r["method"] == method
                           and r.get(key) is not None)
             if fpts:
-                ax.plot(*zip(*fpts), "^", color=COLORS.get(method), markersize=8,
-                        markerfacecolor="none")
+                ax.plot(*zip(*fpts), "^", color=color, markersize=8, markerfacecolor="none")
         ax.plot([dense[key]], [dense["top1"]], "*", color="k", markersize=12, label="dense")
         ax.axhline(dense["top1"], color="k", lw=0.7, ls=":")
-        ax.set_xlabel(xlabel)
+        ax.set_ylim(floor - 0.5, dense["top1"] + 1.0)
+        ax.set_xlabel(textwrap.fill(xlabel, 80), fontsize=9)
         ax.set_ylabel("CIFAR-10 test top-1 (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{meta['model']} ({dense['top1']:.2f}% dense, {meta['images']} test images): "
-                 "training-free (circles)" + (", fine-tuned (triangles)" if ft else ""),
-                 fontsize=10)
+    fig.suptitle(f"{meta['model']}: {dense['top1']:.2f}% dense, {meta['images']} test images; "
+                 "training-free: solid = ratio/flops points (default schedule), dashed = "
+                 "reduction points" + ("; triangles: fine-tuned" if ft else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
