@@ -95,6 +95,7 @@ class Config:
     kw: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None  # finetuned rows: their own weights
     error: str | None = None  # why it cannot run (a calibration that found no schedule)
+    order: int = 0  # place in the whole plan (shards are merged back in this order)
 
 
 def _floats(text: str) -> list[float]:
@@ -216,7 +217,8 @@ def run_config(runner: Runner, model: torch.nn.Module, cfg: Config) -> tuple[dic
         [v.argmax(-1).cpu() for v in runner.dense_logits]).numpy()
     correct = preds == runner.labels.numpy()
     row: dict[str, Any] = {
-        "label": cfg.label, "group": cfg.group, "method": cfg.method, "point": cfg.point,
+        "label": cfg.label, "group": cfg.group, "order": cfg.order, "method": cfg.method,
+        "point": cfg.point,
         "variant": cfg.variant, "images": int(correct.size),
         "top1": round(100.0 * float(correct.mean()), 3),
         "agree_dense": None if dense_pred is None else round(
@@ -445,7 +447,7 @@ def plot_finetuned(rows: list[dict], out: Path) -> None:
 
 # --------------------------------------------------------------------------- the runs
 def calibrate_rows(cfgs: list[Config], model: torch.nn.Module, args: argparse.Namespace,
-                   dev: torch.device) -> dict:
+                   dev: torch.device, whole: list[Config]) -> dict:
     """Fill in the calibrated rows' schedules: the sensitivity on training images, once, then
     one allocation per point at the GFLOPs of the default STM schedule there."""
     from vimstm.engine.calibrate import allocate, sensitivity
@@ -467,7 +469,7 @@ def calibrate_rows(cfgs: list[Config], model: torch.nn.Module, args: argparse.Na
         sens, r_probe = sensitivity(model, calib, "stm", {}, steps, 0.25, dev, progress=False)
     out = {"images": sum(len(x) for x in calib), "steps": steps, "kl": sens,
            "probe_tokens": r_probe, "schedules": {}}
-    stm_rows = {c.label: c for c in cfgs}
+    stm_rows = {c.label: c for c in whole}
     for c in todo:
         vimstm.patch(model, method="stm", **stm_rows[f"stm {c.point}"].kw)
         rep = count_flops(model)
@@ -562,6 +564,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--plot-only", action="store_true", help="redraw OUT/evidence.png")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="run shard K of N (one GPU each: CUDA_VISIBLE_DEVICES=K), writing "
+                   "OUT/evidence_shardK.*; then --merge-shards N")
+    p.add_argument("--merge-shards", type=int, default=None, metavar="N",
+                   help="merge OUT/evidence_shard{0..N-1} into OUT/evidence.* with the stats")
     p.add_argument("--stats-only", action="store_true",
                    help="recompute the statistics, tables and plot from OUT's saved JSON and "
                    "predictions (e.g. with another --resamples or --seed)")
@@ -587,6 +594,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             plot(data, stem.with_suffix(".png"))
         return 0
+    if args.merge_shards:
+        if args.markdown:
+            check_output_file(Path(args.markdown), "--markdown")
+        rows, preds, labels, meta = merge_shards(out, args.merge_shards)
+        return finish(rows, preds, labels, meta, args, stem)
     if args.stats_only:  # recompute the statistics and outputs from a run's saved files
         if args.markdown:
             check_output_file(Path(args.markdown), "--markdown")
@@ -623,6 +635,12 @@ def run(args: argparse.Namespace) -> int:
         cfgs = plan(methods, main_points(args), ablation_points, bool(args.calib_data), red)
         if not args.calib_data:
             print("# no --calib-data: the calibrated-schedule rows are left out", flush=True)
+        for i, c in enumerate(cfgs):
+            c.order = i
+        whole = cfgs
+        if args.shard:
+            cfgs = shard_of(cfgs, *parse_shard(args.shard))
+            stem = out / f"evidence_shard{parse_shard(args.shard)[0]}"
 
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
@@ -697,7 +715,8 @@ def run(args: argparse.Namespace) -> int:
             k += 1
             record(c, ft_model.eval(), k, total)
     else:
-        meta["calibration"] = calibrate_rows(cfgs, model, args, dev) if args.calib_data else None
+        meta["calibration"] = (calibrate_rows(cfgs, model, args, dev, whole)
+                               if args.calib_data else None)
         total = len(cfgs) + int(bench)
         print(f"# plan: {len(cfgs)} configurations x {n} images, images/s: {bench}; "
               f"{gpu_estimate(len(cfgs), n, bench)}", flush=True)
@@ -715,7 +734,77 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         if r.get("images_per_s") and dense_ips:
             r["speedup"] = round(r["images_per_s"] / dense_ips, 3)
+    if args.shard:  # statistics and tables once the shards are merged (--merge-shards)
+        meta["shard"] = args.shard
+        for r in rows:
+            r["shard"] = args.shard
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        write_tables(rows, preds, runner.labels.numpy(), meta, stem)
+        print(f"wrote {stem}.json and {stem.name}_preds.npz (shard {args.shard}; merge with "
+              "--merge-shards)")
+        return 1 if meta.get("failed") else 0
     return finish(rows, preds, runner.labels.numpy(), meta, args, stem)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    try:
+        k_, n_ = int(k), int(n)
+    except ValueError:
+        k_, n_ = -1, 0
+    if not 0 <= k_ < n_:
+        raise VimstmError(f"--shard {text!r}: give K/N with 0 <= K < N, e.g. 0/2")
+    return k_, n_
+
+
+def shard_of(cfgs: list[Config], k: int, n: int) -> list[Config]:
+    """Shard k of n: dense (every shard measures its own, for the speed-ups and as the
+    reference of KL and agreement), every n-th other row, and the calibrated rows all in the
+    last shard (one calibration)."""
+    rest = [c for c in cfgs[1:] if c.group != "calibrated"]
+    mine = [c for i, c in enumerate(rest) if i % n == k]
+    if k == n - 1:
+        mine += [c for c in cfgs if c.group == "calibrated"]
+    return [cfgs[0], *mine]
+
+
+def merge_shards(out: Path, n: int) -> tuple[list[dict], dict, np.ndarray, dict]:
+    """The rows, predictions, labels and meta of ``n`` shard runs, in plan order; dense from
+    shard 0 (every shard's dense predictions must agree)."""
+    rows, preds, metas, labels, dense = [], {}, [], None, None
+    for k in range(n):
+        stem = out / f"evidence_shard{k}"
+        if not stem.with_suffix(".json").exists():
+            raise VimstmError(f"{stem}.json is missing: run every shard 0..{n - 1} first")
+        data = json.loads(stem.with_suffix(".json").read_text())
+        z = np.load(stem.parent / f"{stem.name}_preds.npz", allow_pickle=False)
+        if labels is None:
+            labels, dense = z["labels"], z["p0"]
+        elif not (np.array_equal(labels, z["labels"]) and np.array_equal(dense, z["p0"])):
+            raise VimstmError(f"shard {k} evaluated other images or predicted differently with "
+                              "the dense model; rerun the shards with the same arguments")
+        metas.append(data["meta"])
+        for i, (r, name) in enumerate(zip(data["rows"], z["names"])):
+            if r["group"] == "dense" and k > 0:
+                continue
+            rows.append(r)
+            preds[str(name)] = z[f"p{i}"]
+    rows.sort(key=lambda r: r.get("order", 0))
+    meta = dict(metas[0])
+    meta.pop("shard", None)
+    meta["command"] = " & ".join(m["command"] for m in metas)
+    meta["seconds"] = max(m["seconds"] for m in metas)
+    meta["dense_images_per_s_by_shard"] = [
+        next((r.get("images_per_s") for r in json.loads(
+            (out / f"evidence_shard{k}.json").read_text())["rows"] if r["group"] == "dense"),
+            None) for k in range(n)]
+    meta["calibration"] = next((m["calibration"] for m in metas if m.get("calibration")), None)
+    for key in ("not_run", "failed"):
+        merged = {k: v for m in metas for k, v in (m.get(key) or {}).items()}
+        if merged:
+            meta[key] = merged
+    meta["speed"] += f"; {n} shards, one GPU each: speed-ups against each shard's own dense"
+    return rows, preds, labels, meta
 
 
 def refs_for(rows: list[dict], finetuned: bool) -> dict[str, Any]:

@@ -25,8 +25,8 @@
 #                   every method at mean token reduction 0.17/0.27/0.36/0.46, ratio 0.2/0.4 and
 #                   flops 0.8/0.6; STM ablations and the calibrated schedule (256 training
 #                   images) at ratio 0.4 and flops 0.6; paired statistics against dense and STM;
-#                   the plot and RESULTS.md-ready tables
-#                                  -> $CIFAR_OUT/evidence{.json,.csv,.png,.md,_preds.npz}
+#                   the plot and RESULTS.md-ready tables; with NGPU > 1 one shard per GPU,
+#                   then merged      -> $CIFAR_OUT/evidence{.json,.csv,.png,.md,_preds.npz}
 #   cifar-finetune  distillation fine-tunes (`vimstm finetune`) of every method at ratio 0.2 and
 #                   0.4 and the dense control (`--method dense`), then their evaluation with the
 #                   same statistics (FT_* variables below; the plan and its time are printed)
@@ -139,8 +139,22 @@ part_cifar_evidence() {
   need CIFAR10 "cifar-evidence needs the CIFAR-10 data"
   local train test; split
   # shellcheck disable=SC2046
-  run $PY benchmarks/cifar_evidence.py $(weights) --data "$test" --calib-data "$train" \
-    --calib-images 256 --workers 8 --out "$CIFAR_OUT" --markdown "$CIFAR_OUT/evidence.md"
+  local ev=(benchmarks/cifar_evidence.py $(weights) --data "$test" --calib-data "$train"
+            --calib-images 256 --workers 8 --out "$CIFAR_OUT")
+  local n=${NGPU:-1} k pids=() failed=0
+  if [ "$n" -le 1 ]; then
+    run $PY "${ev[@]}" --markdown "$CIFAR_OUT/evidence.md"
+    return
+  fi
+  for ((k = 0; k < n; k++)); do  # one shard per GPU, each with its own dense row
+    echo "+ CUDA_VISIBLE_DEVICES=$k $PY ${ev[*]} --shard $k/$n" >&2
+    (CUDA_VISIBLE_DEVICES=$k $PY "${ev[@]}" --shard "$k/$n" 2>&1 | sed -u "s/^/[gpu $k] /") &
+    pids+=($!)
+  done
+  for k in "${pids[@]}"; do wait "$k" || failed=1; done
+  [ $failed = 0 ] || echo "reproduce.sh: a shard failed (its lines above); merging the rest" >&2
+  run $PY benchmarks/cifar_evidence.py --out "$CIFAR_OUT" --merge-shards "$n" \
+    --markdown "$CIFAR_OUT/evidence.md"
 }
 
 part_cifar_finetune() {

@@ -98,15 +98,19 @@ def test_the_default_plan_has_every_method_point_and_ablation():
 def test_evidence_end_to_end(images: Path, weights: Path, tmp_path: Path):
     out = tmp_path / "out"
     md = tmp_path / "ev.md"
-    rc = ev.main(["--checkpoint", str(weights), *ARCH, "--data", str(images),
-                  "--calib-data", str(images), "--calib-images", "8", "--reductions", "0.17,0.2",
-                  "--flops", "0.65", "--batch-size", "32", "--workers", "0", "--out", str(out),
-                  "--markdown", str(md), "--resamples", "500"])
-    assert rc == 0
+    run = ["--checkpoint", str(weights), *ARCH, "--data", str(images), "--calib-data",
+           str(images), "--calib-images", "8", "--reductions", "0.17,0.2", "--ratios", "0.4",
+           "--flops", "0.65", "--batch-size", "32", "--workers", "0", "--out", str(out)]
+    # as two shards (one GPU each on a machine with two), merged with the statistics
+    assert ev.main([*run, "--shard", "0/2"]) == 0
+    assert ev.main([*run, "--shard", "1/2"]) == 0
+    assert ev.main(["--out", str(out), "--merge-shards", "2", "--resamples", "500",
+                    "--markdown", str(md)]) == 0
     data = json.loads((out / "evidence.json").read_text())
+    assert [r["order"] for r in data["rows"]] == sorted(r["order"] for r in data["rows"])
     rows = {r["label"]: r for r in data["rows"]}
     assert not data["meta"].get("not_run")
-    points = ["reduction=0.17", "reduction=0.2", "ratio=0.2", "ratio=0.4", "flops=0.65"]
+    points = ["reduction=0.17", "reduction=0.2", "ratio=0.4", "flops=0.65"]
     expected = {"dense"} | {f"{m} {p}" for m in METHODS for p in points}
     expected |= {f"stm ratio=0.4 {v}" for v, _ in ev.ABLATIONS} | {"stm ratio=0.4 calibrated"}
     expected |= {"stm flops=0.6"} | {f"stm flops=0.6 {v}" for v, _ in ev.ABLATIONS}
@@ -219,3 +223,22 @@ def test_a_failing_row_costs_only_itself(images: Path, weights: Path, tmp_path: 
     data = json.loads((tmp_path / "evidence.json").read_text())
     assert [r["label"] for r in data["rows"]] == ["dense", "stm reduction=0.2"]
     assert data["meta"]["failed"] == {"tome reduction=0.2": "RuntimeError: boom"}
+
+
+def test_shards_merge_into_the_unsharded_run(images: Path, weights: Path, tmp_path: Path):
+    common = ["--checkpoint", str(weights), *ARCH, "--data", str(images), "--methods",
+              "stm,tome,random", "--reductions", "0.2", "--ratios", "", "--flops", "",
+              "--no-ablations", "--batch-size", "32", "--workers", "0", "--resamples", "300"]
+    assert ev.main([*common, "--out", str(tmp_path / "one")]) == 0
+    for k in range(2):
+        assert ev.main([*common, "--out", str(tmp_path / "sh"), "--shard", f"{k}/2"]) == 0
+    assert ev.main(["--out", str(tmp_path / "sh"), "--merge-shards", "2",
+                    "--resamples", "300"]) == 0
+    one = json.loads((tmp_path / "one" / "evidence.json").read_text())["rows"]
+    merged = json.loads((tmp_path / "sh" / "evidence.json").read_text())["rows"]
+    assert [r["label"] for r in merged] == [r["label"] for r in one]
+    for a, b in zip(one, merged):
+        assert (a["top1"], a.get("vs_dense"), a.get("vs_stm")) == \
+            (b["top1"], b.get("vs_dense"), b.get("vs_stm"))
+    assert ev.main([*common, "--out", str(tmp_path / "x"), "--shard", "2/2"]) == 2
+    assert ev.main(["--out", str(tmp_path / "x"), "--merge-shards", "2"]) == 2
