@@ -41,12 +41,17 @@ at the same point and the same configuration training-free.
     # fine-tuned runs (benchmarks/reproduce.sh cifar-finetune)
     python benchmarks/cifar_evidence.py --checkpoint W --data ... --finetuned runs/ft \\
         --out results/cifar10 --markdown results/cifar10/evidence_finetune.md
+    # two GPUs: one shard each (every shard measures its own dense row), then merge
+    CUDA_VISIBLE_DEVICES=0 python benchmarks/cifar_evidence.py ... --shard 0/2 &
+    CUDA_VISIBLE_DEVICES=1 python benchmarks/cifar_evidence.py ... --shard 1/2; wait
+    python benchmarks/cifar_evidence.py --out results/cifar10 --merge-shards 2 --markdown ...
     # CPU check on 64 images
     OMP_NUM_THREADS=1 python benchmarks/cifar_evidence.py --data test.tar.xz --limit 64 \\
         --calib-data train.tar.xz --calib-images 8 --batch-size 32 --out /tmp/ev
 
 Writes ``OUT/evidence.{json,csv,png}`` and ``OUT/evidence_preds.npz`` (``evidence_finetune.*``
-with ``--finetuned``); ``--plot-only`` redraws the PNG from the JSON.
+with ``--finetuned``); ``--plot-only`` redraws the PNG from the JSON, ``--stats-only``
+recomputes the statistics, tables and plot from the saved JSON and predictions.
 """
 
 from __future__ import annotations
