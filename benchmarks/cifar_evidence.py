@@ -104,14 +104,17 @@ class Config:
 
 
 def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise VimstmError(f"{text!r}: give comma-separated numbers, e.g. 0.2,0.4") from None
 
 
 def parse_point(point: str) -> dict[str, float]:
     key, _, val = point.partition("=")
     if key not in ("ratio", "reduction", "flops") or not val:
         raise VimstmError(f"operating point {point!r}: use ratio=F, reduction=F or flops=F")
-    return {key: float(val)}
+    return {key: _floats(val)[0]}
 
 
 # One H100, the published table of the interim model (commit 60d48fb): a merged row evaluated
@@ -627,7 +630,6 @@ def run(args: argparse.Namespace) -> int:
     amp = args.amp or ("bf16" if dev.type == "cuda" else None)
     amp = None if amp == "none" else amp
     bench = dev.type == "cuda" if args.bench is None else args.bench
-    model = model_from_args(args, "none" if args.random_init else "required").to(dev).eval()
     if args.finetuned:
         cfgs = finetune_configs(Path(args.finetuned), args.trust_checkpoint)
     else:
@@ -646,6 +648,7 @@ def run(args: argparse.Namespace) -> int:
         if args.shard:
             cfgs = shard_of(cfgs, *parse_shard(args.shard))
             stem = out / f"evidence_shard{parse_shard(args.shard)[0]}"
+    model = model_from_args(args, "none" if args.random_init else "required").to(dev).eval()
 
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
