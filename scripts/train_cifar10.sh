@@ -26,7 +26,8 @@
 #   images; the bidirectional scans keep vim_tiny far from the GEMM peak. Measured with this
 #   recipe (BENCHMARKS.md): ~1,600 images/s on one H100/H200 (31 s per epoch plus ~2 s of test
 #   evaluation), 3,100 on two H200s, 5,900 on four H200s (8.3 s per epoch). The bundled model:
-#   NGPU=2 EPOCHS=68 MIN_RES=16 (its model card). Set EPOCHS = time budget / epoch time
+#   NGPU=2 EPOCHS=68 MIN_RES=16 (its model card; scripts/plan_epochs.py turns `vimstm bench
+#   --train` probes and a time budget into EPOCHS). Set EPOCHS = time budget / epoch time
 #   *before* the cosine schedule gets far (PROBE=1 measures the epoch time in about a minute):
 #   the schedule depends on EPOCHS, so change it only early (a resumed run follows the new
 #   length from its current step).
