@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "plan_epochs.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "plan_epochs.py"
 
 
 @pytest.fixture(scope="module")
