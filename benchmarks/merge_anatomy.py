@@ -138,11 +138,13 @@ METHODS = {
 }
 
 
-def part_outcome(model: Any, x: Tensor, y: Tensor, dense: Tensor) -> dict[str, Any]:
+def part_outcome(model: Any, x: Tensor, y: Tensor, dense: Tensor,
+                 methods: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"images": len(x), "dense_top1": float((dense.argmax(-1) == y)
                                                                  .float().mean() * 100)}
     rows, per = {}, {}
-    for name, opts in METHODS.items():
+    for name in methods:
+        opts = METHODS[name]
         t0 = time.time()
         vmerge.patch(model, **POINT, **opts)
         lg = logits_of(model, x)
@@ -159,23 +161,35 @@ def part_outcome(model: Any, x: Tensor, y: Tensor, dense: Tensor) -> dict[str, A
         if name != "stm":
             rows[name]["top1_vs_stm"] = boot((c - c_stm) * 100)
             rows[name]["kl_vs_stm"] = boot(k - k_stm)
+    # each cross variant against the method whose choice it keeps
+    out["pairs"] = {f"{a} - {b}": {"top1": boot((per[a][0] - per[b][0]) * 100),
+                                   "kl": boot(per[a][1] - per[b][1])}
+                    for a, b in (("stm-keep", "stm"), ("prune-top-merge", "prune-top"),
+                                 ("prune-top", "prune-norm"), ("stm fading=none", "stm"),
+                                 ("random", "stm"))
+                    if a in per and b in per}
+    out["per_image_kl"] = {name: [round(float(v), 5) for v in k] for name, (_, k) in per.items()}
     out["rows"] = rows
     return out
 
 
-def part_steps(model: Any, x: Tensor, dense: Tensor) -> dict[str, Any]:
+def part_steps(model: Any, x: Tensor, dense: Tensor, methods: list[str]) -> dict[str, Any]:
     full = vmerge.build_merger(model, "stm", **POINT).schedule
     slots = [i for i, r in enumerate(full) if r]
     res: dict[str, Any] = {"images": len(x), "schedule": full, "kl_after_k_steps": {}}
-    for name in ("stm", "stm-keep", "prune-top", "prune-top-merge", "prune-norm"):
-        vals = []
+    per: dict[str, list[np.ndarray]] = {}
+    for name in methods:
+        per[name] = []
         for k in range(1, len(slots) + 1):
             sched = [r if i in slots[:k] else 0 for i, r in enumerate(full)]
             vmerge.patch(model, method=METHODS[name]["method"], r=sched)
-            vals.append(float(kl(dense, logits_of(model, x)).mean()))
+            per[name].append(kl(dense, logits_of(model, x)).numpy())
             vmerge.unpatch(model)
-        res["kl_after_k_steps"][name] = vals
-        print(name, [round(v, 4) for v in vals], flush=True)
+        res["kl_after_k_steps"][name] = [float(v.mean()) for v in per[name]]
+        print(name, [round(float(v.mean()), 4) for v in per[name]], flush=True)
+    res["kl_vs_stm_after_k_steps"] = {
+        name: [boot(a - b) for a, b in zip(per[name], per["stm"])]
+        for name in methods if name != "stm" and "stm" in per}
     return res
 
 
@@ -315,6 +329,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--steps-images", type=int, default=64)
     ap.add_argument("--where-images", type=int, default=128)
+    ap.add_argument("--outcome-methods", default=",".join(METHODS))
+    ap.add_argument("--steps-methods", default="stm,stm-keep,prune-top,prune-top-merge,prune-norm")
     ap.add_argument("--parts", default="outcome,steps,where,window")
     ap.add_argument("--out", default=None, help="JSON file for the results")
     args = ap.parse_args()
@@ -327,13 +343,14 @@ def main() -> None:
     parts = args.parts.split(",")
     res: dict[str, Any] = {"point": POINT, "device": "cpu", "dtype": "fp32"}
     if "outcome" in parts:
-        res["outcome"] = part_outcome(model, x, y, dense)
+        res["outcome"] = part_outcome(model, x, y, dense, args.outcome_methods.split(","))
     def spread(n: int) -> slice:  # n of the images, spread over the classes
         return slice(0, None, max(1, len(x) // n))
 
     s = spread(args.steps_images)
     if "steps" in parts:
-        res["steps"] = part_steps(model, x[s][:args.steps_images], dense[s][:args.steps_images])
+        res["steps"] = part_steps(model, x[s][:args.steps_images], dense[s][:args.steps_images],
+                                  args.steps_methods.split(","))
     s = spread(args.where_images)
     if "where" in parts:
         res["where"] = part_where(model, x[s][:args.where_images])
