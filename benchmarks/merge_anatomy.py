@@ -7,22 +7,28 @@ Runs on the CPU on a few hundred of the 1,000 embedded CIFAR-10 test images
 
 Parts (``--parts``, default all):
 
-* ``outcome``: top-1, agreement and KL(dense || merged) per image for STM (default options and
-  protect=0), prune-top, prune-norm, random, and two cross variants that swap one half of the
-  method: ``stm-keep`` (STM's pairs, but each pair keeps its larger-weight token instead of the
-  weighted average: a pruning with STM's choice) and ``prune-top-merge`` (prune-top's choice,
-  but each dropped token is averaged, size-weighted, into its preceding kept token on the same
-  side of the class token: a merging with pruning's choice). Paired bootstrap intervals of the
-  differences in KL and top-1 against STM.
+* ``outcome``: top-1, agreement and KL(dense || merged) per image for STM (default options,
+  protect=0 and fading=none), prune-top, prune-norm, random, and two cross variants that swap
+  one half of a method: ``stm-keep`` (STM's pairs, but each pair keeps its larger-weight token
+  instead of the weighted average: a pruning with STM's choice) and ``prune-top-merge`` (prune-
+  top's choice, but each dropped token is averaged, size-weighted, into its preceding kept
+  token on the same side of the class token: a merging with pruning's choice). Paired bootstrap
+  intervals of the differences in KL and top-1 against STM.
 * ``steps``: KL after the first k merge steps only (k = 1 .. 11) per method.
 * ``where``: where the removed patches sit: for pruning the dropped patches, for STM the
   patches that end in a group of more than one; border ring, centre, distance to the class
-  token in scan order; and the spatial spread of STM's pairs (row-wrap pairs).
+  token in scan order; the size of the final groups; the spatial spread of STM's pairs.
 * ``window``: with protect=0, how many of STM's pairs touch the 4 tokens on either side of the
   class token, step by step, and the rank of those tokens' cost.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/merge_anatomy.py --images 256 \\
-        --steps-images 64 --out results/cifar10/why_pruning.json
+    # the runs behind results/cifar10/why_pruning.md (CPU, a few minutes each)
+    export OMP_NUM_THREADS=1 PYTHONPATH=src
+    python benchmarks/merge_anatomy.py --images 256 --parts outcome \\
+        --out results/cifar10/why_pruning_outcome.json
+    python benchmarks/merge_anatomy.py --images 128 --steps-images 32 --where-images 128 \\
+        --parts steps,where,window --out results/cifar10/why_pruning_anatomy.json
+    python benchmarks/merge_anatomy.py --images 96 --steps-images 96 --parts steps \\
+        --steps-methods stm,prune-top,prune-norm --out results/cifar10/why_pruning_steps.json
 """
 
 from __future__ import annotations
