@@ -10,8 +10,8 @@ Parts (``--parts``, default all):
 * ``outcome``: top-1, agreement and KL(dense || merged) per image for STM (default options,
   protect=0 and fading=none), prune-top, prune-norm, random, and two cross variants that swap
   one half of a method: ``stm-keep`` (STM's pairs, but each pair keeps its larger-weight token
-  instead of the weighted average: a pruning with STM's choice) and ``prune-top-merge`` (prune-
-  top's choice, but each dropped token is averaged, size-weighted, into its preceding kept
+  instead of the weighted average: a pruning with STM's choice) and ``prune-top-merge``
+  (prune-top's choice, but each dropped token is averaged, size-weighted, into its preceding kept
   token on the same side of the class token: a merging with pruning's choice). Paired bootstrap
   intervals of the differences in KL and top-1 against STM.
 * ``steps``: KL after the first k merge steps only (k = 1 .. 11) per method.
