@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vimstm.engine.train import epoch_img_size
+from vimstm.models.vim import patch_grid
 
 
 def plan(probes: list[tuple[int, float]], budget_s: float, gpus: int, full: int = 32,
@@ -33,7 +34,8 @@ def plan(probes: list[tuple[int, float]], budget_s: float, gpus: int, full: int 
     slope, base = np.polyfit(tokens, seconds, 1) if len(probes) > 1 else (0.0, seconds[0])
 
     def per_image(size: int) -> float:
-        return float(base + slope * ((size // patch) ** 2 + 1))
+        gh, gw = patch_grid(size, patch, patch)
+        return float(base + slope * (gh * gw + 1))
 
     evals = 2 * val_images / gpus * per_image(full) / 3 + checkpoint_s
 
