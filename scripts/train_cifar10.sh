@@ -25,9 +25,9 @@
 # * Time: training costs ~3x the forward, ~14 GFLOP per image, 0.7 PFLOP per epoch of 50k
 #   images; the bidirectional scans keep vim_tiny far from the GEMM peak. Measured with this
 #   recipe (BENCHMARKS.md): ~1,600 images/s on one H100/H200 (31 s per epoch plus ~2 s of test
-#   evaluation), 3,100 on two H200s, 5,900 on four H200s (8.3 s per epoch). The bundled model:
-#   NGPU=2 EPOCHS=68 MIN_RES=16 (its model card; scripts/plan_epochs.py turns `vimstm bench
-#   --train` probes and a time budget into EPOCHS). Set EPOCHS = time budget / epoch time
+#   evaluation), 3,100 on two H200s, 5,600-5,900 on four H200s (8.3-8.9 s per epoch). The
+#   bundled model: NGPU=4 EPOCHS=136 BLR=7.5e-4 WARMUP=5 MIN_RES=16 (its model card;
+#   scripts/plan_epochs.py turns `vimstm bench --train` probes and a time budget into EPOCHS). Set EPOCHS = time budget / epoch time
 #   *before* the cosine schedule gets far (PROBE=1 measures the epoch time in about a minute):
 #   the schedule depends on EPOCHS, so change it only early (a resumed run follows the new
 #   length from its current step).
@@ -48,8 +48,10 @@
 # * Several GPUs: NGPU processes under torchrun (DDP, NCCL), each with BATCH images per step
 #   (256: a smaller per-GPU batch leaves each GPU idle between its many small kernels), so the
 #   total batch is BATCH * NGPU and the learning rate scales with it, as DeiT's:
-#   LR = BLR * BATCH * NGPU / 256 (BLR 1e-3: the one-GPU recipe above is unchanged).
-#   BENCHMARKS.md has the measured scaling over 1 / 2 / 4 GPUs.
+#   LR = BLR * BATCH * NGPU / 256 (BLR 1e-3: the one-GPU recipe above is unchanged). Trained
+#   so far: BLR 1e-3 at total batch 512 (lr 2e-3); at 1024 the bundled model used BLR 7.5e-4
+#   (lr 3e-3, 5 warm-up epochs), 4e-3 being untried. BENCHMARKS.md has the measured scaling
+#   over 1 / 2 / 4 GPUs.
 set -euo pipefail
 
 DATA=${1:?usage: bash scripts/train_cifar10.sh CIFAR10_DIR [OUTPUT]}
