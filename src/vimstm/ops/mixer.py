@@ -222,7 +222,7 @@ def _(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, x_proj_w_f, x_proj_w_b, dt_pro
     x_dbl = xz.new_empty(2, b * length, dt_rank + 2 * n)
     st = xz.new_empty((b, 2, 2, length) if stats else (0,), dtype=torch.float32)
     every = CONFIG.save_every
-    shape = (2, b, -(-length // every) - 1, n, d) if save and 0 < every < length else (0,)
+    shape = (2, b, -(-length // every) - 1, d, n) if save and 0 < every < length else (0,)
     return y, x_dbl, st, xz.new_empty(shape, dtype=torch.float32)
 
 

@@ -110,8 +110,8 @@ def _conv_src(offs_l, J: tl.constexpr, W: tl.constexpr, K: tl.constexpr, REV0: t
 
 @triton.jit
 def _dir_params(A0, A1, D0, D1, bias0, bias1, K: tl.constexpr, offs_d, mask_d, offs_n, mdn,
-                NSTATE, s_A_n, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, A_LOG: tl.constexpr):
-    """A as (N, BLOCK_D) (fp32, from A_log if A_LOG), D and the dt bias of direction K."""
+                NSTATE, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, A_LOG: tl.constexpr):
+    """A (fp32, from A_log if A_LOG), D and the dt bias of direction K for these channels."""
     a_ptr = A0
     d_ptr = D0
     b_ptr = bias0
@@ -119,7 +119,7 @@ def _dir_params(A0, A1, D0, D1, bias0, bias1, K: tl.constexpr, offs_d, mask_d, o
         a_ptr = A1
         d_ptr = D1
         b_ptr = bias1
-    A = tl.load(a_ptr + offs_d[None, :] * NSTATE + offs_n[:, None] * s_A_n, mask=mdn, other=0.0)
+    A = tl.load(a_ptr + offs_d[:, None] * NSTATE + offs_n[None, :], mask=mdn, other=0.0)
     A = A.to(tl.float32)
     if A_LOG:
         A = tl.where(mdn, -tl.exp(A), 0.0)
@@ -132,11 +132,11 @@ def _dir_params(A0, A1, D0, D1, bias0, bias1, K: tl.constexpr, offs_d, mask_d, o
     return A, Dv, bias
 
 
-@triton.jit(do_not_specialize=["L", "s_A_n", "s_u_k", "s_u_b", "s_dt_k", "s_dt_b", "s_B_k", "s_B_b",
+@triton.jit(do_not_specialize=["L", "s_u_k", "s_u_b", "s_dt_k", "s_dt_b", "s_B_k", "s_B_b",
                                "s_C_k", "s_C_b", "s_z_b", "s_o_b", "s_st_k", "s_st_b"])
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A0, A1, B_ptr, C_ptr, D0, D1, z_ptr, bias0, bias1, out_ptr, st_ptr, stats_ptr,
-    L, DIM, NSTATE, s_A_n, scale,
+    L, DIM, NSTATE, scale,
     s_u_k, s_u_b, s_u_d, s_u_l,
     s_dt_k, s_dt_b, s_dt_d, s_dt_l,
     s_B_k, s_B_b, s_B_n, s_B_l,
@@ -159,22 +159,22 @@ def _scan_fwd_kernel(
     mask_d = offs_d < DIM
     offs_n = tl.arange(0, N)
     mask_n = offs_n < NSTATE
-    mdn = mask_n[:, None] & mask_d[None, :]
+    mdn = mask_d[:, None] & mask_n[None, :]
     o_z = pid_b * s_z_b + offs_d * s_z_d
     o_o = pid_b * s_o_b + offs_d * s_o_d
     for K in tl.static_range(NDIR):
         A, Dv, bias = _dir_params(A0, A1, D0, D1, bias0, bias1, K, offs_d, mask_d, offs_n, mdn,
-                                  NSTATE, s_A_n, HAS_D, HAS_BIAS, A_LOG)
+                                  NSTATE, HAS_D, HAS_BIAS, A_LOG)
         A2 = A * LOG2E
         u_p = u_ptr + K * s_u_k + pid_b * s_u_b + offs_d * s_u_d
         dt_p = dt_ptr + K * s_dt_k + pid_b * s_dt_b + offs_d * s_dt_d
         B_p = B_ptr + K * s_B_k + pid_b * s_B_b + offs_n * s_B_n
         C_p = C_ptr + K * s_C_k + pid_b * s_C_b + offs_n * s_C_n
         if STATS:
-            a_mean = tl.sum(A, axis=0) / NSTATE
+            a_mean = tl.sum(A, axis=1) / NSTATE
             sp = stats_ptr + ((pid_b * tl.num_programs(1) + pid_d) * 2 * NDIR + K) * L
-        st_p = st_ptr + K * s_st_k + pid_b * s_st_b + offs_n[:, None] * DIM + offs_d[None, :]
-        h = tl.zeros((N, BLOCK_D), dtype=tl.float32)
+        st_p = st_ptr + K * s_st_k + pid_b * s_st_b + offs_d[:, None] * NSTATE + offs_n[None, :]
+        h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
         t = _token(0, L, K, REV0)
         u_n = tl.load(u_p + t * s_u_l, mask=mask_d, other=0.0)
         dt_n = tl.load(dt_p + t * s_dt_l, mask=mask_d, other=0.0)
@@ -206,8 +206,8 @@ def _scan_fwd_kernel(
                 dm = tl.where(mask_d, dt, 0.0)
                 tl.store(sp + t, tl.sum(dm, axis=0))
                 tl.store(sp + NDIR * L + t, tl.sum(dm * a_mean, axis=0))
-            h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt[:, None]
-            y = tl.sum(h * Ct[:, None], axis=0)
+            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+            y = tl.sum(h * Ct[None, :], axis=1)
             if HAS_D:
                 y = y + u * Dv
             if HAS_Z:
@@ -242,13 +242,13 @@ def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     return dt
 
 
-@triton.jit(do_not_specialize=["L", "s_A_n", "s_u_k", "s_u_b", "s_dt_k", "s_dt_b", "s_B_k", "s_B_b",
+@triton.jit(do_not_specialize=["L", "s_u_k", "s_u_b", "s_dt_k", "s_dt_b", "s_B_k", "s_B_b",
                                "s_C_k", "s_C_b", "s_z_b", "s_g_b", "s_st_k", "s_st_b",
                                "s_du_k", "s_du_b", "s_ddt_k", "s_ddt_b", "s_dz_b"])
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A0, A1, B_ptr, C_ptr, D0, D1, z_ptr, bias0, bias1, g_ptr, st_ptr,
     ck_ptr, hs_ptr, du_ptr, ddt_ptr, dz_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr,
-    L, DIM, NSTATE, s_A_n, NBLK, NB, CK_SLAB, scale,
+    L, DIM, NSTATE, NBLK, NB, CK_SLAB, scale,
     s_u_k, s_u_b, s_u_d, s_u_l,
     s_dt_k, s_dt_b, s_dt_d, s_dt_l,
     s_B_k, s_B_b, s_B_n, s_B_l,
@@ -279,15 +279,15 @@ def _scan_bwd_kernel(
     mask_d = offs_d < DIM
     offs_n = tl.arange(0, N)
     mask_n = offs_n < NSTATE
-    mdn = mask_n[:, None] & mask_d[None, :]
+    mdn = mask_d[:, None] & mask_n[None, :]
     z_p = z_ptr + pid_b * s_z_b
     g_p = g_ptr + pid_b * s_g_b
     dz_p = dz_ptr + pid_b * s_dz_b
     o_z, o_g, o_dz = offs_d * s_z_d, offs_d * s_g_d, offs_d * s_dz_d
     o_u, o_dt, o_du, o_ddt = offs_d * s_u_d, offs_d * s_dt_d, offs_d * s_du_d, offs_d * s_ddt_d
     o_B, o_C = offs_n * s_B_n, offs_n * s_C_n
-    o_st = offs_n[:, None] * DIM + offs_d[None, :]
-    o_tile = offs_n[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    o_st = offs_d[:, None] * NSTATE + offs_n[None, :]
+    o_tile = tl.arange(0, BLOCK_D)[:, None] * N + offs_n[None, :]
     slab = (pid_b * NBLK + pid_d)
     ck_p = ck_ptr + slab * CK_SLAB
     hs_p = hs_ptr + slab * (T * BLOCK_D * N)
@@ -298,7 +298,7 @@ def _scan_bwd_kernel(
     nseg = tl.cdiv(L, seg_len)
     for K in tl.static_range(NDIR):
         A, Dv, bias = _dir_params(A0, A1, D0, D1, bias0, bias1, K, offs_d, mask_d, offs_n, mdn,
-                                  NSTATE, s_A_n, HAS_D, HAS_BIAS, A_LOG)
+                                  NSTATE, HAS_D, HAS_BIAS, A_LOG)
         A2 = A * LOG2E
         # scalar bases + int32 offsets: tensors of 64-bit pointers would take many registers
         u_p = u_ptr + K * s_u_k + pid_b * s_u_b
@@ -309,9 +309,9 @@ def _scan_bwd_kernel(
         ddt_p = ddt_ptr + K * s_ddt_k + pid_b * s_ddt_b
         st_p = st_ptr + K * s_st_k + pid_b * s_st_b
         dbc_p = dbc_ptr + ((K * NBLK + pid_d) * NB + pid_b) * L * (2 * NSTATE)
-        gh = tl.zeros((N, BLOCK_D), dtype=tl.float32)
-        a_next = tl.zeros((N, BLOCK_D), dtype=tl.float32)  # exp(Δ A) of the step after
-        dA_acc = tl.zeros((N, BLOCK_D), dtype=tl.float32)
+        gh = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+        a_next = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # exp(Δ A) of the step after
+        dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
         dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         db_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         for si in range(0, nseg):
@@ -336,7 +336,7 @@ def _scan_bwd_kernel(
                     u_p, dt_p, B_p, o_u, o_dt, o_B,
                     _token(s0 + tl.minimum(j + 1, nrep - 1), L, K, REV0),
                     s_u_l, s_dt_l, s_B_l, mask_d, mask_n)
-                h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt[:, None]
+                h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(ck_p + (nch - 1) * (BLOCK_D * N) + o_tile, h)
             tl.debug_barrier()
             for cc in range(0, nch):
@@ -357,7 +357,7 @@ def _scan_bwd_kernel(
                         _token(c0 + tl.minimum(j + 1, nt - 1), L, K, REV0),
                         s_u_l, s_dt_l, s_B_l, mask_d, mask_n)
                     tl.store(hs_p + j * (BLOCK_D * N) + o_tile, h)
-                    h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt[:, None]
+                    h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
                 tl.debug_barrier()  # the slab is read back below, maybe by other threads
                 # (2) adjoint, token by token backwards; h is the state after the token
                 t = _token(c0 + nt - 1, L, K, REV0)
@@ -396,7 +396,7 @@ def _scan_bwd_kernel(
                         dt = raw
                     dt = tl.where(mask_d, dt, 0.0)
                     if HAS_Z:
-                        y = tl.sum(h * Ct[:, None], axis=0)
+                        y = tl.sum(h * Ct[None, :], axis=1)
                         if HAS_D:
                             y = y + u * Dv
                         sz = tl.sigmoid(z)
@@ -410,16 +410,16 @@ def _scan_bwd_kernel(
                     else:
                         dy = g
                     # gh_t = C_t dy_t + exp(Δ_{t+1} A) gh_{t+1}
-                    gh = dy[None, :] * Ct[:, None] + a_next * gh
-                    a = tl.exp2(dt[None, :] * A2)
+                    gh = dy[:, None] * Ct[None, :] + a_next * gh
+                    a = tl.exp2(dt[:, None] * A2)
                     gha = gh * (a * h_prev)  # a * h_prev = exp(Δ_t A) h_{t-1}
-                    gB = tl.sum(gh * Bt[:, None], axis=0)
+                    gB = tl.sum(gh * Bt[None, :], axis=1)
                     du = gB * dt
                     if HAS_D:
                         du = du + dy * Dv
                         dD_acc += dy * u
-                    ddt = tl.sum(gha * A, axis=0) + gB * u
-                    dA_acc += gha * dt[None, :]
+                    ddt = tl.sum(gha * A, axis=1) + gB * u
+                    dA_acc += gha * dt[:, None]
                     if SOFTPLUS:
                         ddt = ddt * tl.sigmoid(raw)
                     ddt = tl.where(mask_d, ddt, 0.0)
@@ -429,15 +429,15 @@ def _scan_bwd_kernel(
                     tl.store(ddt_p + (o_ddt + t * s_ddt_l), ddt.to(ddt_ptr.dtype.element_ty),
                              mask=mask_d)
                     row = dbc_p + (t * (2 * NSTATE) + offs_n)
-                    tl.store(row, tl.sum(gh * (dt * u)[None, :], axis=1), mask=mask_n)
-                    tl.store(row + NSTATE, tl.sum(h * dy[None, :], axis=1), mask=mask_n)
+                    tl.store(row, tl.sum(gh * (dt * u)[:, None], axis=0), mask=mask_n)
+                    tl.store(row + NSTATE, tl.sum(h * dy[:, None], axis=0), mask=mask_n)
                     a_next = a
                     h = h_prev
                 tl.debug_barrier()  # the next chunk overwrites the slab
         if A_LOG:  # d A_log = dA * A
             dA_acc = dA_acc * A
         part = (K * NB + pid_b) * DIM
-        tl.store(dA_ptr + part * NSTATE + offs_d[None, :] * NSTATE + offs_n[:, None] * s_A_n, dA_acc,
+        tl.store(dA_ptr + part * NSTATE + offs_d[:, None] * NSTATE + offs_n[None, :], dA_acc,
                  mask=mdn)
         tl.store(dD_ptr + part + offs_d, dD_acc, mask=mask_d)
         tl.store(dbias_ptr + part + offs_d, db_acc, mask=mask_d)
@@ -477,7 +477,7 @@ def scan_fwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
 
     Writes ``scale * sum_k y_k`` to ``out`` (b, d, l). ``k`` is 2 (forward order, then
     reverse order) or 1 (reverse order if ``reverse``). Returns the saved states
-    (k, b, segments - 1, n, d) fp32 when ``save`` and ``cfg.save_every`` ask for them and the
+    (k, b, segments - 1, d, n) fp32 when ``save`` and ``cfg.save_every`` ask for them and the
     sequence is longer than one segment, else None.
     ``stats`` (b, 2, k, l) fp32 receives the per-token channel means of Δ and Δ·mean_n(A).
     """
@@ -486,7 +486,7 @@ def scan_fwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     n = p.A[0].shape[1]
     save_t = cfg.save_every if save and length > cfg.save_every else 0
     if save_t:  # the state after every segment but the last
-        states = torch.empty(ndir, b, triton.cdiv(length, save_t) - 1, n, d, device=u.device,
+        states = torch.empty(ndir, b, triton.cdiv(length, save_t) - 1, d, n, device=u.device,
                              dtype=torch.float32)
     grid = (b, triton.cdiv(d, cfg.scan_block_d))
     partial = None
@@ -498,7 +498,7 @@ def scan_fwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     _scan_fwd_kernel[grid](
         u, delta, p.A[0], p.A[1], B, C, D0, D1, z if z is not None else u, b0, b1, out, st,
         partial if partial is not None else out,
-        length, d, n, p.A[0].stride(1), float(scale),
+        length, d, n, float(scale),
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z, 3),
         *out.stride(), st.stride(0), st.stride(1),
         N=triton.next_power_of_2(n), BLOCK_D=cfg.scan_block_d, NDIR=ndir, REV0=bool(reverse),
@@ -555,7 +555,7 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     _scan_bwd_kernel[(b, nblk)](
         u, delta, p.A[0], p.A[1], B, C, D0, D1, z if z is not None else u, b0, b1, gout, st,
         ck, hs, du, ddt, dz if dz is not None else du, dbc, dA, dD, dbias,
-        length, d, n, p.A[0].stride(1), nblk, b, ck.stride(1), float(scale),
+        length, d, n, nblk, b, ck.stride(1), float(scale),
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z, 3),
         *gout.stride(), st.stride(0), st.stride(1), *du.stride(), *ddt.stride(),
         *_strides(dz, 3),
