@@ -70,8 +70,8 @@ def bimamba_triton(xz: Tensor, p: MixerParams, scale: float,
     dt_rank = p.dt_proj_w[0].shape[1]
     save = torch.is_grad_enabled() and (xz.requires_grad
                                         or any(t.requires_grad for t in p.flat()))
-    y, x_dbl, st, _ = torch.ops.vimstm.bimamba(xz, *p.flat(), dt_rank, float(scale),
-                                               bool(stats), bool(save))
+    y, x_dbl, st, _, _ = torch.ops.vimstm.bimamba(xz, *p.flat(), dt_rank, float(scale),
+                                                  bool(stats), bool(save))
     return y, x_dbl.view(2, xz.shape[0], xz.shape[1], -1), (st if stats else None)
 
 
@@ -188,8 +188,9 @@ def _bimamba_op(
     x_proj_w_f: Tensor, x_proj_w_b: Tensor, dt_proj_w_f: Tensor, dt_proj_b_f: Tensor,
     dt_proj_w_b: Tensor, dt_proj_b_b: Tensor, A_log_f: Tensor, A_log_b: Tensor,
     D_f: Tensor, D_b: Tensor, dt_rank: int, scale: float, stats: bool, save: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Forward of the mixer core on the Triton kernels: (y, x_dbl, stats, saved states)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Forward of the mixer core on the Triton kernels: (y, x_dbl, stats, saved states, and
+    the pre-gate sum of the directions' outputs when saving for the backward)."""
     from vimstm.ops.triton_scan import CONFIG, scan_fwd
 
     b, length, d2 = xz.shape
@@ -203,11 +204,14 @@ def _bimamba_op(
     y = torch.empty(b, length, d2 // 2, device=xz.device, dtype=xz.dtype)
     st = torch.empty((b, 2, 2, length) if stats else (0,), device=xz.device,
                      dtype=torch.float32)
+    ys = torch.empty((b, length, d2 // 2) if save and CONFIG.save_y else (0,), device=xz.device,
+                     dtype=xz.dtype)
     states = scan_fwd(xc.transpose(2, 3), delta, B, C, z, p, y.transpose(1, 2), scale,
-                      save=save and CONFIG.save_every > 0, stats=st if stats else None)
+                      save=save and CONFIG.save_every > 0, stats=st if stats else None,
+                      ys=ys.transpose(1, 2) if ys.numel() else None)
     if states is None:
         states = torch.empty(0, device=xz.device, dtype=torch.float32)
-    return y, x_dbl, st, states
+    return y, x_dbl, st, states, ys
 
 
 @_bimamba_op.register_fake
@@ -223,12 +227,14 @@ def _(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, x_proj_w_f, x_proj_w_b, dt_pro
     st = xz.new_empty((b, 2, 2, length) if stats else (0,), dtype=torch.float32)
     every = CONFIG.save_every
     shape = (2, b, -(-length // every) - 1, d, n) if save and 0 < every < length else (0,)
-    return y, x_dbl, st, xz.new_empty(shape, dtype=torch.float32)
+    ys = xz.new_empty((b, length, d) if save and CONFIG.save_y else (0,))
+    return y, x_dbl, st, xz.new_empty(shape, dtype=torch.float32), ys
 
 
 @torch.library.custom_op("vimstm::bimamba_backward", mutates_args=())
 def _bimamba_backward_op(
-    gy: Tensor, xz: Tensor, x_dbl: Tensor, states: Tensor, conv_w_f: Tensor, conv_b_f: Tensor,
+    gy: Tensor, xz: Tensor, x_dbl: Tensor, states: Tensor, ys: Tensor, conv_w_f: Tensor,
+    conv_b_f: Tensor,
     conv_w_b: Tensor, conv_b_b: Tensor, x_proj_w_f: Tensor, x_proj_w_b: Tensor,
     dt_proj_w_f: Tensor, dt_proj_b_f: Tensor, dt_proj_w_b: Tensor, dt_proj_b_b: Tensor,
     A_log_f: Tensor, A_log_b: Tensor, D_f: Tensor, D_b: Tensor, dt_rank: int, scale: float,
@@ -248,7 +254,7 @@ def _bimamba_backward_op(
     du = torch.empty(2, b, length, d, device=xz.device, dtype=dt)
     gr = scan_bwd(xc.transpose(2, 3), delta, B, C, z, p, gy.transpose(1, 2),
                   states if states.numel() else None, scale, du=du.transpose(2, 3),
-                  dz=dxz[..., d:].transpose(1, 2))
+                  dz=dxz[..., d:].transpose(1, 2), ys=ys.transpose(1, 2) if ys.numel() else None)
     ddelta = gr.ddelta.transpose(2, 3).reshape(2, b * length, d)  # a view: channels-last
     dx_dbl = torch.cat((torch.bmm(ddelta, dtw), gr.dBC.view(2, b * length, 2 * n).to(dt)), -1)
     # weight gradients: long-K products with small outputs, one mm per direction (cuBLAS
@@ -272,7 +278,7 @@ def _bimamba_backward_op(
 
 
 @_bimamba_backward_op.register_fake
-def _(gy, xz, x_dbl, states, conv_w_f, conv_b_f, conv_w_b, conv_b_b, x_proj_w_f, x_proj_w_b,
+def _(gy, xz, x_dbl, states, ys, conv_w_f, conv_b_f, conv_w_b, conv_b_b, x_proj_w_f, x_proj_w_b,
       dt_proj_w_f, dt_proj_b_f, dt_proj_w_b, dt_proj_b_b, A_log_f, A_log_b, D_f, D_b, dt_rank,
       scale):
     params = (conv_w_f, conv_b_f, conv_w_b, conv_b_b, x_proj_w_f, x_proj_w_b, dt_proj_w_f,
@@ -284,14 +290,14 @@ def _(gy, xz, x_dbl, states, conv_w_f, conv_b_f, conv_w_b, conv_b_b, x_proj_w_f,
 def _setup_context(ctx, inputs, output) -> None:
     xz, *params = inputs[:15]
     dt_rank, scale = inputs[15], inputs[16]
-    _, x_dbl, _, states = output
-    ctx.save_for_backward(xz, x_dbl, states, *params)
+    _, x_dbl, _, states, ys = output
+    ctx.save_for_backward(xz, x_dbl, states, ys, *params)
     ctx.dt_rank, ctx.scale = dt_rank, scale
 
 
-def _backward(ctx, gy, _g_dbl, _g_stats, _g_states):
-    xz, x_dbl, states, *params = ctx.saved_tensors
-    grads = torch.ops.vimstm.bimamba_backward(gy, xz, x_dbl, states, *params, ctx.dt_rank,
+def _backward(ctx, gy, _g_dbl, _g_stats, _g_states, _g_ys):
+    xz, x_dbl, states, ys, *params = ctx.saved_tensors
+    grads = torch.ops.vimstm.bimamba_backward(gy, xz, x_dbl, states, ys, *params, ctx.dt_rank,
                                               ctx.scale)
     return (*grads, None, None, None, None)
 

@@ -57,6 +57,10 @@ class KernelConfig:
             (a multiple of ``chunk``), ``b * d * d_state * 4 * L / save_every`` bytes per
             direction and layer; the backward replays the forward inside each segment. 0 keeps
             nothing (least memory, one whole extra forward in the backward).
+        save_y: the mixer's forward keeps ``sum_k y_k`` (one ``(b, l, d)`` activation per
+            layer) so that the scan backward reads it instead of reducing ``h C`` over the
+            states at every token (a third of its shuffles; not yet timed on a GPU:
+            ``benchmarks/kernel_variants.py --variant default: --variant y:save_y=1``).
         conv_block_d, conv_block_l: tile of the conv1d forward (channels, tokens).
         conv_bwd_block_d, conv_bwd_segment: channels and tokens walked by one program of the
             conv1d backward (a segment re-reads 6 tokens of halo).
@@ -66,6 +70,7 @@ class KernelConfig:
     scan_warps: int = 1
     chunk: int = 8
     save_every: int = 16
+    save_y: bool = False
     conv_block_d: int = 64
     conv_block_l: int = 32
     conv_bwd_block_d: int = 64
@@ -133,9 +138,10 @@ def _dir_params(A0, A1, D0, D1, bias0, bias1, K: tl.constexpr, offs_d, mask_d, o
 
 
 @triton.jit(do_not_specialize=["L", "s_u_k", "s_u_b", "s_dt_k", "s_dt_b", "s_B_k", "s_B_b",
-                               "s_C_k", "s_C_b", "s_z_b", "s_o_b", "s_st_k", "s_st_b"])
+                               "s_C_k", "s_C_b", "s_z_b", "s_o_b", "s_st_k", "s_st_b", "s_ys_b"])
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A0, A1, B_ptr, C_ptr, D0, D1, z_ptr, bias0, bias1, out_ptr, st_ptr, stats_ptr,
+    ys_ptr,
     L, DIM, NSTATE, scale,
     s_u_k, s_u_b, s_u_d, s_u_l,
     s_dt_k, s_dt_b, s_dt_d, s_dt_l,
@@ -144,12 +150,15 @@ def _scan_fwd_kernel(
     s_z_b, s_z_d, s_z_l,
     s_o_b, s_o_d, s_o_l,
     s_st_k, s_st_b,
+    s_ys_b, s_ys_d, s_ys_l,
     N: tl.constexpr, BLOCK_D: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    A_LOG: tl.constexpr, SAVE_T: tl.constexpr, STATS: tl.constexpr,
+    A_LOG: tl.constexpr, SAVE_T: tl.constexpr, STATS: tl.constexpr, YSAVE: tl.constexpr,
 ):
-    """``out = scale * sum_k y_k``; with SAVE_T, the state after every SAVE_T tokens to st.
+    """``out = scale * silu(z) * sum_k y_k``; with SAVE_T, the state after every SAVE_T tokens
+    to st; with YSAVE, ``sum_k y_k`` (before the gate and the scale) to ``ys_ptr``.
 
+    Direction 0 of two leaves its ``y`` in ``out``; the last direction adds it and gates.
     With ``STATS``, per token and direction, this program's channel sums of Δ and of
     Δ·mean_n(A) go to ``stats_ptr`` (b, programs along d, 2, NDIR, L).
     """
@@ -162,6 +171,7 @@ def _scan_fwd_kernel(
     mdn = mask_d[:, None] & mask_n[None, :]
     o_z = pid_b * s_z_b + offs_d * s_z_d
     o_o = pid_b * s_o_b + offs_d * s_o_d
+    o_ys = pid_b * s_ys_b + offs_d * s_ys_d
     for K in tl.static_range(NDIR):
         A, Dv, bias = _dir_params(A0, A1, D0, D1, bias0, bias1, K, offs_d, mask_d, offs_n, mdn,
                                   NSTATE, HAS_D, HAS_BIAS, A_LOG)
@@ -210,11 +220,16 @@ def _scan_fwd_kernel(
             y = tl.sum(h * Ct[None, :], axis=1)
             if HAS_D:
                 y = y + u * Dv
-            if HAS_Z:
-                y = y * z * tl.sigmoid(z)
-            y = y * scale
-            if K == 1:
-                y = y + tl.load(out_ptr + o_o + t * s_o_l, mask=mask_d, other=0.0).to(tl.float32)
+            if K == NDIR - 1:
+                if K == 1:  # direction 0's y, left in out
+                    y = y + tl.load(out_ptr + o_o + t * s_o_l, mask=mask_d,
+                                    other=0.0).to(tl.float32)
+                if YSAVE:
+                    tl.store(ys_ptr + o_ys + t * s_ys_l, y.to(ys_ptr.dtype.element_ty),
+                             mask=mask_d)
+                if HAS_Z:
+                    y = y * z * tl.sigmoid(z)
+                y = y * scale
             tl.store(out_ptr + o_o + t * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_d)
             if SAVE_T > 0:
                 edge = ((i + 1) % SAVE_T == 0) & (i + 1 < L)
@@ -244,10 +259,10 @@ def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 @triton.jit(do_not_specialize=["L", "s_u_k", "s_u_b", "s_dt_k", "s_dt_b", "s_B_k", "s_B_b",
                                "s_C_k", "s_C_b", "s_z_b", "s_g_b", "s_st_k", "s_st_b",
-                               "s_du_k", "s_du_b", "s_ddt_k", "s_ddt_b", "s_dz_b"])
+                               "s_du_k", "s_du_b", "s_ddt_k", "s_ddt_b", "s_dz_b", "s_ys_b"])
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A0, A1, B_ptr, C_ptr, D0, D1, z_ptr, bias0, bias1, g_ptr, st_ptr,
-    ck_ptr, hs_ptr, du_ptr, ddt_ptr, dz_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    ck_ptr, hs_ptr, du_ptr, ddt_ptr, dz_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr, ys_ptr,
     L, DIM, NSTATE, NBLK, NB, CK_SLAB, scale,
     s_u_k, s_u_b, s_u_d, s_u_l,
     s_dt_k, s_dt_b, s_dt_d, s_dt_l,
@@ -259,9 +274,10 @@ def _scan_bwd_kernel(
     s_du_k, s_du_b, s_du_d, s_du_l,
     s_ddt_k, s_ddt_b, s_ddt_d, s_ddt_l,
     s_dz_b, s_dz_d, s_dz_l,
+    s_ys_b, s_ys_d, s_ys_l,
     N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, NDIR: tl.constexpr,
     REV0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, A_LOG: tl.constexpr, SAVE_T: tl.constexpr,
+    SOFTPLUS: tl.constexpr, A_LOG: tl.constexpr, SAVE_T: tl.constexpr, YS: tl.constexpr,
 ):
     """Gradients of ``out = scale * sum_k y_k`` for every input of every direction.
 
@@ -272,6 +288,8 @@ def _scan_bwd_kernel(
     by token into this program's ``hs_ptr`` slab (T, BLOCK_D, N), slot j holding the state
     before token j; (2) walk its tokens backwards with the adjoint state in registers.
     ``dbc_ptr`` receives per-program dB | dC partials (NDIR, NBLK, b, L, 2 * NSTATE).
+    With ``YS``, ``ys_ptr`` holds ``sum_k y_k`` from the forward: direction 0 writes the whole
+    dz from it, and no direction reduces ``h C`` over the states.
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -283,7 +301,8 @@ def _scan_bwd_kernel(
     z_p = z_ptr + pid_b * s_z_b
     g_p = g_ptr + pid_b * s_g_b
     dz_p = dz_ptr + pid_b * s_dz_b
-    o_z, o_g, o_dz = offs_d * s_z_d, offs_d * s_g_d, offs_d * s_dz_d
+    ys_p = ys_ptr + pid_b * s_ys_b
+    o_z, o_g, o_dz, o_ys = offs_d * s_z_d, offs_d * s_g_d, offs_d * s_dz_d, offs_d * s_ys_d
     o_u, o_dt, o_du, o_ddt = offs_d * s_u_d, offs_d * s_dt_d, offs_d * s_du_d, offs_d * s_ddt_d
     o_B, o_C = offs_n * s_B_n, offs_n * s_C_n
     o_st = offs_d[:, None] * NSTATE + offs_n[None, :]
@@ -396,16 +415,24 @@ def _scan_bwd_kernel(
                         dt = raw
                     dt = tl.where(mask_d, dt, 0.0)
                     if HAS_Z:
-                        y = tl.sum(h * Ct[None, :], axis=1)
-                        if HAS_D:
-                            y = y + u * Dv
                         sz = tl.sigmoid(z)
-                        dz = g * y * sz * (1.0 + z * (1.0 - sz))
-                        if K == 1:
-                            dz += tl.load(dz_p + (o_dz + t * s_dz_l), mask=mask_d,
-                                          other=0.0).to(tl.float32)
-                        tl.store(dz_p + (o_dz + t * s_dz_l), dz.to(dz_ptr.dtype.element_ty),
-                                 mask=mask_d)
+                        if YS:
+                            if K == 0:  # dz of both directions, from their saved sum
+                                yt = tl.load(ys_p + (o_ys + t * s_ys_l), mask=mask_d,
+                                             other=0.0).to(tl.float32)
+                                dz = g * yt * sz * (1.0 + z * (1.0 - sz))
+                                tl.store(dz_p + (o_dz + t * s_dz_l),
+                                         dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
+                        else:
+                            y = tl.sum(h * Ct[None, :], axis=1)
+                            if HAS_D:
+                                y = y + u * Dv
+                            dz = g * y * sz * (1.0 + z * (1.0 - sz))
+                            if K == 1:
+                                dz += tl.load(dz_p + (o_dz + t * s_dz_l), mask=mask_d,
+                                              other=0.0).to(tl.float32)
+                            tl.store(dz_p + (o_dz + t * s_dz_l),
+                                     dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
                         dy = g * z * sz
                     else:
                         dy = g
@@ -472,7 +499,8 @@ class ScanParams:
 
 def scan_fwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p: ScanParams,
              out: Tensor, scale: float = 1.0, reverse: bool = False, save: bool = False,
-             stats: Tensor | None = None, cfg: KernelConfig | None = None) -> Tensor | None:
+             stats: Tensor | None = None, ys: Tensor | None = None,
+             cfg: KernelConfig | None = None) -> Tensor | None:
     """Run the scan of every direction of ``u, delta: (k, b, d, l)``, ``B, C: (k, b, n, l)``.
 
     Writes ``scale * sum_k y_k`` to ``out`` (b, d, l). ``k`` is 2 (forward order, then
@@ -480,6 +508,8 @@ def scan_fwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     (k, b, segments - 1, d, n) fp32 when ``save`` and ``cfg.save_every`` ask for them and the
     sequence is longer than one segment, else None.
     ``stats`` (b, 2, k, l) fp32 receives the per-token channel means of Δ and Δ·mean_n(A).
+    ``ys`` (b, d, l), if given, receives ``sum_k y_k`` before the gate and the scale (what
+    :func:`scan_bwd` takes to skip recomputing it).
     """
     cfg = cfg or CONFIG
     ndir, b, d, length = u.shape
@@ -497,14 +527,14 @@ def scan_fwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     st = states if save_t else out
     _scan_fwd_kernel[grid](
         u, delta, p.A[0], p.A[1], B, C, D0, D1, z if z is not None else u, b0, b1, out, st,
-        partial if partial is not None else out,
+        partial if partial is not None else out, ys if ys is not None else out,
         length, d, n, float(scale),
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z, 3),
-        *out.stride(), st.stride(0), st.stride(1),
+        *out.stride(), st.stride(0), st.stride(1), *_strides(ys, 3),
         N=triton.next_power_of_2(n), BLOCK_D=cfg.scan_block_d, NDIR=ndir, REV0=bool(reverse),
         HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
         SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t, STATS=stats is not None,
-        num_warps=cfg.scan_warps,
+        YSAVE=ys is not None, num_warps=cfg.scan_warps,
     )
     if stats is not None:
         torch.sum(partial, 1, out=stats)
@@ -527,9 +557,10 @@ class ScanGrads:
 
 def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p: ScanParams,
              gout: Tensor, states: Tensor | None, scale: float = 1.0, reverse: bool = False,
-             du: Tensor | None = None, dz: Tensor | None = None,
+             du: Tensor | None = None, dz: Tensor | None = None, ys: Tensor | None = None,
              cfg: KernelConfig | None = None) -> ScanGrads:
-    """Gradients of :func:`scan_fwd` for ``gout`` (b, d, l); ``du``/``dz`` may be preallocated."""
+    """Gradients of :func:`scan_fwd` for ``gout`` (b, d, l); ``du``/``dz`` may be preallocated;
+    ``ys``: what the forward wrote to its ``ys`` (then ``z`` must be given)."""
     cfg = cfg or CONFIG
     ndir, b, d, length = u.shape
     n = p.A[0].shape[1]
@@ -555,13 +586,14 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     _scan_bwd_kernel[(b, nblk)](
         u, delta, p.A[0], p.A[1], B, C, D0, D1, z if z is not None else u, b0, b1, gout, st,
         ck, hs, du, ddt, dz if dz is not None else du, dbc, dA, dD, dbias,
+        ys if ys is not None else du,
         length, d, n, nblk, b, ck.stride(1), float(scale),
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z, 3),
         *gout.stride(), st.stride(0), st.stride(1), *du.stride(), *ddt.stride(),
-        *_strides(dz, 3),
+        *_strides(dz, 3), *_strides(ys, 3),
         N=n2, BLOCK_D=bd, T=cfg.chunk, NDIR=ndir, REV0=bool(reverse),
         HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
-        SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t,
+        SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t, YS=ys is not None,
         num_warps=cfg.scan_warps,
     )
     return ScanGrads(du=du, ddelta=ddt, dz=dz, dBC=dbc.sum(1), dA=dA.sum(1), dD=dD.sum(1),

@@ -1,0 +1,104 @@
+"""Training-step speed of Triton kernel configurations side by side, in one process.
+
+Each variant replaces fields of :data:`vimstm.ops.triton_scan.CONFIG` (a
+:class:`~vimstm.ops.triton_scan.KernelConfig`), builds the model afresh and times forward +
+backward + fused AdamW as ``vimstm bench --train`` does (bf16 autocast, median of the timed
+steps), then the CUDA time of the scan kernels per step (torch.profiler). The first variant is
+timed again at the end, so drift between the first and last run shows in the table.
+
+    PYTHONPATH=src python benchmarks/kernel_variants.py --model vim_tiny_cifar10 \\
+        --batch-size 256 --variant default: --variant recompute_y:save_y=0 \\
+        --variant save8:save_every=8 --json results/h100/kernel_variants.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from vimstm.engine.benchmark import measure_training, training_step
+from vimstm.models.registry import create_model
+from vimstm.ops import triton_scan
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``name:key=value,key=value`` -> (name, fields of KernelConfig with their types)."""
+    name, _, body = text.partition(":")
+    fields = {f.name: f.type for f in dataclasses.fields(triton_scan.KernelConfig)}
+    out: dict = {}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise SystemExit(f"--variant {text}: no KernelConfig field {key!r}; fields: "
+                             f"{', '.join(fields)}")
+        out[key] = bool(int(value)) if fields[key] in (bool, "bool") else int(value)
+    return name or "default", out
+
+
+def scan_ms(model: torch.nn.Module, batch_size: int, img_size: int, steps: int = 3) -> dict:
+    """CUDA milliseconds per training step of each scan kernel (profiler)."""
+    step, _, _ = training_step(model, batch_size, img_size, "bf16", torch.device("cuda"))
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    out = {e.key: round(e.device_time_total / steps / 1e3, 2)
+           for e in prof.key_averages() if "scan" in e.key}
+    out["all kernels"] = round(sum(e.device_time_total for e in prof.key_averages()
+                                   if e.device_type.name == "CUDA") / steps / 1e3, 1)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="vim_tiny_cifar10")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--variant", action="append", default=[],
+                    help="name:field=value,... of KernelConfig (repeatable; 'default:' for "
+                         "the shipped configuration)")
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("kernel_variants needs a CUDA GPU (the Triton kernels are what it times)")
+        return 2
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+    variants = [parse_variant(v) for v in (args.variant or ["default:"])]
+    variants.append((variants[0][0] + " (again)", variants[0][1]))
+    base = triton_scan.CONFIG
+    print(f"{torch.cuda.get_device_name()}, bf16, batch {args.batch_size}, {args.model}, "
+          f"median of {args.runs} steps; command: {' '.join(sys.argv)}")
+    rows = {}
+    for name, fields in variants:
+        triton_scan.CONFIG = dataclasses.replace(base, **fields)
+        torch.manual_seed(0)
+        model = create_model(args.model)
+        r = measure_training(model, batch_size=args.batch_size, dtype="bf16", device="cuda",
+                             warmup=3, runs=args.runs)
+        r["scan_ms"] = scan_ms(model, args.batch_size, model.patch_embed.img_size[0])
+        r["config"] = dataclasses.asdict(triton_scan.CONFIG)
+        rows[name] = r
+        print(f"{name:24s} {r['images_per_s']:8.1f} img/s  {r['ms_per_batch']:7.2f} ms  "
+              f"peak {r['peak_mem_mb'] / 1024:6.2f} GiB  {r['scan_ms']}", flush=True)
+        del model
+        torch.cuda.empty_cache()
+    triton_scan.CONFIG = base
+    if args.json is not None:
+        args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(),
+                                         "model": args.model, "batch_size": args.batch_size,
+                                         "command": " ".join(sys.argv), "variants": rows},
+                                        indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
