@@ -9,9 +9,10 @@ One process, one pass per configuration over the test split (kept on the device)
   the papers' schedule (``--reduction-schedule``: the same r after every second block; 0.46
   is out of its reach on 24 blocks and is reported as not run), the others on the default
   schedule (merges after blocks 6, 12, 18 of 24);
-* **ablation**: STM with one part changed at each ablation point (ratio 0.4 and flops 0.6):
-  protection window 0/2/8/16 (default 4), fading gamma/none (default ssm), weights size
-  (default b), similarity b/delta (default x);
+* **ablation**: STM with one part changed at each ablation point (ratio 0.4 and flops 0.6 on
+  the default schedule, mean token reduction 0.36 and 0.4 on the papers'): protection window
+  0/2/8/16 (default 4), fading gamma/none (default ssm), weights size (default b), similarity
+  b/delta (default x), a merged token's size capped at 4 or 8 patches (default: no cap);
 * **calibrated**: STM with ``vimstm calibrate``'s schedule (its functions and defaults: KL
   sensitivity of every candidate step on ``--calib-images`` 256 training images, probe 25%,
   at most 3 steps; measured once under the evaluation autocast, allocated per point) at the
@@ -84,6 +85,7 @@ ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("protect=16", {"protect": 16}), ("fading=gamma", {"fading": "gamma"}),
     ("fading=none", {"fading": "none"}), ("weights=size", {"weights": "size"}),
     ("similarity=b", {"similarity": "b"}), ("similarity=delta", {"similarity": "delta"}),
+    ("max_size=4", {"max_size": 4}), ("max_size=8", {"max_size": 8}),
 )
 STATS = ("diff", "lo", "hi", "p_exact", "p_chi2", "distinct")
 
@@ -551,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "papers' schedule without their merge before block 0)")
     p.add_argument("--ratios", default="0.2,0.4", help="STM's ratio points")
     p.add_argument("--flops", default="0.8,0.6", help="GFLOPs-matched points (share kept)")
-    p.add_argument("--ablation-points", default="ratio=0.4,flops=0.6")
+    p.add_argument("--ablation-points",
+                   default="ratio=0.4,flops=0.6,reduction=0.36,reduction=0.4")
     p.add_argument("--no-ablations", action="store_true")
     p.add_argument("--calib-data", default=None,
                    help="training images for the calibrated schedule (without: no such rows)")

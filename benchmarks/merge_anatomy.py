@@ -7,8 +7,9 @@ Runs on the CPU on a few hundred of the 1,000 embedded CIFAR-10 test images
 
 Parts (``--parts``, default all):
 
-* ``outcome``: top-1, agreement and KL(dense || merged) per image for STM (default options,
-  protect=0 and fading=none), prune-top, prune-norm, random, and two cross variants that swap
+* ``outcome``: top-1, agreement, KL(dense || merged) per image and the largest final token
+  for STM (default options, protect=0, fading=none, max_size=4/8/16), prune-top, prune-norm,
+  random, and two cross variants that swap
   one half of a method: ``stm-keep`` (STM's pairs, but each pair keeps its larger-weight token
   instead of the weighted average: a pruning with STM's choice) and ``prune-top-merge``
   (prune-top's choice, but each dropped token is averaged, size-weighted, into its preceding kept
@@ -29,6 +30,11 @@ Parts (``--parts``, default all):
         --parts steps,where,window --out results/cifar10/why_pruning_anatomy.json
     python benchmarks/merge_anatomy.py --images 96 --steps-images 96 --parts steps \\
         --steps-methods stm,prune-top,prune-norm --out results/cifar10/why_pruning_steps.json
+    # STM with a cap on a merged token's size (max_size) against the others, at 0.36 and 0.4
+    # (``--reduction``), and on a disjoint image set (``--shift 2``): why_pruning.md
+    python benchmarks/merge_anatomy.py --images 256 --parts outcome --reduction 0.4 \\
+        --outcome-methods "stm,stm max_size=4,stm max_size=8,prune-top,prune-norm,random" \\
+        --out results/cifar10/snowball_r040.json
 """
 
 from __future__ import annotations
@@ -107,9 +113,11 @@ class Recorder:
         merger.plan = plan
 
 
-def images(n: int, model: Any) -> tuple[Tensor, Tensor]:
+def images(n: int, model: Any, shift: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` evenly spaced embedded test images; ``shift`` moves every index (a disjoint set
+    while it is below the spacing)."""
     ds = demo_cifar10(model_transform(model))
-    idx = np.linspace(0, len(ds) - 1, n).round().astype(int)
+    idx = (np.linspace(0, len(ds) - 1, n).round().astype(int) + shift) % len(ds)
     xs, ys = zip(*(ds[int(i)] for i in idx))
     return torch.stack(xs), torch.tensor(ys)
 
@@ -141,6 +149,9 @@ METHODS = {
     "prune-top-merge": {"method": "prune-top-merge"},
     "prune-norm": {"method": "prune-norm"},
     "random": {"method": "random", "seed": 0},
+    "stm max_size=4": {"method": "stm", "max_size": 4},
+    "stm max_size=8": {"method": "stm", "max_size": 8},
+    "stm max_size=16": {"method": "stm", "max_size": 16},
 }
 
 
@@ -153,14 +164,19 @@ def part_outcome(model: Any, x: Tensor, y: Tensor, dense: Tensor,
         opts = METHODS[name]
         t0 = time.time()
         vmerge.patch(model, **POINT, **opts)
-        lg = logits_of(model, x)
+        lg, largest = [], []
+        for i in range(0, len(x), 64):
+            lg.append(logits_of(model, x[i:i + 64]))
+            largest.append(model.merge_info["size"].squeeze(-1).amax(-1))  # patches, largest token
+        lg, largest = torch.cat(lg), torch.cat(largest).float()
         vmerge.unpatch(model)
         correct = (lg.argmax(-1) == y).float().numpy()
         k = kl(dense, lg).numpy()
         per[name] = (correct, k)
         rows[name] = {"top1": float(correct.mean() * 100),
                       "agree": float((lg.argmax(-1) == dense.argmax(-1)).float().mean() * 100),
-                      "kl": float(k.mean()), "seconds": round(time.time() - t0, 1)}
+                      "kl": float(k.mean()), "median_kl": float(np.median(k)),
+                      "largest_token": float(largest.mean()), "seconds": round(time.time() - t0, 1)}
         print(name, rows[name], flush=True)
     c_stm, k_stm = per["stm"]
     for name, (c, k) in per.items():
@@ -172,7 +188,9 @@ def part_outcome(model: Any, x: Tensor, y: Tensor, dense: Tensor,
                                    "kl": boot(per[a][1] - per[b][1])}
                     for a, b in (("stm-keep", "stm"), ("prune-top-merge", "prune-top"),
                                  ("prune-top", "prune-norm"), ("stm fading=none", "stm"),
-                                 ("random", "stm"))
+                                 ("random", "stm"),
+                                 *((n, m) for n in per if n.startswith("stm max_size")
+                                   for m in ("prune-norm", "prune-top")))
                     if a in per and b in per}
     out["per_image_kl"] = {name: [round(float(v), 5) for v in k] for name, (_, k) in per.items()}
     out["rows"] = rows
@@ -285,8 +303,8 @@ def part_window(model: Any, x: Tensor, **opts: Any) -> dict[str, Any]:
     costs: list[Tensor] = []
     inner_costs = merger._costs
 
-    def costs_hook(hidden, residual, ssm, layout):
-        cost, score = inner_costs(hidden, residual, ssm, layout)
+    def costs_hook(*args):
+        cost, score = inner_costs(*args)
         costs.append(score.clone())  # (b, 2 sides, n_a): the rank score, low = merged first
         return cost, score
 
@@ -338,16 +356,22 @@ def main() -> None:
     ap.add_argument("--outcome-methods", default=",".join(METHODS))
     ap.add_argument("--steps-methods", default="stm,stm-keep,prune-top,prune-top-merge,prune-norm")
     ap.add_argument("--parts", default="outcome,steps,where,window")
+    ap.add_argument("--reduction", type=float, default=POINT["reduction"],
+                    help="mean token reduction of the every=2 'even' schedule")
+    ap.add_argument("--shift", type=int, default=0,
+                    help="move every image index by this much (2: a set disjoint from 0's)")
     ap.add_argument("--out", default=None, help="JSON file for the results")
     args = ap.parse_args()
+    POINT["reduction"] = args.reduction
     torch.manual_seed(0)
     model = vimstm.create_model("vim_tiny_cifar10", pretrained=True).eval()
     print(f"vim_tiny_cifar10, CPU ({platform.processor() or platform.machine()}), fp32, "
           f"torch threads {torch.get_num_threads()}, point {POINT}", flush=True)
-    x, y = images(args.images, model)
+    x, y = images(args.images, model, args.shift)
     dense = logits_of(model, x)
     parts = args.parts.split(",")
-    res: dict[str, Any] = {"point": POINT, "device": "cpu", "dtype": "fp32"}
+    res: dict[str, Any] = {"point": POINT, "device": "cpu", "dtype": "fp32",
+                           "shift": args.shift}
     if "outcome" in parts:
         res["outcome"] = part_outcome(model, x, y, dense, args.outcome_methods.split(","))
     def spread(n: int) -> slice:  # n of the images, spread over the classes

@@ -79,16 +79,17 @@ def test_the_default_plan_has_every_method_point_and_ablation():
     assert points == ["reduction=0.17", "reduction=0.2", "reduction=0.27", "reduction=0.36",
                       "reduction=0.4", "reduction=0.46", "ratio=0.2", "ratio=0.4", "flops=0.8",
                       "flops=0.6"]
-    assert defaults["ablation_points"] == "ratio=0.4,flops=0.6"
-    cfgs = ev.plan(list(METHODS), points, ["ratio=0.4", "flops=0.6"], calibrated=True)
+    abl = ["ratio=0.4", "flops=0.6", "reduction=0.36", "reduction=0.4"]
+    assert defaults["ablation_points"] == ",".join(abl)
+    cfgs = ev.plan(list(METHODS), points, abl, calibrated=True)
     labels = [c.label for c in cfgs]
-    assert len(labels) == len(set(labels)) == 1 + 7 * 10 + 2 * 10
+    assert len(labels) == len(set(labels)) == 1 + 7 * 10 + 4 * 12
     for m in ("stm", "tome", "rmeeto", "prune-top", "prune-norm", "random", "mtr"):
         assert all(f"{m} {p}" in labels for p in points)
-    for p in ("ratio=0.4", "flops=0.6"):
+    for p in abl:
         for v in ("protect=0", "protect=2", "protect=8", "protect=16", "fading=gamma",
                   "fading=none", "weights=size", "similarity=b", "similarity=delta",
-                  "calibrated"):
+                  "max_size=4", "max_size=8", "calibrated"):
             assert f"stm {p} {v}" in labels
     # an ablation point outside the main points brings its own default STM row
     extra = ev.plan(["stm"], ["ratio=0.2"], ["flops=0.7"], calibrated=False)
@@ -100,7 +101,8 @@ def test_evidence_end_to_end(images: Path, weights: Path, tmp_path: Path):
     md = tmp_path / "ev.md"
     run = ["--checkpoint", str(weights), *ARCH, "--data", str(images), "--calib-data",
            str(images), "--calib-images", "8", "--reductions", "0.17,0.2", "--ratios", "0.4",
-           "--flops", "0.65", "--batch-size", "32", "--workers", "0", "--out", str(out)]
+           "--flops", "0.65", "--batch-size", "32", "--workers", "0", "--out", str(out),
+           "--ablation-points", "ratio=0.4,flops=0.6"]  # 4 blocks: no papers' schedule at 0.36
     # as two shards (one GPU each on a machine with two), merged with the statistics
     assert ev.main([*run, "--shard", "0/2"]) == 0
     assert ev.main([*run, "--shard", "1/2"]) == 0

@@ -22,6 +22,13 @@ previous block along the scan path: tokens left of the class token reach it in t
 log_decay_bwd); a pair's fading is the geometric mean of its two tokens'. ``fading="gamma"``
 uses ``gamma ** distance`` instead; ``"none"`` uses the dissimilarity alone.
 
+**Size cap** (``max_size``, off by default; not in the paper's abstract). With fading the far
+ends of the scan are the cheapest places to merge at every step, so the token at each end
+absorbs its neighbour again and again (results/cifar10/why_pruning.md). ``max_size=k`` lets an
+A token merge only with a partner that keeps the pair at most k patches (``size``); A tokens
+with no such partner rank after all others and are merged only where a side has too few
+others left, so the cap yields rather than the step failing.
+
 **Weights** (``weights="b"``). A token's write into the scan state is, per channel,
 ``Δ_t B_t u_t`` (``h_t = Ā_t h_{t-1} + Δ_t B_t u_t``). Over the pair (l, r) the state receives,
 in the forward direction, ``Ā_r Δ_l B_l u_l + Δ_r B_r u_r`` (the left write decays by one step),
@@ -60,6 +67,7 @@ from vimstm.ops import dispatch
 from vimstm.ops.merge_ref import adjacent_dissimilarity_of
 
 _BIG = 1e4  # cost of an impossible side (finite, so the run prefix sums stay exact)
+_OVER = 1e3  # added to the cost of a pair over ``max_size`` (below _BIG: still a real pair)
 
 
 class AdjacentLayout(NamedTuple):
@@ -155,8 +163,10 @@ class AdjacentMerger(Merger):
         """Linear map from per-token log-fades to (own, left pair - own, right pair - own)."""
         return None
 
-    def _costs(self, hidden: Tensor, residual: Tensor, ssm: Any, layout: AdjacentLayout):
-        """(costs (batch, 2 [left/right], 2 [side], n_a), rank score (batch, 2, n_a))."""
+    def _costs(self, hidden: Tensor, residual: Tensor, ssm: Any, layout: AdjacentLayout,
+               size: Tensor):
+        """(costs (batch, 2 [left/right], 2 [side], n_a), rank score (batch, 2, n_a));
+        ``size`` (batch, tokens): the patches each token holds."""
         raise NotImplementedError
 
     def _edge_alpha(self, state: Any, ssm: Any) -> Tensor:
@@ -169,7 +179,7 @@ class AdjacentMerger(Merger):
         c = state.cls_index
         layout = self._layout(t, c, r, hidden.device)
         n_a = layout.n_a
-        cost, score = self._costs(hidden, residual, ssm, layout)
+        cost, score = self._costs(hidden, residual, ssm, layout, state.size)
         score = score.masked_fill(layout.invalid, math.inf)
         cost = cost.clamp(max=_BIG).masked_fill(layout.bad_side, _BIG)
         # the A token's weight in a pair with either partner
@@ -260,6 +270,7 @@ class STMMerger(AdjacentMerger):
         "gamma": 0.9,  # decay per token for fading="gamma"
         "weights": "b",  # "b" (least squares from the previous block's B) | "size"
         "similarity": "x",  # "x" (block input) | "b" | "delta"
+        "max_size": None,  # most patches a merged token may hold (None: no limit)
     }
 
     def _check_options(self) -> None:
@@ -275,6 +286,10 @@ class STMMerger(AdjacentMerger):
             raise ConfigError(f"stm option protect={o['protect']!r} must be an int >= 0")
         if not isinstance(o["gamma"], (int, float)) or not 0.0 < o["gamma"] <= 1.0:
             raise ConfigError(f"stm option gamma={o['gamma']!r} must lie in (0, 1]")
+        m = o["max_size"]
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 2):
+            raise ConfigError(f"stm option max_size={m!r} must be an int >= 2 (patches a merged "
+                              "token may hold) or None")
         self.needs_ssm = (o["fading"] == "ssm" or o["weights"] == "b"
                           or o["similarity"] in ("b", "delta"))
         self.needs_delta_full = o["similarity"] == "delta"
@@ -329,20 +344,44 @@ class STMMerger(AdjacentMerger):
                               "block's scan, which does not exist before block 0 (where the "
                               "'even-blocks' schedule merges); use similarity=x")
 
-    def _costs(self, hidden, residual, ssm, layout):
+    def _costs(self, hidden, residual, ssm, layout, size):
         b = hidden.shape[0]
         n_a = layout.n_a
         dis = self._dissimilarity(hidden, residual, ssm)
         d = dis.index_select(1, layout.edges).view(b, 2, 2, n_a)
+        over = self._over_size(size, layout)
         if self.fading_kind == "none" or (ssm is None and self.fading_kind == "ssm"):
-            return d, (d.amin(1) + 1e-6).log()
-        if self.fading_kind == "gamma":
-            fade = layout.fade.view(1, 3, 2, n_a)
-        else:  # the log-decays of both directions, (b, 2 * tokens), times the fade matrix
-            fade = (ssm.token_stats[:, 2:].flatten(1) @ layout.fade).view(b, 3, 2, n_a)
-        cost = d * fade[:, 1:].exp()  # relative to the A token's own fade
-        score = (cost.amin(1) + 1e-6).log() + fade[:, 0]  # absolute: log(dissimilarity x fade)
+            cost, own = d, None
+        else:
+            if self.fading_kind == "gamma":
+                fade = layout.fade.view(1, 3, 2, n_a)
+            else:  # the log-decays of both directions, (b, 2 * tokens), times the fade matrix
+                fade = (ssm.token_stats[:, 2:].flatten(1) @ layout.fade).view(b, 3, 2, n_a)
+            cost, own = d * fade[:, 1:].exp(), fade[:, 0]  # relative to the A token's own fade
+        if over is None:
+            best = cost.amin(1)
+        else:  # the cheapest pair under the cap; where none is, the cheapest pair, ranked last
+            none_fit = over.all(1)
+            best = torch.where(none_fit, cost.amin(1), cost.masked_fill(over, math.inf).amin(1))
+            cost = cost + over * _OVER
+        score = (best + 1e-6).log()  # absolute: log(dissimilarity x fade)
+        if own is not None:
+            score = score + own
+        if over is not None:
+            score = score + none_fit * _BIG
         return cost, score
+
+    def _over_size(self, size: Tensor, layout: AdjacentLayout) -> Tensor | None:
+        """(batch, 2 [left/right], 2 [side], n_a) bool: the pair would hold more than
+        ``max_size`` patches or does not exist; None without a cap."""
+        cap = self.options["max_size"]
+        if cap is None:
+            return None
+        b, n_a = size.shape[0], layout.n_a
+        own = size.index_select(1, layout.a_tok.flatten()).view(b, 1, 2, n_a)
+        nbr = size.index_select(1, torch.stack((layout.left_tok, layout.right_tok)).flatten())
+        # a partner that does not exist never fits
+        return ((own + nbr.view(b, 2, 2, n_a)) > cap) | layout.bad_side
 
     def _edge_alpha(self, state, ssm):
         if self.options["weights"] == "size" or ssm is None:
@@ -363,7 +402,7 @@ class RandomMerger(AdjacentMerger):
         seed = self.options["seed"]
         self._gen_seed = None if seed is None else int(seed)
 
-    def _costs(self, hidden, residual, ssm, layout):
+    def _costs(self, hidden, residual, ssm, layout, size):
         shape = (3, hidden.shape[0], 2, layout.n_a)
         if self._gen_seed is None:
             u = torch.rand(shape, device=hidden.device)
