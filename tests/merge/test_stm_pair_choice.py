@@ -1,5 +1,6 @@
-"""STM's ``max_size``: a pair that would hold more than ``max_size`` patches is merged only
-where no pair under the cap is left on its side; off by default (outputs unchanged)."""
+"""STM's pair choice on crafted inputs: the rank of an A token counts only pairs it can take,
+and ``max_size`` (a pair over that many patches is merged only where no pair under the cap is
+left on its side; off by default, outputs unchanged)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,16 @@ def test_off_is_the_default_path(small_model):
 def test_bad_cap_is_refused(bad):
     with pytest.raises(ConfigError, match="max_size"):
         STMMerger(max_size=bad)
+
+
+def test_rank_ignores_the_partner_beyond_the_side():
+    """The A token next to the class token (no protection) must not rank by its similarity to
+    the class token, which it can never merge with."""
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(9, 16, generator=g)
+    h[3] = h[4]  # left side's last A token equals the class token
+    h[5] = h[4]  # and the right side's
+    h[0] = h[1] + 0.1 * torch.randn(16, generator=g)  # the real cheapest pairs: (0, 1), (7, 8)
+    h[8] = h[7] + 0.1 * torch.randn(16, generator=g)
+    m = STMMerger(protect=0, fading="none", weights="size")
+    assert _pairs(m, h.unsqueeze(0), [1.0] * 9, 4, 2) == {(0, 1), (7, 8)}
