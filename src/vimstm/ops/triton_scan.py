@@ -387,6 +387,9 @@ def _scan_bwd_kernel(
                 z_n = g_n
                 if HAS_Z:
                     z_n = tl.load(z_p + (o_z + t * s_z_l), mask=mask_d, other=0.0)
+                y_n = g_n
+                if YS and K == 0:
+                    y_n = tl.load(ys_p + (o_ys + t * s_ys_l), mask=mask_d, other=0.0)
                 hp_n = tl.load(hs_p + (nt - 1) * (BLOCK_D * N) + o_tile)
                 for jj in range(0, nt):
                     j = nt - 1 - jj
@@ -397,6 +400,7 @@ def _scan_bwd_kernel(
                     Ct = C_n.to(tl.float32)
                     g = g_n.to(tl.float32) * scale
                     z = z_n.to(tl.float32)
+                    yt = y_n.to(tl.float32)
                     h_prev = hp_n
                     j2 = tl.maximum(j - 1, 0)
                     t2 = _token(c0 + j2, L, K, REV0)
@@ -406,6 +410,8 @@ def _scan_bwd_kernel(
                     g_n = tl.load(g_p + (o_g + t2 * s_g_l), mask=mask_d, other=0.0)
                     if HAS_Z:
                         z_n = tl.load(z_p + (o_z + t2 * s_z_l), mask=mask_d, other=0.0)
+                    if YS and K == 0:
+                        y_n = tl.load(ys_p + (o_ys + t2 * s_ys_l), mask=mask_d, other=0.0)
                     hp_n = tl.load(hs_p + j2 * (BLOCK_D * N) + o_tile)
                     if HAS_BIAS:
                         raw = raw + bias
@@ -418,8 +424,6 @@ def _scan_bwd_kernel(
                         sz = tl.sigmoid(z)
                         if YS:
                             if K == 0:  # dz of both directions, from their saved sum
-                                yt = tl.load(ys_p + (o_ys + t * s_ys_l), mask=mask_d,
-                                             other=0.0).to(tl.float32)
                                 dz = g * yt * sz * (1.0 + z * (1.0 - sz))
                                 tl.store(dz_p + (o_dz + t * s_dz_l),
                                          dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
