@@ -86,6 +86,7 @@ ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("fading=none", {"fading": "none"}), ("weights=size", {"weights": "size"}),
     ("similarity=b", {"similarity": "b"}), ("similarity=delta", {"similarity": "delta"}),
     ("max_size=4", {"max_size": 4}), ("max_size=8", {"max_size": 8}),
+    ("fade_power=0.5", {"fade_power": 0.5}), ("fade_power=0.25", {"fade_power": 0.25}),
 )
 STATS = ("diff", "lo", "hi", "p_exact", "p_chi2", "distinct")
 

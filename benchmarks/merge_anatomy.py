@@ -8,7 +8,8 @@ Runs on the CPU on a few hundred of the 1,000 embedded CIFAR-10 test images
 Parts (``--parts``, default all):
 
 * ``outcome``: top-1, agreement, KL(dense || merged) per image and the largest final token
-  for STM (default options, protect=0, fading=none, max_size=4/8/16), prune-top, prune-norm,
+  for STM (default options, protect=0, fading=none, max_size=4/8/16, fade_power=0.5/0.25),
+  prune-top, prune-norm,
   random, and two cross variants that swap
   one half of a method: ``stm-keep`` (STM's pairs, but each pair keeps its larger-weight token
   instead of the weighted average: a pruning with STM's choice) and ``prune-top-merge``
@@ -35,6 +36,10 @@ Parts (``--parts``, default all):
     python benchmarks/merge_anatomy.py --images 256 --parts outcome --reduction 0.4 \\
         --outcome-methods "stm,stm max_size=4,stm max_size=8,prune-top,prune-norm,random" \\
         --out results/cifar10/snowball_r040.json
+    # STM with a weaker fade (fade_power) against the others, at 0.36 and 0.4: why_pruning.md
+    python benchmarks/merge_anatomy.py --images 256 --parts outcome --reduction 0.36 \\
+        --outcome-methods "stm,stm fade_power=0.5,stm fade_power=0.25,prune-norm,prune-top" \\
+        --out results/cifar10/fade_power_r036.json
 """
 
 from __future__ import annotations
@@ -140,6 +145,22 @@ def boot(d: np.ndarray, n: int = 2000, seed: int = 0) -> list[float]:
     return [float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def boot_median(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> list[float]:
+    """``median(a) - median(b)`` and its 95% paired-bootstrap interval (the same resampled
+    images for both)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), (n, len(a)))
+    d = np.median(a[idx], 1) - np.median(b[idx], 1)
+    return [float(np.median(a) - np.median(b)), float(np.percentile(d, 2.5)),
+            float(np.percentile(d, 97.5))]
+
+
+def paired(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> dict[str, list[float]]:
+    """Differences a - b of (correct, KL, largest token) per image, paired intervals."""
+    return {"top1": boot((a[0] - b[0]) * 100), "kl": boot(a[1] - b[1]),
+            "median_kl": boot_median(a[1], b[1]), "largest_token": boot(a[2] - b[2])}
+
+
 METHODS = {
     "stm": {"method": "stm"},
     "stm protect=0": {"method": "stm", "protect": 0},
@@ -152,6 +173,8 @@ METHODS = {
     "stm max_size=4": {"method": "stm", "max_size": 4},
     "stm max_size=8": {"method": "stm", "max_size": 8},
     "stm max_size=16": {"method": "stm", "max_size": 16},
+    "stm fade_power=0.5": {"method": "stm", "fade_power": 0.5},
+    "stm fade_power=0.25": {"method": "stm", "fade_power": 0.25},
 }
 
 
@@ -172,27 +195,32 @@ def part_outcome(model: Any, x: Tensor, y: Tensor, dense: Tensor,
         vmerge.unpatch(model)
         correct = (lg.argmax(-1) == y).float().numpy()
         k = kl(dense, lg).numpy()
-        per[name] = (correct, k)
+        per[name] = (correct, k, largest.numpy())
         rows[name] = {"top1": float(correct.mean() * 100),
                       "agree": float((lg.argmax(-1) == dense.argmax(-1)).float().mean() * 100),
                       "kl": float(k.mean()), "median_kl": float(np.median(k)),
                       "largest_token": float(largest.mean()), "seconds": round(time.time() - t0, 1)}
         print(name, rows[name], flush=True)
-    c_stm, k_stm = per["stm"]
-    for name, (c, k) in per.items():
-        if name != "stm":
-            rows[name]["top1_vs_stm"] = boot((c - c_stm) * 100)
-            rows[name]["kl_vs_stm"] = boot(k - k_stm)
-    # each cross variant against the method whose choice it keeps
-    out["pairs"] = {f"{a} - {b}": {"top1": boot((per[a][0] - per[b][0]) * 100),
-                                   "kl": boot(per[a][1] - per[b][1])}
+    for name in per:
+        if name != "stm" and "stm" in per:
+            d = paired(per[name], per["stm"])
+            rows[name]["top1_vs_stm"], rows[name]["kl_vs_stm"] = d["top1"], d["kl"]
+            rows[name]["median_kl_vs_stm"] = d["median_kl"]
+            rows[name]["largest_token_vs_stm"] = d["largest_token"]
+    # each cross variant against the method whose choice it keeps; STM variants against pruning
+    out["pairs"] = {f"{a} - {b}": paired(per[a], per[b])
                     for a, b in (("stm-keep", "stm"), ("prune-top-merge", "prune-top"),
                                  ("prune-top", "prune-norm"), ("stm fading=none", "stm"),
                                  ("random", "stm"),
-                                 *((n, m) for n in per if n.startswith("stm max_size")
+                                 *((n, m) for n in per
+                                   if n.startswith(("stm max_size", "stm fade_power"))
                                    for m in ("prune-norm", "prune-top")))
                     if a in per and b in per}
-    out["per_image_kl"] = {name: [round(float(v), 5) for v in k] for name, (_, k) in per.items()}
+    out["per_image_kl"] = {name: [round(float(v), 5) for v in k]
+                           for name, (_, k, _) in per.items()}
+    out["per_image_correct"] = {name: [int(v) for v in c] for name, (c, _, _) in per.items()}
+    out["per_image_largest_token"] = {name: [int(v) for v in g]
+                                      for name, (_, _, g) in per.items()}
     out["rows"] = rows
     return out
 

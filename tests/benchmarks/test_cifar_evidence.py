@@ -83,13 +83,14 @@ def test_the_default_plan_has_every_method_point_and_ablation():
     assert defaults["ablation_points"] == ",".join(abl)
     cfgs = ev.plan(list(METHODS), points, abl, calibrated=True)
     labels = [c.label for c in cfgs]
-    assert len(labels) == len(set(labels)) == 1 + 7 * 10 + 4 * 12
+    assert len(labels) == len(set(labels)) == 1 + 7 * 10 + 4 * 14
     for m in ("stm", "tome", "rmeeto", "prune-top", "prune-norm", "random", "mtr"):
         assert all(f"{m} {p}" in labels for p in points)
     for p in abl:
         for v in ("protect=0", "protect=2", "protect=8", "protect=16", "fading=gamma",
                   "fading=none", "weights=size", "similarity=b", "similarity=delta",
-                  "max_size=4", "max_size=8", "calibrated"):
+                  "max_size=4", "max_size=8", "fade_power=0.5", "fade_power=0.25",
+                  "calibrated"):
             assert f"stm {p} {v}" in labels
     # an ablation point outside the main points brings its own default STM row
     extra = ev.plan(["stm"], ["ratio=0.2"], ["flops=0.7"], calibrated=False)

@@ -99,3 +99,50 @@ def test_rank_ignores_the_partner_beyond_the_side():
     h[8] = h[7] + 0.1 * torch.randn(16, generator=g)
     m = STMMerger(protect=0, fading="none", weights="size")
     assert _pairs(m, h.unsqueeze(0), [1.0] * 9, 4, 2) == {(0, 1), (7, 8)}
+
+
+def _fade_input() -> torch.Tensor:
+    """9 tokens, class token at 4: on each side the pair next to the protected class token
+    ((2, 3) and (5, 6)) is the most similar, the far pairs are dissimilar."""
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(9, 16, generator=g)
+    h[3] = h[2] + 0.3 * torch.randn(16, generator=g)
+    h[5] = h[6] + 0.3 * torch.randn(16, generator=g)
+    return h.unsqueeze(0)
+
+
+def test_fade_power_moves_the_pair_choice():
+    h, sizes = _fade_input(), [1.0] * 9
+
+    def pairs(**kw):
+        return _pairs(STMMerger(protect=0, fading="gamma", gamma=0.1, weights="size", **kw),
+                      h, sizes, 4, 2)
+
+    far, near = {(0, 1), (7, 8)}, {(2, 3), (5, 6)}
+    assert pairs() == pairs(fade_power=1.0) == far  # the full fade: far pairs are nearly free
+    assert pairs(fade_power=0.5) == near  # a weaker fade lets the similar pair win
+    none = _pairs(STMMerger(protect=0, fading="none", weights="size"), h, sizes, 4, 2)
+    assert pairs(fade_power=0.0) == none == near
+
+
+def test_fade_power_ends_match_the_default_and_no_fade(small_model):
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    outs = {}
+    for name, kw in (("default", {}), ("p1", {"fade_power": 1.0}), ("p0", {"fade_power": 0.0}),
+                     ("none", {"fading": "none"}), ("half", {"fade_power": 0.5})):
+        patch(small_model, method="stm", ratio=0.5, **kw)
+        try:
+            with torch.no_grad():
+                outs[name] = (small_model(images), small_model.merge_info["size"].clone())
+        finally:
+            unpatch(small_model)
+    assert torch.equal(outs["p1"][0], outs["default"][0])  # bit-identical to today's default
+    assert torch.equal(outs["p0"][0], outs["none"][0])  # the same pairs as no fade
+    assert torch.equal(outs["p0"][1], outs["none"][1])
+    assert not torch.equal(outs["half"][1], outs["default"][1])  # p = 0.5 merges elsewhere
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0.5", None, float("nan")])
+def test_bad_fade_power_is_refused(bad):
+    with pytest.raises(ConfigError, match=r"fade_power=.*\[0, 1\]"):
+        STMMerger(fade_power=bad)

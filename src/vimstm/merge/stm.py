@@ -22,6 +22,12 @@ previous block along the scan path: tokens left of the class token reach it in t
 log_decay_bwd); a pair's fading is the geometric mean of its two tokens'. ``fading="gamma"``
 uses ``gamma ** distance`` instead; ``"none"`` uses the dissimilarity alone.
 
+**Fade strength** (``fade_power`` p in [0, 1], default 1; not in the paper's abstract). The cost
+is dissimilarity x fade^p, i.e. the log-fade is scaled by p: p = 1 is the fade above, p = 0
+ranks by the dissimilarity alone (the same pairs as ``fading="none"``). With p = 1 far pairs
+are nearly free and the pair choice is locked to the scan's far ends
+(results/cifar10/why_pruning.md); a smaller p lets content compete with position.
+
 **Size cap** (``max_size``, off by default; not in the paper's abstract). With fading the far
 ends of the scan are the cheapest places to merge at every step, so the token at each end
 absorbs its neighbour again and again (results/cifar10/why_pruning.md). ``max_size=k`` lets an
@@ -271,6 +277,7 @@ class STMMerger(AdjacentMerger):
         "weights": "b",  # "b" (least squares from the previous block's B) | "size"
         "similarity": "x",  # "x" (block input) | "b" | "delta"
         "max_size": None,  # most patches a merged token may hold (None: no limit)
+        "fade_power": 1.0,  # p: cost = dissimilarity x fade ** p (0: no fade, 1: the full fade)
     }
 
     def _check_options(self) -> None:
@@ -290,6 +297,10 @@ class STMMerger(AdjacentMerger):
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 2):
             raise ConfigError(f"stm option max_size={m!r} must be an int >= 2 (patches a merged "
                               "token may hold) or None")
+        fp = o["fade_power"]
+        if isinstance(fp, bool) or not isinstance(fp, (int, float)) or not 0.0 <= fp <= 1.0:
+            raise ConfigError(f"stm option fade_power={fp!r} must be a number in [0, 1] "
+                              "(0: no fade, 1: the full fade)")
         self.needs_ssm = (o["fading"] == "ssm" or o["weights"] == "b"
                           or o["similarity"] in ("b", "delta"))
         self.needs_delta_full = o["similarity"] == "delta"
@@ -320,7 +331,8 @@ class STMMerger(AdjacentMerger):
         The log fade of token u on the class token is ``sum_{u<q<=c} log_decay_fwd[q]`` left of
         it and ``sum_{c<=q<u} log_decay_bwd[q]`` right of it (``|u - c| log gamma`` for
         ``fading="gamma"``): linear in the (batch, 2*tokens) log-decays, so the A tokens' own
-        and pair values come out of one matrix product with this (2*tokens, 3*2*n_a) matrix.
+        and pair values come out of one matrix product with this (2*tokens, 3*2*n_a) matrix,
+        scaled by ``fade_power`` (fade ** p is p x the log fade).
         """
         kind = self.fading_kind
         if kind == "none":
@@ -336,7 +348,8 @@ class STMMerger(AdjacentMerger):
         own = m[:, a_tok]
         pair_l = 0.5 * (m[:, e_l] + m[:, e_l + 1]) - own
         pair_r = 0.5 * (m[:, e_r] + m[:, e_r + 1]) - own
-        return torch.stack((own, pair_l, pair_r), 1).flatten(1).float()  # (2t or 1, 6 n_a)
+        p = float(self.options["fade_power"])
+        return (p * torch.stack((own, pair_l, pair_r), 1).flatten(1)).float()  # (2t or 1, 6 n_a)
 
     def check_pre(self) -> None:
         if self.options["similarity"] != "x":
