@@ -178,13 +178,21 @@ METHODS = {
 }
 
 
+def method_opts(name: str) -> dict[str, Any]:
+    """A row's ``patch`` options: a name of ``METHODS`` or "METHOD KEY=VALUE ..."."""
+    if name in METHODS:
+        return METHODS[name]
+    method, *items = name.split()
+    return {"method": method, **vmerge.parse_merge_opts(items)}
+
+
 def part_outcome(model: Any, x: Tensor, y: Tensor, dense: Tensor,
                  methods: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"images": len(x), "dense_top1": float((dense.argmax(-1) == y)
                                                                  .float().mean() * 100)}
     rows, per = {}, {}
     for name in methods:
-        opts = METHODS[name]
+        opts = method_opts(name)
         t0 = time.time()
         vmerge.patch(model, **POINT, **opts)
         lg, largest = [], []
@@ -381,7 +389,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--steps-images", type=int, default=64)
     ap.add_argument("--where-images", type=int, default=128)
-    ap.add_argument("--outcome-methods", default=",".join(METHODS))
+    ap.add_argument("--outcome-methods", default=",".join(METHODS),
+                    help="comma-separated rows: names of METHODS or 'METHOD KEY=VALUE ...' "
+                         "(e.g. 'stm fade_power=0.1')")
     ap.add_argument("--steps-methods", default="stm,stm-keep,prune-top,prune-top-merge,prune-norm")
     ap.add_argument("--parts", default="outcome,steps,where,window")
     ap.add_argument("--reduction", type=float, default=POINT["reduction"],
