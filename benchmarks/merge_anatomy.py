@@ -7,15 +7,14 @@ Runs on the CPU on a few hundred of the 1,000 embedded CIFAR-10 test images
 
 Parts (``--parts``, default all):
 
-* ``outcome``: top-1, agreement, KL(dense || merged) per image and the largest final token
-  for STM (default options, protect=0, fading=none, max_size=4/8/16, fade_power=0.5/0.25),
-  prune-top, prune-norm,
-  random, and two cross variants that swap
-  one half of a method: ``stm-keep`` (STM's pairs, but each pair keeps its larger-weight token
-  instead of the weighted average: a pruning with STM's choice) and ``prune-top-merge``
-  (prune-top's choice, but each dropped token is averaged, size-weighted, into its preceding kept
-  token on the same side of the class token: a merging with pruning's choice). Paired bootstrap
-  intervals of the differences in KL and top-1 against STM.
+* ``outcome``: top-1, agreement, KL(dense || merged) per image and the largest final token for
+  STM (default options, protect=0, fading=none, max_size=4/8/16, fade_power=0.5/0.25),
+  prune-top, prune-norm, random, and two cross variants that swap one half of a method:
+  ``stm-keep`` (STM's pairs, but each pair keeps its larger-weight token instead of the weighted
+  average: a pruning with STM's choice) and ``prune-top-merge`` (prune-top's choice, but each
+  dropped token is averaged, size-weighted, into its preceding kept token on the same side of
+  the class token: a merging with pruning's choice). Paired bootstrap intervals of the
+  differences in KL and top-1 against STM.
 * ``steps``: KL after the first k merge steps only (k = 1 .. 11) per method.
 * ``where``: where the removed patches sit: for pruning the dropped patches, for STM the
   patches that end in a group of more than one; border ring, centre, distance to the class

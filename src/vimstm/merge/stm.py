@@ -373,12 +373,10 @@ class STMMerger(AdjacentMerger):
             cost, own = d * fade[:, 1:].exp(), fade[:, 0]  # relative to the A token's own fade
         # an A token ranks by the cheapest pair it can take (a partner inside the protected
         # window or the class token is no pair)
-        if over is None:
-            best = cost.masked_fill(layout.bad_side, math.inf).amin(1)
-        else:  # the cheapest pair under the cap; where none is, the cheapest pair, ranked last
-            none_fit = over.all(1)
-            best = torch.where(none_fit, cost.masked_fill(layout.bad_side, math.inf).amin(1),
-                               cost.masked_fill(over, math.inf).amin(1))
+        best = cost.masked_fill(layout.bad_side, math.inf).amin(1)
+        if over is not None:  # the cheapest pair under the cap; where none is, the cheapest
+            none_fit = over.all(1)  # pair, ranked last
+            best = torch.where(none_fit, best, cost.masked_fill(over, math.inf).amin(1))
             cost = cost + over * _OVER
         score = (best + 1e-6).log()  # absolute: log(dissimilarity x fade)
         if own is not None:

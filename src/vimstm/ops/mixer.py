@@ -26,7 +26,7 @@ Three implementations with one contract, chosen by :func:`vimstm.ops.dispatch.bi
 * :func:`bimamba_composed`, for ``mamba_ssm``: the same maths composed of the
   single-direction ops of :mod:`vimstm.ops.dispatch`.
 
-Besides ``y`` both return ``x_dbl`` (2, b, l, dt_rank + 2 n), which holds B of each direction,
+Besides ``y`` each returns ``x_dbl`` (2, b, l, dt_rank + 2 n), which holds B of each direction,
 and, on request, the per-token channel means of Δ and of Δ·mean_n(A) (b, 2, 2, l) fp32:
 what token merging reads. Neither carries a gradient.
 """
@@ -233,9 +233,9 @@ def _(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, x_proj_w_f, x_proj_w_b, dt_pro
 
 @torch.library.custom_op("vimstm::bimamba_backward", mutates_args=())
 def _bimamba_backward_op(
-    gy: Tensor, xz: Tensor, x_dbl: Tensor, states: Tensor, ys: Tensor, conv_w_f: Tensor,
-    conv_b_f: Tensor,
-    conv_w_b: Tensor, conv_b_b: Tensor, x_proj_w_f: Tensor, x_proj_w_b: Tensor,
+    gy: Tensor, xz: Tensor, x_dbl: Tensor, states: Tensor, ys: Tensor,
+    conv_w_f: Tensor, conv_b_f: Tensor, conv_w_b: Tensor, conv_b_b: Tensor,
+    x_proj_w_f: Tensor, x_proj_w_b: Tensor,
     dt_proj_w_f: Tensor, dt_proj_b_f: Tensor, dt_proj_w_b: Tensor, dt_proj_b_b: Tensor,
     A_log_f: Tensor, A_log_b: Tensor, D_f: Tensor, D_b: Tensor, dt_rank: int, scale: float,
 ) -> list[Tensor]:
