@@ -30,7 +30,8 @@
 #                   then merged      -> $CIFAR_OUT/evidence{.json,.csv,.png,.md,_preds.npz}
 #   cifar-finetune  distillation fine-tunes (`vimstm finetune`) of every method at ratio 0.2 and
 #                   0.4 and the dense control (`--method dense`), then their evaluation with the
-#                   same statistics (FT_* variables below; the plan and its time are printed)
+#                   same statistics (FT_* variables below; the plan and its time are printed;
+#                   with NGPU > 1 the runs are dealt over the GPUs)
 #                                  -> $FT_RUNS/*/, $CIFAR_OUT/evidence_finetune{.json,.csv,.png,
 #                                     .md,_preds.npz}
 #   official        equivalence with the official hustvl/Vim model code (CPU is enough)
@@ -171,19 +172,36 @@ part_cifar_finetune() {
   echo "fine-tune plan: $n_runs runs (methods: $methods; ratios: $ratios; and the dense" \
        "control), $epochs epoch(s) of ${limit:-50000} training images each; at about" \
        "$speed images/s and 10 s of start-up per run: about" \
-       "$(( n_runs * (per / speed + 10) / 60 )) min, then the evaluation (under 1 min)" >&2
+       "$(( n_runs * (per / speed + 10) / 60 / ${NGPU:-1} )) min, then the evaluation (under 1 min)" >&2
   local lim=(); [ -n "$limit" ] && lim=(--limit-train "$limit")
   local ft=(-m vimstm.cli finetune --model vim_tiny_cifar10 --data "$train" --resume auto
             --epochs "$epochs" "${lim[@]}" --batch-size 256 --workers 12 --amp bf16
             --no-progress)
-  # shellcheck disable=SC2086
-  run $PY "${ft[@]}" ${ck} $recipe --output "$runs/dense" --method dense
-  for r in $ratios; do
-    for m in $methods; do
+  local jobs=("dense") r m
+  for r in $ratios; do for m in $methods; do jobs+=("$m:$r"); done; done
+  local n=${NGPU:-1} k i pids=() failed=0
+  ft_job() {  # one fine-tune: "dense" or "METHOD:RATIO"
+    local name=$1 m=${1%%:*} r=${1#*:}
+    if [ "$name" = dense ]; then
+      # shellcheck disable=SC2086
+      run $PY "${ft[@]}" ${ck} $recipe --output "$runs/dense" --method dense
+    else
       # shellcheck disable=SC2086
       run $PY "${ft[@]}" ${ck} $recipe --output "$runs/${m}_ratio$r" --method "$m" --ratio "$r"
+    fi
+  }
+  if [ "$n" -le 1 ]; then
+    for i in "${jobs[@]}"; do ft_job "$i"; done
+  else  # the runs dealt round-robin over the GPUs, each GPU's share one after another
+    for ((k = 0; k < n; k++)); do
+      (export CUDA_VISIBLE_DEVICES=$k
+       for ((i = k; i < ${#jobs[@]}; i += n)); do ft_job "${jobs[i]}"; done 2>&1 \
+         | sed -u "s/^/[gpu $k] /") &
+      pids+=($!)
     done
-  done
+    for k in "${pids[@]}"; do wait "$k" || failed=1; done
+    [ $failed = 0 ] || { echo "reproduce.sh: a fine-tune failed (its lines above)" >&2; exit 1; }
+  fi
   # shellcheck disable=SC2046
   run $PY benchmarks/cifar_evidence.py $(weights) --data "$test" --finetuned "$runs" \
     --workers 8 --out "$CIFAR_OUT" --markdown "$CIFAR_OUT/evidence_finetune.md"
