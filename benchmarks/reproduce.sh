@@ -28,8 +28,8 @@
 #                   papers' schedule); paired statistics against dense and STM;
 #                   the plot and RESULTS.md-ready tables; with NGPU > 1 one shard per GPU,
 #                   then merged      -> $CIFAR_OUT/evidence{.json,.csv,.png,.md,_preds.npz}
-#   cifar-finetune  distillation fine-tunes (`vimstm finetune`) of every method at ratio 0.2 and
-#                   0.4 and the dense control (`--method dense`), then their evaluation with the
+#   cifar-finetune  distillation fine-tunes (`vimstm finetune`) of every method at mean token
+#                   reduction 0.2 and 0.4 and the dense control (`--method dense`), then their evaluation with the
 #                   same statistics (FT_* variables below; the plan and its time are printed;
 #                   with NGPU > 1 the runs are dealt over the GPUs)
 #                                  -> $FT_RUNS/*/, $CIFAR_OUT/evidence_finetune{.json,.csv,.png,
@@ -41,11 +41,13 @@
 # $RESULTS/h100), CIFAR_OUT (default $RESULTS/cifar10), PYTHON (default python3), WEIGHTS (the
 # CIFAR-10 weights the tables and fine-tunes use; default: the bundled ones, or the ones
 # cifar-train wrote). scripts/train_cifar10.sh documents its own variables (EPOCHS, ...).
-# cifar-finetune: FT_EPOCHS (default 1), FT_LIMIT (training images per run, default 30000;
-# empty: all 50,000), FT_METHODS (default: every method), FT_RATIOS (default "0.2 0.4"),
-# FT_RUNS (default runs/finetune; finished runs are kept, --resume auto), FT_ARGS (recipe flags
-# added to `vimstm finetune`'s defaults, default "--lr 1e-5"), FT_IMG_S (fine-tuning images/s
-# the printed estimate assumes, default 1450: one H200, 1-epoch runs of the 88.58% model).
+# cifar-finetune: FT_EPOCHS (default 2), FT_LIMIT (training images per run, default empty: all
+# 50,000), FT_METHODS (default: every method), FT_POINTS (default "reduction=0.2 reduction=0.4";
+# KEY=VALUE becomes --KEY VALUE), FT_SCHEDULE (the merged runs' schedule options, default
+# "--merge-opt every=2 --merge-opt shape=even": the evidence tables' reduction points), FT_RUNS
+# (default runs/finetune; finished runs are kept, --resume auto), FT_ARGS (recipe flags added to
+# `vimstm finetune`'s defaults, default "--lr 5e-5"), FT_IMG_S (fine-tuning images/s the printed
+# estimate assumes, default 1450: one H200, 1-epoch runs of the 88.58% model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -163,13 +165,14 @@ part_cifar_finetune() {
   need CIFAR10 "cifar-finetune needs the CIFAR-10 data"
   local train test; split
   local ck; ck=$(weights)
-  local epochs=${FT_EPOCHS:-1} limit=${FT_LIMIT-30000} runs=${FT_RUNS:-runs/finetune}
+  local epochs=${FT_EPOCHS:-2} limit=${FT_LIMIT-} runs=${FT_RUNS:-runs/finetune}
   local methods=${FT_METHODS:-"stm mtr tome rmeeto prune-top prune-norm random"}
-  local ratios=${FT_RATIOS:-"0.2 0.4"} speed=${FT_IMG_S:-1450}
-  local recipe=${FT_ARGS:-"--lr 1e-5"}
-  local n_runs=$(( $(wc -w <<<"$methods") * $(wc -w <<<"$ratios") + 1 ))
+  local points=${FT_POINTS:-"reduction=0.2 reduction=0.4"} speed=${FT_IMG_S:-1450}
+  local recipe=${FT_ARGS:-"--lr 5e-5"}
+  local sched=${FT_SCHEDULE-"--merge-opt every=2 --merge-opt shape=even"}
+  local n_runs=$(( $(wc -w <<<"$methods") * $(wc -w <<<"$points") + 1 ))
   local per=$(( epochs * ${limit:-50000} ))
-  echo "fine-tune plan: $n_runs runs (methods: $methods; ratios: $ratios; and the dense" \
+  echo "fine-tune plan: $n_runs runs (methods: $methods; points: $points; and the dense" \
        "control), $epochs epoch(s) of ${limit:-50000} training images each; at about" \
        "$speed images/s and 10 s of start-up per run: about" \
        "$(( n_runs * (per / speed + 10) / 60 / ${NGPU:-1} )) min, then the evaluation (under 1 min)" >&2
@@ -177,17 +180,19 @@ part_cifar_finetune() {
   local ft=(-m vimstm.cli finetune --model vim_tiny_cifar10 --data "$train" --resume auto
             --epochs "$epochs" "${lim[@]}" --batch-size 256 --workers 12 --amp bf16
             --no-progress)
-  local jobs=("dense") r m
-  for r in $ratios; do for m in $methods; do jobs+=("$m:$r"); done; done
+  local jobs=("dense") p m
+  for p in $points; do for m in $methods; do jobs+=("$m:$p"); done; done
   local n=${NGPU:-1} k i pids=() failed=0
-  ft_job() {  # one fine-tune: "dense" or "METHOD:RATIO"
-    local name=$1 m=${1%%:*} r=${1#*:}
+  ft_job() {  # one fine-tune: "dense" or "METHOD:KEY=VALUE" (--KEY VALUE)
+    local name=$1 m=${1%%:*} p=${1#*:}
+    local key=${p%%=*} val=${p#*=}
     if [ "$name" = dense ]; then
       # shellcheck disable=SC2086
       run $PY "${ft[@]}" ${ck} $recipe --output "$runs/dense" --method dense
     else
       # shellcheck disable=SC2086
-      run $PY "${ft[@]}" ${ck} $recipe --output "$runs/${m}_ratio$r" --method "$m" --ratio "$r"
+      run $PY "${ft[@]}" ${ck} $recipe --output "$runs/${m}_$key$val" --method "$m" \
+        "--$key" "$val" $sched
     fi
   }
   if [ "$n" -le 1 ]; then

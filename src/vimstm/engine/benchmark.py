@@ -11,6 +11,7 @@ import argparse
 import json
 import shlex
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -193,7 +194,8 @@ def _timed(fn: Any, runs: int, dev: torch.device, desc: str | None, unit: str) -
     from tqdm import tqdm
 
     times = []
-    for _ in tqdm(range(runs), desc=desc, unit=unit, disable=desc is None, leave=False):
+    quiet = desc is None or not sys.stderr.isatty()  # a log file gets no carriage returns
+    for _ in tqdm(range(runs), desc=desc, unit=unit, disable=quiet, leave=False):
         sync(dev)
         t0 = time.perf_counter()
         fn()
