@@ -9,7 +9,7 @@ import torch
 import vimstm
 from conftest import TINY
 from vimstm.errors import ConfigError
-from vimstm.models.vim import patch_grid
+from vimstm.models.vim import PatchEmbed, patch_grid
 from vimstm.ops import causal_conv1d_ref, selective_scan_ref
 
 OFFICIAL_BLOCK_KEYS = {
@@ -184,6 +184,27 @@ def test_dynamic_img_size_resamples_the_position_embedding():
     fixed = vimstm.create_model("vim_tiny", **{**TINY, "patch_size": 4, "stride": 4})
     with pytest.raises(ConfigError, match="dynamic_img_size=True"):
         fixed(x)
+
+
+@pytest.mark.parametrize("img,patch,stride", [(224, 16, 16), (32, 2, 2), (40, 16, 8)])
+def test_patch_embed_equals_its_conv(img, patch, stride):
+    """The gathered-patch matrix product (stride = patch) is the conv's linear map, forward
+    and backward, also under autocast; overlapping patches (stride 8) run the conv itself."""
+    torch.manual_seed(0)
+    pe = PatchEmbed(img, patch, stride, 3, 24)
+    x = torch.randn(2, 3, img, img, requires_grad=True)
+    out = pe(x)
+    ref = pe.proj(x).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (x, pe.proj.weight, pe.proj.bias), g)
+    refs = torch.autograd.grad(ref, (x, pe.proj.weight, pe.proj.bias), g)
+    for a, b in zip(grads, refs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, low_ref = pe(x), pe.proj(x).flatten(2).transpose(1, 2)
+    assert low.dtype == low_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, rtol=2e-2, atol=2e-2)
 
 
 def test_stride8_grid():

