@@ -88,6 +88,9 @@ ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("max_size=4", {"max_size": 4}), ("max_size=8", {"max_size": 8}),
     ("fade_power=0.5", {"fade_power": 0.5}), ("fade_power=0.25", {"fade_power": 0.25}),
 )
+SCHEDULE_OPTS = ("every", "shape")  # --merge-opt keys that shape the schedule, not the method
+# the reduction points' schedule (--reduction-schedule): the same r after every second block
+REDUCTION_SCHEDULE = "every=2,shape=even"
 STATS = ("diff", "lo", "hi", "p_exact", "p_chi2", "distinct")
 
 
@@ -502,8 +505,15 @@ def calibrate_rows(cfgs: list[Config], model: torch.nn.Module, args: argparse.Na
     return out
 
 
-def finetune_configs(root: Path, trust: bool) -> list[Config]:
-    """One config per fine-tune run under ``root``: its merging read from the checkpoint."""
+def finetune_configs(root: Path, trust: bool,
+                     reduction_kw: dict[str, Any] | None = None) -> list[Config]:
+    """One config per fine-tune run under ``root``: its merging read from the checkpoint.
+
+    Schedule options (``every``, ``shape``) belong to the operating point, as in the
+    training-free tables: a run on the tables' schedule for its axis (``reduction_kw`` for
+    reduction points, the default schedule for ratio / flops) has the plain point
+    (``reduction=0.2``), any other schedule is named in the point; the variant holds only the
+    method's own options."""
     from vimstm.models.checkpoint import read_checkpoint
 
     cfgs = []
@@ -521,10 +531,18 @@ def finetune_configs(root: Path, trust: bool) -> list[Config]:
         if a.get("r") is not None or a.get("schedule") is not None:
             raise VimstmError(f"{ck}: runs with --r or --schedule are not evaluated here; use "
                               "--ratio, --reduction or --flops")
-        kw.update(parse_merge_opts(a.get("merge_opt")))
+        opts = parse_merge_opts(a.get("merge_opt"))
+        kw.update(opts)
+        sched = {k: v for k, v in opts.items() if k in SCHEDULE_OPTS}
+        if reduction_kw is None:
+            reduction_kw = parse_merge_opts(REDUCTION_SCHEDULE.split(","))
+        usual = reduction_kw if "reduction" in kw else {}
+        if point and sched != usual:
+            point += " " + (",".join(f"{k}={v}" for k, v in sched.items()) or "default-schedule")
         if method == "random":
             kw.setdefault("seed", 0)
-        variant = ",".join(a.get("merge_opt") or []) or "default"
+        variant = ",".join(f"{k}={v}" for k, v in opts.items()
+                           if k not in SCHEDULE_OPTS) or "default"
         label = f"{method} {point} ft" if point else f"{method} ft"
         if variant != "default":
             label += f" {variant}"
@@ -548,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reductions", default="0.17,0.2,0.27,0.36,0.4,0.46",
                    help="mean token reduction points (the papers' definition; 0.2 and 0.4: "
                    "STM's stated 20%% and 40%%)")
-    p.add_argument("--reduction-schedule", default="every=2,shape=even",
+    p.add_argument("--reduction-schedule", default=REDUCTION_SCHEDULE,
                    help="schedule options of the reduction points ('default': the default "
                    "schedule; every=2,shape=even: the same r after every second block, the "
                    "papers' schedule without their merge before block 0)")
@@ -634,15 +652,15 @@ def run(args: argparse.Namespace) -> int:
     amp = args.amp or ("bf16" if dev.type == "cuda" else None)
     amp = None if amp == "none" else amp
     bench = dev.type == "cuda" if args.bench is None else args.bench
+    red = ({} if args.reduction_schedule == "default"
+           else parse_merge_opts(args.reduction_schedule.split(",")))
     if args.finetuned:
-        cfgs = finetune_configs(Path(args.finetuned), args.trust_checkpoint)
+        cfgs = finetune_configs(Path(args.finetuned), args.trust_checkpoint, red)
     else:
         ablation_points = [] if args.no_ablations else [
             v for v in args.ablation_points.split(",") if v]
         for pt in ablation_points:
             parse_point(pt)
-        red = ({} if args.reduction_schedule == "default"
-               else parse_merge_opts(args.reduction_schedule.split(",")))
         cfgs = plan(methods, main_points(args), ablation_points, bool(args.calib_data), red)
         if not args.calib_data:
             print("# no --calib-data: the calibrated-schedule rows are left out", flush=True)

@@ -202,6 +202,34 @@ def test_finetuned_runs_are_evaluated_with_their_controls(images: Path, weights:
     assert (out / "evidence_finetune.png").stat().st_size > 0
 
 
+def test_finetune_schedule_options_belong_to_the_point(tmp_path: Path):
+    """Runs fine-tuned on the tables' schedule (--merge-opt every=2 --merge-opt shape=even at a
+    reduction point) are the tables' points, with the STM run as their reference."""
+    runs = {"dense": {"method": "dense"},
+            "stm": {"method": "stm", "reduction": 0.2, "merge_opt": ["every=2", "shape=even"]},
+            "prune": {"method": "prune-top", "reduction": 0.2,
+                      "merge_opt": ["every=2", "shape=even"]},
+            "stm_p0": {"method": "stm", "reduction": 0.2,
+                       "merge_opt": ["every=2", "shape=even", "protect=0"]},
+            "stm_e3": {"method": "stm", "reduction": 0.2, "merge_opt": ["every=3"]},
+            "stm_ratio": {"method": "stm", "ratio": 0.4}}
+    for name, a in runs.items():
+        (tmp_path / name).mkdir()
+        torch.save({"args": a}, tmp_path / name / "last.pth")
+    cfgs = {c.label: c for c in ev.finetune_configs(tmp_path, False)}
+    assert set(cfgs) == {"dense ft", "stm reduction=0.2 ft", "prune-top reduction=0.2 ft",
+                         "stm reduction=0.2 ft protect=0", "stm reduction=0.2 every=3 ft",
+                         "stm ratio=0.4 ft"}
+    stm, prune = cfgs["stm reduction=0.2 ft"], cfgs["prune-top reduction=0.2 ft"]
+    assert stm.point == prune.point == "reduction=0.2" and stm.variant == "default"
+    assert stm.kw == {"reduction": 0.2, "every": 2, "shape": "even"}
+    assert cfgs["stm reduction=0.2 ft protect=0"].variant == "protect=0"
+    rows = [{"label": c.label, "group": "finetuned", "method": c.method, "point": c.point,
+             "variant": c.variant} for c in cfgs.values()]
+    prune_row = next(r for r in rows if r["method"] == "prune-top")
+    assert ev.refs_for(rows, True)["stm"](prune_row) == "stm reduction=0.2 ft"
+
+
 def test_bad_input_is_one_line(tmp_path: Path, capsys):
     assert ev.main(["--data", str(tmp_path), "--methods", "stm,nope", "--out",
                     str(tmp_path / "o")]) == 2
