@@ -19,8 +19,12 @@ Parts (``--parts``, default all):
 * ``where``: where the removed patches sit: for pruning the dropped patches, for STM the
   patches that end in a group of more than one; border ring, centre, distance to the class
   token in scan order; the size of the final groups; the spatial spread of STM's pairs.
-* ``window``: with protect=0, how many of STM's pairs touch the 4 tokens on either side of the
-  class token, step by step, and the rank of those tokens' cost.
+* ``window``: with protect=0, how many of STM's pairs touch the ``--window`` (4) tokens on
+  either side of the class token, step by step, the scan distance from the class token to the
+  nearest pair, and the rank of those tokens' cost.
+
+``--point`` replaces the operating point (e.g. ``ratio=0.4`` or ``flops=0.6``: the default
+schedule, merges after blocks 6, 12, 18).
 
     # the runs behind results/cifar10/why_pruning.md (CPU, a few minutes each)
     export OMP_NUM_THREADS=1 PYTHONPATH=src
@@ -39,6 +43,9 @@ Parts (``--parts``, default all):
     python benchmarks/merge_anatomy.py --images 256 --parts outcome --reduction 0.36 \\
         --outcome-methods "stm,stm fade_power=0.5,stm fade_power=0.25,prune-norm,prune-top" \\
         --out results/cifar10/fade_power_r036.json
+    # why protect 0..16 changes nothing: the nearest pair STM (protect=0) takes, per point
+    python benchmarks/merge_anatomy.py --images 128 --where-images 128 --parts window \
+        --window 16 --point ratio=0.4 --out results/cifar10/protect_window_ratio04.json
 """
 
 from __future__ import annotations
@@ -356,6 +363,9 @@ def part_window(model: Any, x: Tensor, **opts: Any) -> dict[str, Any]:
         lo = p.first.view(b, -1) - torch.arange(b).unsqueeze(1) * t
         hi = p.last.view(b, -1) - torch.arange(b).unsqueeze(1) * t
         near = pair & (((lo - c).abs() <= WINDOW) | ((hi - c).abs() <= WINDOW))
+        # scan distance from the class token to the nearer token of each pair (inf: no pair)
+        gap = torch.where(hi < c, c - hi, lo - c).float().masked_fill(~pair, float("inf"))
+        nearest = gap.amin(1)  # per image
         # where the pair sits on its side: 0 beside the class token, 1 at the sequence's end
         side_len = torch.where(lo < c, torch.tensor(c), torch.tensor(t - 1 - c)).float()
         rel_dist = ((lo - c).abs().float() / side_len)[pair]
@@ -372,6 +382,8 @@ def part_window(model: Any, x: Tensor, **opts: Any) -> dict[str, Any]:
         res["per_step"].append({
             "tokens": t, "cls": c, "pairs_per_image": float(pair.sum(1).float().mean()),
             "pairs_in_window_per_image": float(near.sum(1).float().mean()),
+            "nearest_pair_distance_min": float(nearest.min()),
+            "nearest_pair_distance_mean": float(nearest.mean()),
             "images_with_window_pair": float(near.any(1).float().mean()),
             "pair_rel_dist": float(rel_dist.mean()),
             "pairs_in_outer_quarter": float((rel_dist > 0.75).float().mean()),
@@ -384,6 +396,7 @@ def part_window(model: Any, x: Tensor, **opts: Any) -> dict[str, Any]:
 
 
 def main() -> None:
+    global WINDOW
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--steps-images", type=int, default=64)
@@ -395,11 +408,20 @@ def main() -> None:
     ap.add_argument("--parts", default="outcome,steps,where,window")
     ap.add_argument("--reduction", type=float, default=POINT["reduction"],
                     help="mean token reduction of the every=2 'even' schedule")
+    ap.add_argument("--point", default=None,
+                    help="another operating point, as merge options replacing 'reduction=R, "
+                         "every=2, shape=even' (e.g. ratio=0.4 or flops=0.6: default schedule)")
+    ap.add_argument("--window", type=int, default=WINDOW,
+                    help="tokens on each side of the class token the window part counts")
     ap.add_argument("--shift", type=int, default=0,
                     help="move every image index by this much (2: a set disjoint from 0's)")
     ap.add_argument("--out", default=None, help="JSON file for the results")
     args = ap.parse_args()
+    WINDOW = args.window
     POINT["reduction"] = args.reduction
+    if args.point:
+        POINT.clear()
+        POINT.update(vmerge.parse_merge_opts(args.point.split(",")))
     torch.manual_seed(0)
     model = vimstm.create_model("vim_tiny_cifar10", pretrained=True).eval()
     print(f"vim_tiny_cifar10, CPU ({platform.processor() or platform.machine()}), fp32, "
