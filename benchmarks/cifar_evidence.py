@@ -12,7 +12,8 @@ One process, one pass per configuration over the test split (kept on the device)
 * **ablation**: STM with one part changed at each ablation point (ratio 0.4 and flops 0.6 on
   the default schedule, mean token reduction 0.36 and 0.4 on the papers'): protection window
   0/2/8/16 (default 4), fading gamma/none (default ssm), weights size (default b), similarity
-  b/delta (default x), a merged token's size capped at 4 or 8 patches (default: no cap);
+  b/delta (default x), a merged token's size capped at 4 or 8 patches (default: no cap), the
+  fade's strength 0.5 or 0.25 (default 1);
 * **calibrated**: STM with ``vimstm calibrate``'s schedule (its functions and defaults: KL
   sensitivity of every candidate step on ``--calib-images`` 256 training images, probe 25%,
   at most 3 steps; measured once under the evaluation autocast, allocated per point) at the
