@@ -7,7 +7,7 @@ steps), then the CUDA time of the scan kernels per step (torch.profiler). The fi
 timed again at the end, so drift between the first and last run shows in the table.
 
     PYTHONPATH=src python benchmarks/kernel_variants.py --model vim_tiny_cifar10 \\
-        --batch-size 256 --variant default: --variant recompute_y:save_y=0 \\
+        --batch-size 256 --variant default: --variant s16:save_every=16 \\
         --variant save8:save_every=8 --json results/h100/kernel_variants.json
 """
 

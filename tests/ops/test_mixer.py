@@ -50,13 +50,13 @@ def _run(mixer, xz, backend):
     return y, x_dbl, stats, torch.autograd.grad(y, leaves, gy)
 
 
-@pytest.mark.parametrize("length,save_y", [(13, True), (9, True), (13, False)])
-def test_triton_op_matches_reference_composition(length, save_y, monkeypatch):
-    """With ``save_y`` the backward reads the forward's pre-gate sum; without, it recomputes."""
+@pytest.mark.parametrize("length,save_every", [(13, 8), (9, 8), (13, 0), (13, 24)])
+def test_triton_op_matches_reference_composition(length, save_every, monkeypatch):
+    """States kept every 8 tokens (two segments replayed), none, or one segment (default)."""
     from vimstm.ops import triton_scan
 
     monkeypatch.setattr(triton_scan, "CONFIG",
-                        dataclasses.replace(triton_scan.CONFIG, save_y=save_y))
+                        dataclasses.replace(triton_scan.CONFIG, save_every=save_every))
     mixer = _mixer()
     xz = torch.randn(2, length, 2 * mixer.d_inner, device=DEV)
     y0, d0, s0, g0 = _run(mixer, xz, "reference")

@@ -17,9 +17,10 @@ Three implementations with one contract, chosen by :func:`vimstm.ops.dispatch.bi
 * :func:`bimamba_triton`: the custom op ``vimstm::bimamba`` on the kernels of
   :mod:`vimstm.ops.triton_scan` (both directions per launch), with a registered autograd
   formula, ``vimstm::bimamba_backward``, and fake (meta) implementations, so that
-  ``torch.compile(fullgraph=True)`` traces through it. Its forward saves only ``xz`` and
-  ``x_dbl`` for the backward, as the official ``mamba_inner_fn_no_out_proj``: the conv output
-  and Δ are recomputed there, and the scan replays its states.
+  ``torch.compile(fullgraph=True)`` traces through it. Its forward saves ``xz`` and ``x_dbl``
+  for the backward, as the official ``mamba_inner_fn_no_out_proj`` (the conv output and Δ are
+  recomputed there), the scan state every ``KernelConfig.save_every`` tokens (replayed in
+  between) and the pre-gate sum of both directions, from which the backward writes dz.
 * :func:`bimamba_reference`, PyTorch on any device (the CPU path): both directions side by
   side, token-major, the reverse one in flipped token order so that one chunked scan
   (:func:`vimstm.ops.scan_ref.scan_chunked`) runs both forward; differentiated by PyTorch.
@@ -204,8 +205,7 @@ def _bimamba_op(
     y = torch.empty(b, length, d2 // 2, device=xz.device, dtype=xz.dtype)
     st = torch.empty((b, 2, 2, length) if stats else (0,), device=xz.device,
                      dtype=torch.float32)
-    ys = torch.empty((b, length, d2 // 2) if save and CONFIG.save_y else (0,), device=xz.device,
-                     dtype=xz.dtype)
+    ys = torch.empty((b, length, d2 // 2) if save else (0,), device=xz.device, dtype=xz.dtype)
     states = scan_fwd(xc.transpose(2, 3), delta, B, C, z, p, y.transpose(1, 2), scale,
                       save=save and CONFIG.save_every > 0, stats=st if stats else None,
                       ys=ys.transpose(1, 2) if ys.numel() else None)
@@ -227,7 +227,7 @@ def _(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, x_proj_w_f, x_proj_w_b, dt_pro
     st = xz.new_empty((b, 2, 2, length) if stats else (0,), dtype=torch.float32)
     every = CONFIG.save_every
     shape = (2, b, -(-length // every) - 1, d, n) if save and 0 < every < length else (0,)
-    ys = xz.new_empty((b, length, d) if save and CONFIG.save_y else (0,))
+    ys = xz.new_empty((b, length, d) if save else (0,))
     return y, x_dbl, st, xz.new_empty(shape, dtype=torch.float32), ys
 
 
@@ -254,7 +254,7 @@ def _bimamba_backward_op(
     du = torch.empty(2, b, length, d, device=xz.device, dtype=dt)
     gr = scan_bwd(xc.transpose(2, 3), delta, B, C, z, p, gy.transpose(1, 2),
                   states if states.numel() else None, scale, du=du.transpose(2, 3),
-                  dz=dxz[..., d:].transpose(1, 2), ys=ys.transpose(1, 2) if ys.numel() else None)
+                  dz=dxz[..., d:].transpose(1, 2), ys=ys.transpose(1, 2))
     ddelta = gr.ddelta.transpose(2, 3).reshape(2, b * length, d)  # a view: channels-last
     dx_dbl = torch.cat((torch.bmm(ddelta, dtw), gr.dBC.view(2, b * length, 2 * n).to(dt)), -1)
     # weight gradients: long-K products with small outputs, one mm per direction (cuBLAS

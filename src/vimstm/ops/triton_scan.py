@@ -56,11 +56,10 @@ class KernelConfig:
         save_every: the forward keeps the state every ``save_every`` tokens for the backward
             (a multiple of ``chunk``), ``b * d * d_state * 4 * L / save_every`` bytes per
             direction and layer; the backward replays the forward inside each segment. 0 keeps
-            nothing (least memory, one whole extra forward in the backward).
-        save_y: the mixer's forward keeps ``sum_k y_k`` (one ``(b, l, d)`` activation per
-            layer) so that the scan backward reads it instead of reducing ``h C`` over the
-            states at every token (a third of its shuffles; not yet timed on a GPU:
-            ``benchmarks/kernel_variants.py --variant default: --variant y:save_y=1``).
+            nothing (least memory, one whole extra forward in the backward). 24 with the saved
+            ``sum_k y_k`` is faster and leaner than 16 without it (vim_tiny/256 training on an
+            H200: 109.0 against 117.8 ms of CUDA time per step, 8.36 against 8.62 GiB); 16
+            with it is 1.7% faster again but 1.2 GiB larger (BENCHMARKS.md).
         conv_block_d, conv_block_l: tile of the conv1d forward (channels, tokens).
         conv_bwd_block_d, conv_bwd_segment: channels and tokens walked by one program of the
             conv1d backward (a segment re-reads 6 tokens of halo).
@@ -69,8 +68,7 @@ class KernelConfig:
     scan_block_d: int = 32
     scan_warps: int = 1
     chunk: int = 8
-    save_every: int = 16
-    save_y: bool = False
+    save_every: int = 24
     conv_block_d: int = 64
     conv_block_l: int = 32
     conv_bwd_block_d: int = 64
@@ -277,9 +275,9 @@ def _scan_bwd_kernel(
     s_ys_b, s_ys_d, s_ys_l,
     N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, NDIR: tl.constexpr,
     REV0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, A_LOG: tl.constexpr, SAVE_T: tl.constexpr, YS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, A_LOG: tl.constexpr, SAVE_T: tl.constexpr,
 ):
-    """Gradients of ``out = scale * sum_k y_k`` for every input of every direction.
+    """Gradients of ``out = scale * silu(z) * sum_k y_k`` for every input of every direction.
 
     Per direction, the tokens split into segments (SAVE_T tokens, or all of them when the
     forward saved nothing). For each segment, last first: (0) replay the forward from the
@@ -288,8 +286,8 @@ def _scan_bwd_kernel(
     by token into this program's ``hs_ptr`` slab (T, BLOCK_D, N), slot j holding the state
     before token j; (2) walk its tokens backwards with the adjoint state in registers.
     ``dbc_ptr`` receives per-program dB | dC partials (NDIR, NBLK, b, L, 2 * NSTATE).
-    With ``YS``, ``ys_ptr`` holds ``sum_k y_k`` from the forward: direction 0 writes the whole
-    dz from it, and no direction reduces ``h C`` over the states.
+    With ``HAS_Z``, ``ys_ptr`` holds ``sum_k y_k`` before the gate, as the forward saved it:
+    direction 0 writes the whole dz from it, so no direction reduces ``h C`` over the states.
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -388,7 +386,7 @@ def _scan_bwd_kernel(
                 if HAS_Z:
                     z_n = tl.load(z_p + (o_z + t * s_z_l), mask=mask_d, other=0.0)
                 y_n = g_n
-                if YS and K == 0:
+                if HAS_Z and K == 0:
                     y_n = tl.load(ys_p + (o_ys + t * s_ys_l), mask=mask_d, other=0.0)
                 hp_n = tl.load(hs_p + (nt - 1) * (BLOCK_D * N) + o_tile)
                 for jj in range(0, nt):
@@ -410,7 +408,7 @@ def _scan_bwd_kernel(
                     g_n = tl.load(g_p + (o_g + t2 * s_g_l), mask=mask_d, other=0.0)
                     if HAS_Z:
                         z_n = tl.load(z_p + (o_z + t2 * s_z_l), mask=mask_d, other=0.0)
-                    if YS and K == 0:
+                    if HAS_Z and K == 0:
                         y_n = tl.load(ys_p + (o_ys + t2 * s_ys_l), mask=mask_d, other=0.0)
                     hp_n = tl.load(hs_p + j2 * (BLOCK_D * N) + o_tile)
                     if HAS_BIAS:
@@ -422,19 +420,8 @@ def _scan_bwd_kernel(
                     dt = tl.where(mask_d, dt, 0.0)
                     if HAS_Z:
                         sz = tl.sigmoid(z)
-                        if YS:
-                            if K == 0:  # dz of both directions, from their saved sum
-                                dz = g * yt * sz * (1.0 + z * (1.0 - sz))
-                                tl.store(dz_p + (o_dz + t * s_dz_l),
-                                         dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
-                        else:
-                            y = tl.sum(h * Ct[None, :], axis=1)
-                            if HAS_D:
-                                y = y + u * Dv
-                            dz = g * y * sz * (1.0 + z * (1.0 - sz))
-                            if K == 1:
-                                dz += tl.load(dz_p + (o_dz + t * s_dz_l), mask=mask_d,
-                                              other=0.0).to(tl.float32)
+                        if K == 0:  # dz of both directions, from their saved sum
+                            dz = g * yt * sz * (1.0 + z * (1.0 - sz))
                             tl.store(dz_p + (o_dz + t * s_dz_l),
                                      dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
                         dy = g * z * sz
@@ -513,7 +500,7 @@ def scan_fwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     sequence is longer than one segment, else None.
     ``stats`` (b, 2, k, l) fp32 receives the per-token channel means of Δ and Δ·mean_n(A).
     ``ys`` (b, d, l), if given, receives ``sum_k y_k`` before the gate and the scale (what
-    :func:`scan_bwd` takes to skip recomputing it).
+    :func:`scan_bwd` needs to differentiate the gate).
     """
     cfg = cfg or CONFIG
     ndir, b, d, length = u.shape
@@ -564,7 +551,9 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
              du: Tensor | None = None, dz: Tensor | None = None, ys: Tensor | None = None,
              cfg: KernelConfig | None = None) -> ScanGrads:
     """Gradients of :func:`scan_fwd` for ``gout`` (b, d, l); ``du``/``dz`` may be preallocated;
-    ``ys``: what the forward wrote to its ``ys`` (then ``z`` must be given)."""
+    with ``z``, ``ys`` is what the forward wrote to its ``ys``."""
+    if (z is None) != (ys is None):
+        raise ValueError("scan_bwd: pass ys (the forward's pre-gate sum) exactly when z is given")
     cfg = cfg or CONFIG
     ndir, b, d, length = u.shape
     n = p.A[0].shape[1]
@@ -597,7 +586,7 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
         *_strides(dz, 3), *_strides(ys, 3),
         N=n2, BLOCK_D=bd, T=cfg.chunk, NDIR=ndir, REV0=bool(reverse),
         HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
-        SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t, YS=ys is not None,
+        SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t,
         num_warps=cfg.scan_warps,
     )
     return ScanGrads(du=du, ddelta=ddt, dz=dz, dBC=dbc.sum(1), dA=dA.sum(1), dD=dD.sum(1),
@@ -614,24 +603,25 @@ class _SelectiveScan(torch.autograd.Function):
                        softplus=softplus)
         out = _empty_like_layout(u, u.dtype)
         st = None if stats is None else stats.new_empty(u.shape[0], 2, 1, u.shape[-1])
+        grad = any(ctx.needs_input_grad)
+        ys = _empty_like_layout(u, u.dtype) if grad and z is not None else None
         states = scan_fwd(u[None], delta[None], B[None], C[None], z, p, out, reverse=reverse,
-                          save=any(ctx.needs_input_grad),
-                          stats=st)
+                          save=grad, stats=st, ys=ys)
         if stats is not None:
             stats.copy_(st[:, :, 0])
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, ys)
         ctx.params = (softplus, reverse, states is not None)
         return out
 
     @staticmethod
     def backward(ctx, gout):
-        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, states, ys = ctx.saved_tensors
         softplus, reverse, saved = ctx.params
         p = ScanParams((A, A), None if D is None else (D, D),
                        None if delta_bias is None else (delta_bias, delta_bias),
                        softplus=softplus)
         gr = scan_bwd(u[None], delta[None], B[None], C[None], z, p, gout,
-                      states if saved else None, reverse=reverse)
+                      states if saved else None, reverse=reverse, ys=ys)
         n = A.shape[1]
         dB = gr.dBC[0, :, :, :n].transpose(1, 2).to(B.dtype)
         dC = gr.dBC[0, :, :, n:].transpose(1, 2).to(C.dtype)
