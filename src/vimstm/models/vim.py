@@ -114,12 +114,13 @@ class PatchEmbed(nn.Module):
         ph, pw = self.patch_size
         if self.stride != ph or ph != pw:
             return self.proj(x).flatten(2).transpose(1, 2)
-        if torch.is_autocast_enabled(x.device.type):  # gather the patches at half the bytes
-            x = x.to(torch.get_autocast_dtype(x.device.type))
+        dtype = x.dtype
+        if torch.is_autocast_enabled(x.device.type):  # cast while gathering: one copy
+            dtype = torch.get_autocast_dtype(x.device.type)
         b, c = x.shape[:2]
         gh, gw = h // ph, w // pw
-        x = x.reshape(b, c, gh, ph, gw, pw)
-        x = x.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * ph * pw)
+        x = x.reshape(b, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
+        x = x.to(dtype, memory_format=torch.contiguous_format).reshape(b, gh * gw, c * ph * pw)
         return F.linear(x, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 
