@@ -186,10 +186,11 @@ def test_dynamic_img_size_resamples_the_position_embedding():
         fixed(x)
 
 
-@pytest.mark.parametrize("img,patch,stride", [(224, 16, 16), (32, 2, 2), (40, 16, 8)])
+@pytest.mark.parametrize("img,patch,stride", [(224, 16, 16), (64, 16, 16), (32, 2, 2),
+                                              (40, 16, 8)])
 def test_patch_embed_equals_its_conv(img, patch, stride):
-    """The gathered-patch matrix product (stride = patch) is the conv's linear map, forward
-    and backward, also under autocast; overlapping patches (stride 8) run the conv itself."""
+    """The gathered-patch matrix product (16x16 patches) is the conv's linear map, forward and
+    backward, also under autocast; small or overlapping patches run the conv itself."""
     torch.manual_seed(0)
     pe = PatchEmbed(img, patch, stride, 3, 24)
     x = torch.randn(2, 3, img, img, requires_grad=True)
