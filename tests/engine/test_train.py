@@ -267,6 +267,12 @@ def test_finetune_dense_control_by_name(data: dict[str, Path], trained: Path,
                    "--limit-train", "8"))
     log = list(iter_history(out))
     assert len(log) == 1 and "train_kd" in log[0] and "tokens_per_block" not in log[0]
+    # α = 0: a plain cycle of training from the weights, no teacher run
+    out0 = tmp_path / "plain"
+    T.fit(args_for("finetune", data, out0, *ck, "--method", "dense", "--epochs", "1",
+                   "--limit-train", "8", "--distill-alpha", "0"))
+    log = list(iter_history(out0))
+    assert len(log) == 1 and "train_kd" not in log[0] and np.isfinite(log[0]["train_loss"])
 
 
 def test_finetune_of_a_model_without_weights_is_refused(data: dict[str, Path],

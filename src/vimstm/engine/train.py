@@ -113,7 +113,8 @@ def register(subparsers: Any) -> None:
     )
     _add_common_args(f, FINETUNE_DEFAULTS)
     f.add_argument("--distill-alpha", type=float, default=FINETUNE_DEFAULTS["distill_alpha"],
-                   help="weight α of the distillation term (1/3: R-MeeTo's 1.0 CE + 0.5 KL)")
+                   help="weight α of the distillation term (1/3: R-MeeTo's 1.0 CE + 0.5 KL; "
+                        "0: no teacher, plain training from the weights)")
     f.add_argument("--distill-temp", type=float, default=FINETUNE_DEFAULTS["distill_temp"],
                    help="distillation temperature T (default 1)")
     add_merge_args(f)
@@ -465,7 +466,8 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
     teacher = None
     if args.finetune:
         load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, trust=args.trust_checkpoint)
-        teacher = copy.deepcopy(model).eval().requires_grad_(False).to(device)
+        if args.distill_alpha > 0:  # α = 0: plain training from the weights, no teacher
+            teacher = copy.deepcopy(model).eval().requires_grad_(False).to(device)
         model = patch_from_args(model, args)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
