@@ -86,9 +86,9 @@ class PatchEmbed(nn.Module):
     Large non-overlapping patches (stride = patch size, ``in_chans * patch**2 >= 256``) run as
     one matrix product over the gathered patches: the same linear map on tensor cores, where
     cuDNN's kernels for 3 input channels do not use them (0.84 of 14.7 ms of a merged vim_tiny
-    forward; fp16 inference of vim_tiny/small 2-6% faster on an H100). Small patches keep the
-    conv: with 2x2 patches (12 inputs per token) the product's long-K weight gradient made the
-    vim_tiny_cifar10 training step 8% slower.
+    forward; fp16 inference of vim_tiny/small 2-7% faster on an H100). Small patches keep the
+    conv: for 2x2 patches (12 inputs per token) two A/Bs of the vim_tiny_cifar10 training step
+    disagreed (each way by 8-10%, BENCHMARKS.md), so no gain is shown there.
     ``dynamic``: accept any image size that tiles the patch grid (the caller resamples the
     position embedding); otherwise only ``img_size``.
     """
