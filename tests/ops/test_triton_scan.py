@@ -125,3 +125,16 @@ def test_conv1d_half_precision():
 def test_auto_picks_triton_on_cuda_only():
     assert resolve_backend("auto", "cuda") == "triton"
     assert resolve_backend("auto", "cpu") == "reference"
+
+
+def test_scan_backward_needs_the_saved_sum_exactly_with_the_gate():
+    """The gate's gradient comes from the forward's saved pre-gate sum: without it, or with it
+    but no gate, the call is refused before any kernel runs."""
+    u = torch.zeros(1, 1, 4, 3)
+    B = torch.zeros(1, 1, 2, 3)
+    p = triton_scan.ScanParams((torch.zeros(4, 2),) * 2, None, None)
+    with pytest.raises(ValueError, match="exactly when z is given"):
+        triton_scan.scan_bwd(u, u, B, B, torch.zeros(1, 4, 3), p, torch.zeros(1, 4, 3), None)
+    with pytest.raises(ValueError, match="exactly when z is given"):
+        triton_scan.scan_bwd(u, u, B, B, None, p, torch.zeros(1, 4, 3), None,
+                             ys=torch.zeros(1, 4, 3))
