@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from typing import Any
@@ -62,7 +63,8 @@ from torch import Tensor
 
 import vimstm
 from vimstm import merge as vmerge
-from vimstm.data import demo_cifar10, model_transform
+from vimstm.data import demo_cifar10, model_transform, open_dataset
+from vimstm.errors import DataError
 from vimstm.merge.base import GroupPlan, group_normalize
 from vimstm.merge.prune import TopPruneMerger
 from vimstm.merge.stm import STMMerger
@@ -124,13 +126,28 @@ class Recorder:
         merger.plan = plan
 
 
-def images(n: int, model: Any, shift: int = 0) -> tuple[Tensor, Tensor]:
-    """``n`` evenly spaced embedded test images; ``shift`` moves every index (a disjoint set
-    while it is below the spacing)."""
-    ds = demo_cifar10(model_transform(model))
-    idx = (np.linspace(0, len(ds) - 1, n).round().astype(int) + shift) % len(ds)
+def image_indices(total: int, n: int, shift: int = 0) -> np.ndarray:
+    """``n`` evenly spaced indices of ``total`` (the first and the last included; class-sorted
+    data keeps every class); ``shift`` moves every index (a disjoint set while it is below the
+    spacing)."""
+    return (np.linspace(0, total - 1, n).round().astype(int) + shift) % total
+
+
+def images(n: int, model: Any, shift: int = 0,
+           data: str | None = None) -> tuple[Tensor, Tensor, np.ndarray]:
+    """``n`` evenly spaced images and labels, and their indices: of the embedded test images,
+    or of ``data`` (a folder or archive of CIFAR-10 class folders, e.g. the training split)."""
+    if data is None:
+        ds = demo_cifar10(model_transform(model))
+    else:
+        ds = open_dataset(data, transform=model_transform(model))
+        expected = demo_cifar10().classes
+        if list(ds.classes) != list(expected):
+            raise DataError(f"{data} has the classes {ds.classes}, not CIFAR-10's {expected}; "
+                            "give a folder or archive of the 10 CIFAR-10 class folders")
+    idx = image_indices(len(ds), n, shift)
     xs, ys = zip(*(ds[int(i)] for i in idx))
-    return torch.stack(xs), torch.tensor(ys)
+    return torch.stack(xs), torch.tensor(ys), idx
 
 
 def logits_of(model: Any, x: Tensor, batch: int = 64) -> Tensor:
@@ -162,9 +179,11 @@ def boot_median(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> l
 
 
 def paired(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> dict[str, list[float]]:
-    """Differences a - b of (correct, KL, largest token) per image, paired intervals."""
+    """Differences a - b of (correct, KL, largest token, agrees with dense) per image, paired
+    intervals."""
     return {"top1": boot((a[0] - b[0]) * 100), "kl": boot(a[1] - b[1]),
-            "median_kl": boot_median(a[1], b[1]), "largest_token": boot(a[2] - b[2])}
+            "median_kl": boot_median(a[1], b[1]), "largest_token": boot(a[2] - b[2]),
+            "agree": boot((a[3] - b[3]) * 100)}
 
 
 METHODS = {
@@ -208,10 +227,10 @@ def part_outcome(model: Any, x: Tensor, y: Tensor, dense: Tensor,
         lg, largest = torch.cat(lg), torch.cat(largest).float()
         vmerge.unpatch(model)
         correct = (lg.argmax(-1) == y).float().numpy()
+        agree = (lg.argmax(-1) == dense.argmax(-1)).float().numpy()
         k = kl(dense, lg).numpy()
-        per[name] = (correct, k, largest.numpy())
-        rows[name] = {"top1": float(correct.mean() * 100),
-                      "agree": float((lg.argmax(-1) == dense.argmax(-1)).float().mean() * 100),
+        per[name] = (correct, k, largest.numpy(), agree)
+        rows[name] = {"top1": float(correct.mean() * 100), "agree": float(agree.mean() * 100),
                       "kl": float(k.mean()), "median_kl": float(np.median(k)),
                       "largest_token": float(largest.mean()), "seconds": round(time.time() - t0, 1)}
         print(name, rows[name], flush=True)
@@ -220,6 +239,7 @@ def part_outcome(model: Any, x: Tensor, y: Tensor, dense: Tensor,
             d = paired(per[name], per["stm"])
             rows[name]["top1_vs_stm"], rows[name]["kl_vs_stm"] = d["top1"], d["kl"]
             rows[name]["median_kl_vs_stm"] = d["median_kl"]
+            rows[name]["agree_vs_stm"] = d["agree"]
             rows[name]["largest_token_vs_stm"] = d["largest_token"]
     # each cross variant against the method whose choice it keeps; STM variants against pruning
     out["pairs"] = {f"{a} - {b}": paired(per[a], per[b])
@@ -230,11 +250,10 @@ def part_outcome(model: Any, x: Tensor, y: Tensor, dense: Tensor,
                                    if n.startswith(("stm max_size", "stm fade_power"))
                                    for m in ("prune-norm", "prune-top")))
                     if a in per and b in per}
-    out["per_image_kl"] = {name: [round(float(v), 5) for v in k]
-                           for name, (_, k, _) in per.items()}
-    out["per_image_correct"] = {name: [int(v) for v in c] for name, (c, _, _) in per.items()}
-    out["per_image_largest_token"] = {name: [int(v) for v in g]
-                                      for name, (_, _, g) in per.items()}
+    out["per_image_kl"] = {name: [round(float(v), 5) for v in p[1]] for name, p in per.items()}
+    out["per_image_correct"] = {name: [int(v) for v in p[0]] for name, p in per.items()}
+    out["per_image_largest_token"] = {name: [int(v) for v in p[2]] for name, p in per.items()}
+    out["per_image_agree"] = {name: [int(v) for v in p[3]] for name, p in per.items()}
     out["rows"] = rows
     return out
 
@@ -395,6 +414,23 @@ def part_window(model: Any, x: Tensor, **opts: Any) -> dict[str, Any]:
     return res
 
 
+def dense_logits(model: Any, x: Tensor, data: str | None, idx: np.ndarray,
+                 cache: str | None) -> Tensor:
+    """The dense model's logits of ``x``, through ``cache`` when given (keyed by the data and
+    the image indices; a cache of other images is recomputed and overwritten)."""
+    key = {"data": data, "indices": idx.tolist()}
+    if cache and os.path.exists(cache):
+        saved = torch.load(cache, weights_only=True)
+        if saved.get("key") == json.dumps(key):
+            return saved["logits"]
+    dense = logits_of(model, x)
+    if cache:
+        tmp = f"{cache}.tmp{os.getpid()}"
+        torch.save({"key": json.dumps(key), "logits": dense}, tmp)
+        os.replace(tmp, cache)
+    return dense
+
+
 def main() -> None:
     global WINDOW
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -415,6 +451,14 @@ def main() -> None:
                     help="tokens on each side of the class token the window part counts")
     ap.add_argument("--shift", type=int, default=0,
                     help="move every image index by this much (2: a set disjoint from 0's)")
+    ap.add_argument("--data", default=None,
+                    help="CIFAR-10 class folders (folder or archive) to take the images from "
+                         "instead of the embedded test images, e.g. ../shared/data/cifar10/"
+                         "train.tar.xz (evenly spaced over the class-sorted files)")
+    ap.add_argument("--dense-cache", default=None,
+                    help="file of the dense logits: read when it holds these images' (same "
+                         "data, indices), else computed and written (saves the dense pass "
+                         "between runs at several points)")
     ap.add_argument("--out", default=None, help="JSON file for the results")
     args = ap.parse_args()
     WINDOW = args.window
@@ -426,11 +470,13 @@ def main() -> None:
     model = vimstm.create_model("vim_tiny_cifar10", pretrained=True).eval()
     print(f"vim_tiny_cifar10, CPU ({platform.processor() or platform.machine()}), fp32, "
           f"torch threads {torch.get_num_threads()}, point {POINT}", flush=True)
-    x, y = images(args.images, model, args.shift)
-    dense = logits_of(model, x)
+    x, y, idx = images(args.images, model, args.shift, args.data)
+    dense = dense_logits(model, x, args.data, idx, args.dense_cache)
     parts = args.parts.split(",")
     res: dict[str, Any] = {"point": POINT, "device": "cpu", "dtype": "fp32",
-                           "shift": args.shift}
+                           "shift": args.shift,
+                           "data": args.data or "embedded test images (demo_cifar10)",
+                           "indices": idx.tolist()}
     if "outcome" in parts:
         res["outcome"] = part_outcome(model, x, y, dense, args.outcome_methods.split(","))
     def spread(n: int) -> slice:  # n of the images, spread over the classes
