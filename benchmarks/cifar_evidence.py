@@ -87,7 +87,7 @@ ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("fading=none", {"fading": "none"}), ("weights=size", {"weights": "size"}),
     ("similarity=b", {"similarity": "b"}), ("similarity=delta", {"similarity": "delta"}),
     ("max_size=4", {"max_size": 4}), ("max_size=8", {"max_size": 8}),
-    ("fade_power=0.5", {"fade_power": 0.5}), ("fade_power=0.25", {"fade_power": 0.25}),
+    ("fade_power=0.5", {"fade_power": 0.5}), ("fade_power=1", {"fade_power": 1.0}),  # full fade
 )
 SCHEDULE_OPTS = ("every", "shape")  # --merge-opt keys that shape the schedule, not the method
 # the reduction points' schedule (--reduction-schedule): the same r after every second block

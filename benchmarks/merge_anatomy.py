@@ -476,7 +476,8 @@ def main() -> None:
     res: dict[str, Any] = {"point": POINT, "device": "cpu", "dtype": "fp32",
                            "shift": args.shift,
                            "data": args.data or "embedded test images (demo_cifar10)",
-                           "indices": idx.tolist()}
+                           "indices": idx.tolist(),
+                           "stm_defaults": STMMerger.option_defaults}  # what the row "stm" is
     if "outcome" in parts:
         res["outcome"] = part_outcome(model, x, y, dense, args.outcome_methods.split(","))
     def spread(n: int) -> slice:  # n of the images, spread over the classes

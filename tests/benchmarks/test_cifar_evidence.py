@@ -89,7 +89,7 @@ def test_the_default_plan_has_every_method_point_and_ablation():
     for p in abl:
         for v in ("protect=0", "protect=2", "protect=8", "protect=16", "fading=gamma",
                   "fading=none", "weights=size", "similarity=b", "similarity=delta",
-                  "max_size=4", "max_size=8", "fade_power=0.5", "fade_power=0.25",
+                  "max_size=4", "max_size=8", "fade_power=0.5", "fade_power=1",
                   "calibrated"):
             assert f"stm {p} {v}" in labels
     # an ablation point outside the main points brings its own default STM row

@@ -119,8 +119,9 @@ def test_fade_power_moves_the_pair_choice():
                       h, sizes, 4, 2)
 
     far, near = {(0, 1), (7, 8)}, {(2, 3), (5, 6)}
-    assert pairs() == pairs(fade_power=1.0) == far  # the full fade: far pairs are nearly free
+    assert pairs(fade_power=1.0) == far  # the full fade: far pairs are nearly free
     assert pairs(fade_power=0.5) == near  # a weaker fade lets the similar pair win
+    assert pairs() == pairs(fade_power=0.25) == near  # the default p = 0.25
     none = _pairs(STMMerger(protect=0, fading="none", weights="size"), h, sizes, 4, 2)
     assert pairs(fade_power=0.0) == none == near
 
@@ -128,18 +129,18 @@ def test_fade_power_moves_the_pair_choice():
 def test_fade_power_ends_match_the_default_and_no_fade(small_model):
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     outs = {}
-    for name, kw in (("default", {}), ("p1", {"fade_power": 1.0}), ("p0", {"fade_power": 0.0}),
-                     ("none", {"fading": "none"}), ("half", {"fade_power": 0.5})):
+    for name, kw in (("default", {}), ("p025", {"fade_power": 0.25}), ("p1", {"fade_power": 1.0}),
+                     ("p0", {"fade_power": 0.0}), ("none", {"fading": "none"})):
         patch(small_model, method="stm", ratio=0.5, **kw)
         try:
             with torch.no_grad():
                 outs[name] = (small_model(images), small_model.merge_info["size"].clone())
         finally:
             unpatch(small_model)
-    assert torch.equal(outs["p1"][0], outs["default"][0])  # bit-identical to today's default
+    assert torch.equal(outs["p025"][0], outs["default"][0])  # the default is p = 0.25
     assert torch.equal(outs["p0"][0], outs["none"][0])  # the same pairs as no fade
     assert torch.equal(outs["p0"][1], outs["none"][1])
-    assert not torch.equal(outs["half"][1], outs["default"][1])  # p = 0.5 merges elsewhere
+    assert not torch.equal(outs["p1"][1], outs["default"][1])  # the full fade merges elsewhere
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0.5", None, float("nan")])

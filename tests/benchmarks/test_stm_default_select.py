@@ -1,0 +1,60 @@
+"""benchmarks/stm_default_select.py: the decision rule on synthetic merge_anatomy outputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("stm_default_select",
+                                              ROOT / "benchmarks" / "stm_default_select.py")
+sel = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = sel
+spec.loader.exec_module(sel)
+
+OLD = {"max_size": None, "fade_power": 1.0}
+N = 200
+
+
+def _write(path: Path, point: dict, kls: dict[str, np.ndarray], indices=None) -> str:
+    rows = {n: {} for n in kls}
+    d = {"point": point, "data": "train", "indices": indices or list(range(N)),
+         "stm_defaults": OLD,
+         "outcome": {"rows": rows, "per_image_kl": {n: k.tolist() for n, k in kls.items()},
+                     "per_image_correct": {n: [1] * N for n in kls},
+                     "per_image_agree": {n: [1] * N for n in kls}}}
+    path.write_text(json.dumps(d))
+    return str(path)
+
+
+def test_only_a_candidate_lower_at_both_points_and_not_higher_elsewhere_qualifies(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.exponential(0.05, N)
+    files = []
+    for i, red in enumerate((0.36, 0.4)):
+        files.append(_write(tmp_path / f"r{i}.json", {"reduction": red, "every": 2},
+                            {"stm": base, "stm good": base * 0.8,  # lower everywhere
+                             "stm once": base * (0.8 if red == 0.36 else 1.0),  # one point only
+                             "stm high": base * 0.8}))
+    for i, point in enumerate(({"ratio": 0.4}, {"flops": 0.6})):
+        files.append(_write(tmp_path / f"d{i}.json", point,
+                            {"stm": base, "stm good": base, "stm once": base,
+                             "stm high": base * 1.3}))  # raises KL on the default schedule
+    out = sel.summarize(sel.load(files))
+    assert out["points"]["reduction=0.36"]["reference"] == "stm max_size=none fade_power=1"
+    q = {n: v["qualifies"] for n, v in out["qualifies"].items()}
+    assert q == {"stm good": True, "stm once": False, "stm high": False}
+    assert out["points"]["reduction=0.4"]["rows"]["stm good"]["kl_vs_ref"][2] < 0
+
+
+def test_files_of_other_images_are_refused(tmp_path):
+    k = {"stm": np.ones(N)}
+    a = _write(tmp_path / "a.json", {"reduction": 0.36}, k)
+    b = _write(tmp_path / "b.json", {"reduction": 0.4}, k, indices=list(range(1, N + 1)))
+    with pytest.raises(SystemExit, match="same images"):
+        sel.load([a, b])
