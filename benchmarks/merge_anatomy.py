@@ -24,7 +24,9 @@ Parts (``--parts``, default all):
   nearest pair, and the rank of those tokens' cost.
 
 ``--point`` replaces the operating point (e.g. ``ratio=0.4`` or ``flops=0.6``: the default
-schedule, merges after blocks 6, 12, 18).
+schedule, merges after blocks 6, 12, 18). ``--data`` takes the images from CIFAR-10 class
+folders instead (the training split chose STM's ``fade_power`` default; the JSON's
+``stm_defaults`` says what the row ``stm`` ran with).
 
     # the runs behind results/cifar10/why_pruning.md (CPU, a few minutes each)
     export OMP_NUM_THREADS=1 PYTHONPATH=src
@@ -43,6 +45,11 @@ schedule, merges after blocks 6, 12, 18).
     python benchmarks/merge_anatomy.py --images 256 --parts outcome --reduction 0.36 \\
         --outcome-methods "stm,stm fade_power=0.5,stm fade_power=0.25,prune-norm,prune-top" \\
         --out results/cifar10/fade_power_r036.json
+    # STM's default options on 512 training images (benchmarks/stm_default_select.py applies
+    # the rule to the outputs): why_pruning.md, "Choosing the default on training images"
+    python benchmarks/merge_anatomy.py --data ../shared/data/cifar10/train.tar.xz --images 512 \
+        --parts outcome --reduction 0.36 --dense-cache /tmp/dense512.pt \
+        --outcome-methods "stm,stm max_size=3,stm fade_power=0.25" --out train_r036.json
     # why protect 0..16 changes nothing: the nearest pair STM (protect=0) takes, per point
     python benchmarks/merge_anatomy.py --images 128 --where-images 128 --parts window \
         --window 16 --point ratio=0.4 --out results/cifar10/protect_window_ratio04.json
