@@ -7,6 +7,8 @@
 #                                                       # run it again: it resumes (--resume auto)
 #   MIN_RES=16 RES_RAMP="0.2 0.5" ...   # progressive resizing: 16 px for the first 20% of the
 #                                       # epochs, growing to 32 px by 50% (see --min-res)
+#   MIXUP_OFF=110 EVAL_EVERY=5 ...      # no mixup/cutmix from epoch 110 on; evaluate the test
+#                                       # split every 5 epochs and after the last one
 #   PROBE=1 bash scripts/train_cifar10.sh data/cifar10  # ~1 min: 2 short epochs in runs/probe,
 #                                                       # no export; the 2nd log line's
 #                                                       # images_per_s (no compile) sizes EPOCHS
@@ -97,6 +99,8 @@ EXTRA=()
 [ -n "${COMPILE:-}" ] && EXTRA+=(--compile)  # torch.compile the training step
 # progressive resizing: MIN_RES px first, the full 32 px from the second fraction of RES_RAMP on
 [ -n "${MIN_RES:-}" ] && EXTRA+=(--min-res "$MIN_RES" --res-ramp ${RES_RAMP:-0.2 0.5})
+[ -n "${MIXUP_OFF:-}" ] && EXTRA+=(--mixup-off-epoch "$MIXUP_OFF")
+[ -n "${EVAL_EVERY:-}" ] && EXTRA+=(--eval-every "$EVAL_EVERY")
 # ARCH_ARGS (train and eval) and TRAIN_ARGS (train only): extra flags, for smoke tests, e.g.
 # ARCH_ARGS="--depth 2 --embed-dim 32 --patch-size 8 --stride 8" TRAIN_ARGS="--limit-train 64"
 read -r -a ARCH <<< "${ARCH_ARGS:-}"

@@ -15,7 +15,7 @@ from PIL import Image
 from vimstm.cli import build_parser, main
 from vimstm.engine import train as T
 from vimstm.engine.train_state import iter_history
-from vimstm.errors import DataError, VimstmError
+from vimstm.errors import ConfigError, DataError, VimstmError
 from vimstm.models.checkpoint import export_weights, read_checkpoint
 
 TINY = ["--model", "vim_tiny", "--depth", "2", "--embed-dim", "32", "--img-size", "32",
@@ -103,6 +103,25 @@ def test_resume_after_kill_equals_uninterrupted(
     assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
     la, lb = list(iter_history(trained)), list(iter_history(out))
     assert [e["train_loss"] for e in la] == [e["train_loss"] for e in lb]
+
+
+def test_mixing_tail_and_sparse_evaluation(data: dict[str, Path], tmp_path: Path) -> None:
+    """--mixup-off-epoch 3: epochs 1-2 mix, 3 does not; --eval-every 2: epochs 2 and 3 (the
+    last) are evaluated, epoch 1 is not."""
+    out = tmp_path / "tail"
+    T.fit(args_for("train", data, out, "--epochs", "3", "--limit-train", "16", "--mixup", "0.8",
+                   "--cutmix", "1.0", "--mixup-off-epoch", "3", "--eval-every", "2"))
+    log = list(iter_history(out))
+    assert [e["mixing"] for e in log] == [True, True, False]
+    assert ["val_top1" in e for e in log] == [False, True, True]
+    assert log[0]["best_top1"] is None and log[2]["best_top1"] >= log[1]["val_top1"]
+    for bad, msg in ((["--mixup-off-epoch", "1"], "must be in \\[2, --epochs 3\\]"),
+                     (["--mixup-off-epoch", "4"], "must be in"),
+                     (["--mixup", "0", "--cutmix", "0", "--mixup-off-epoch", "2"],
+                      "would be ignored"),
+                     (["--eval-every", "0"], "--eval-every must be at least 1")):
+        with pytest.raises(ConfigError, match=msg):
+            T._validate(args_for("train", data, tmp_path / "x", "--epochs", "3", *bad))
 
 
 def test_unwritable_output_fails_before_training(data: dict[str, Path], tmp_path: Path,

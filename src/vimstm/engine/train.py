@@ -173,6 +173,9 @@ def _add_common_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     g.add_argument("--cutmix", type=float, default=d["cutmix"], help="cutmix alpha (0: off)")
     g.add_argument("--mixup-prob", type=float, default=1.0,
                    help="probability of applying mixup or cutmix to a batch")
+    g.add_argument("--mixup-off-epoch", type=int, default=None, metavar="N",
+                   help="no mixup/cutmix from epoch N on (1-based: the first N-1 epochs mix; "
+                        "label smoothing stays)")
     g.add_argument("--aa", default=d["aa"],
                    help="timm RandAugment policy, e.g. rand-m9-mstd0.5-inc1 ('none': off)")
     g.add_argument("--reprob", type=float, default=d["reprob"], help="random-erasing probability")
@@ -190,6 +193,8 @@ def _add_common_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
                    help="stop cleanly after the last epoch that fits in this many minutes of "
                         "this process (continue later with --resume auto)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--eval-every", type=int, default=1, metavar="K",
+                   help="evaluate --val-data every K epochs and after the last one (default 1)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -304,6 +309,14 @@ def _validate(args: argparse.Namespace) -> None:
     ]
     if (args.mixup > 0 or args.cutmix > 0) and args.batch_size % 2:
         checks.append((False, "mixup/cutmix need an even --batch-size"))
+    checks.append((args.eval_every >= 1, "--eval-every must be at least 1"))
+    off = args.mixup_off_epoch
+    if off is not None:
+        checks += [(args.mixup > 0 or args.cutmix > 0,
+                    "--mixup-off-epoch without --mixup or --cutmix would be ignored"),
+                   (2 <= off <= args.epochs,
+                    f"--mixup-off-epoch must be in [2, --epochs {args.epochs}] (epoch N is the "
+                    f"first without mixing), got {off}")]
     min_res = getattr(args, "min_res", None)
     if min_res is not None:
         lo, hi = args.res_ramp
@@ -572,6 +585,8 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
         ctx.train_size = epoch_img_size(epoch, args.epochs, img_size, min_res,
                                         tuple(getattr(args, "res_ramp", (0, 0))),
                                         2 * model.patch_embed.stride)
+        if mixup is not None:
+            mixup.mixup_enabled = args.mixup_off_epoch is None or epoch + 1 < args.mixup_off_epoch
         meter = _train_one_epoch(ctx, epoch, step)
         step += meter.steps
         stats = {k: distributed.all_reduce_sum(
@@ -588,9 +603,12 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
         if ctx.train_size != img_size:
             entry["train_img_size"] = ctx.train_size
         entry.update(meter.distill)
+        if mixup is not None:
+            entry["mixing"] = bool(mixup.mixup_enabled)
         if getattr(model, "merger", None) is not None:
             entry["tokens_per_block"] = plain(model.merge_info.get("tokens_per_block"))
-        if val_loader is not None:
+        evaluate_now = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs
+        if val_loader is not None and evaluate_now:
             t0 = time.perf_counter()
             entry["val_top1"] = _evaluate(model, val_loader, device, amp)
             if ema is not None:
@@ -599,7 +617,7 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
         score = max(entry.get("val_top1", -1.0), entry.get("ema_top1", -1.0))
         is_best = val_loader is not None and score > best
         best = max(best, score)
-        entry["best_top1"] = best if val_loader is not None else None
+        entry["best_top1"] = best if val_loader is not None and best >= 0 else None
         history.append(entry)
         last = entry
         if main:
