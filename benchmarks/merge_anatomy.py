@@ -75,6 +75,7 @@ from vimstm.errors import DataError
 from vimstm.merge.base import GroupPlan, group_normalize
 from vimstm.merge.prune import TopPruneMerger
 from vimstm.merge.stm import STMMerger
+from vimstm.models.checkpoint import atomic_write
 
 POINT = {"reduction": 0.36, "every": 2, "shape": "even"}
 WINDOW = 4
@@ -501,8 +502,7 @@ def main() -> None:
         res["window"] = part_window(model, x[s][:args.where_images])
         res["window_fading_none"] = part_window(model, x[s][:args.where_images], fading="none")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        atomic_write(args.out, json.dumps(res, indent=1))
         print("wrote", args.out)
 
 

@@ -19,6 +19,7 @@ import torch
 import vimstm
 from vimstm.engine.benchmark import measure_throughput, measure_training
 from vimstm.models import vim as V
+from vimstm.models.checkpoint import atomic_write
 
 
 def _gather_all(self: V.PatchEmbed, x: torch.Tensor) -> torch.Tensor:
@@ -71,8 +72,7 @@ def main() -> int:
             print(f"{name:18s} training  {variant}: {r['images_per_s']:8.1f} img/s", flush=True)
             torch.cuda.empty_cache()
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        atomic_write(args.json, json.dumps(out, indent=1))
     return 0
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from vimstm.models.checkpoint import atomic_write
+
 _spec = importlib.util.spec_from_file_location(
     "merge_anatomy", Path(__file__).resolve().parent / "merge_anatomy.py")
 ma = importlib.util.module_from_spec(_spec)
@@ -124,8 +126,7 @@ def main() -> None:
         print(spec, {p: [round(v, 4) for v in d] for p, d in per.items()})
     print("qualifies:", {n: q["qualifies"] for n, q in out["qualifies"].items()})
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
+        atomic_write(args.out, json.dumps(out, indent=1))
         print("wrote", args.out)
 
 
