@@ -40,6 +40,7 @@ import triton.language as tl
 from torch import Tensor
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * LOG2E): exp2 is the hardware op
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,17 @@ class KernelConfig:
         conv_block_d, conv_block_l: tile of the conv1d forward (channels, tokens).
         conv_bwd_block_d, conv_bwd_segment: channels and tokens walked by one program of the
             conv1d backward (a segment re-reads 6 tokens of halo).
+        bwd_carry: the scan backward carries ``exp(Δ_{t+1} A) gh_{t+1}`` from step to step
+            instead of gh and the next step's ``exp(Δ A)``, and forms ``exp(Δ A)`` as
+            ``2^((Δ log2 e) A)``: two state tiles fewer in registers (254 -> 241-243 on sm_90)
+            and one product per state less per adjoint step.
+        delta_pass: the scan backward computes Δ (bias + softplus) and ``sigmoid`` of its
+            argument once per token, in a pass at the start of each segment, into a scratch of
+            ``b * d * 2 * segment`` fp32 values that the replay, the chunk recompute and the
+            adjoint walk read (instead of 2.7 softplus evaluations per token and direction).
+        scan_bwd_maxnreg: register cap of the scan backward (0: none, as ptxas chooses). One
+            warp per program, so registers bound the warps per SM: 254 -> 8, 200 -> 10,
+            184 -> 11, 168 -> 12 (spills below about 200 with bwd_carry).
     """
 
     scan_block_d: int = 32
@@ -73,6 +85,9 @@ class KernelConfig:
     conv_block_l: int = 32
     conv_bwd_block_d: int = 64
     conv_bwd_segment: int = 64
+    bwd_carry: bool = False
+    delta_pass: bool = False
+    scan_bwd_maxnreg: int = 0
 
 
 CONFIG = KernelConfig()
@@ -236,22 +251,34 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
-def _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l, s_B_l, mask_d, mask_n):
-    """u, the raw Δ and B of token t, in their stored dtype."""
+def _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, t_dt, s_u_l, s_dt_l, s_B_l, mask_d, mask_n):
+    """u and B of token t and the raw Δ at index t_dt (t, or the segment step where the
+    backward reads Δ from its scratch), in their stored dtype."""
     u = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
-    dt = tl.load(dt_p + (o_dt + t * s_dt_l), mask=mask_d, other=0.0)
+    dt = tl.load(dt_p + (o_dt + t_dt * s_dt_l), mask=mask_d, other=0.0)
     Bt = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0)
     return u, dt, Bt
 
 
 @triton.jit
-def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Δ from the stored value: + bias, softplus, in fp32."""
+def _dix(t, j, DPASS: tl.constexpr):
+    """Where a walk reads Δ: segment step j in the backward's scratch (DPASS), else token t."""
+    if DPASS:
+        r = j
+    else:
+        r = t
+    return r
+
+
+@triton.jit
+def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, DPASS: tl.constexpr):
+    """Δ from the stored value: + bias, softplus, in fp32 (with DPASS, ``raw`` is Δ)."""
     dt = raw.to(tl.float32)
-    if HAS_BIAS:
-        dt = dt + bias
-    if SOFTPLUS:
-        dt = _softplus(dt)
+    if not DPASS:
+        if HAS_BIAS:
+            dt = dt + bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
     return dt
 
 
@@ -260,8 +287,8 @@ def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
                                "s_du_k", "s_du_b", "s_ddt_k", "s_ddt_b", "s_dz_b", "s_ys_b"])
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A0, A1, B_ptr, C_ptr, D0, D1, z_ptr, bias0, bias1, g_ptr, st_ptr,
-    ck_ptr, hs_ptr, du_ptr, ddt_ptr, dz_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr, ys_ptr,
-    L, DIM, NSTATE, NBLK, NB, CK_SLAB, scale,
+    ck_ptr, hs_ptr, du_ptr, ddt_ptr, dz_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr, ys_ptr, ds_ptr,
+    L, DIM, NSTATE, NBLK, NB, CK_SLAB, DS_SLAB, scale,
     s_u_k, s_u_b, s_u_d, s_u_l,
     s_dt_k, s_dt_b, s_dt_d, s_dt_l,
     s_B_k, s_B_b, s_B_n, s_B_l,
@@ -276,6 +303,7 @@ def _scan_bwd_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, NDIR: tl.constexpr,
     REV0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, A_LOG: tl.constexpr, SAVE_T: tl.constexpr,
+    CARRY: tl.constexpr, DPASS: tl.constexpr,
 ):
     """Gradients of ``out = scale * silu(z) * sum_k y_k`` for every input of every direction.
 
@@ -288,6 +316,12 @@ def _scan_bwd_kernel(
     ``dbc_ptr`` receives per-program dB | dC partials (NDIR, NBLK, b, L, 2 * NSTATE).
     With ``HAS_Z``, ``ys_ptr`` holds ``sum_k y_k`` before the gate, as the forward saved it:
     direction 0 writes the whole dz from it, so no direction reduces ``h C`` over the states.
+    With ``CARRY`` the adjoint walk carries ``exp(Δ_{t+1} A) gh_{t+1}`` instead of gh and the
+    next step's ``exp(Δ A)`` (one state tile and one product per state less), and ``exp(Δ A)``
+    is ``2^((Δ log2 e) A)``, so no ``A log2 e`` tile is kept either.
+    With ``DPASS`` each segment starts with a pass over its tokens that writes Δ (bias and
+    softplus applied) and ``sigmoid(Δ raw + bias)`` to this program's ``ds_ptr`` slab
+    (2, segment, BLOCK_D), which the three walks read instead of recomputing them.
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -308,6 +342,8 @@ def _scan_bwd_kernel(
     slab = (pid_b * NBLK + pid_d)
     ck_p = ck_ptr + slab * CK_SLAB
     hs_p = hs_ptr + slab * (T * BLOCK_D * N)
+    o_ds = tl.arange(0, BLOCK_D)
+    ds_p = ds_ptr + slab * DS_SLAB
     if SAVE_T > 0:
         seg_len = SAVE_T
     else:
@@ -316,7 +352,12 @@ def _scan_bwd_kernel(
     for K in tl.static_range(NDIR):
         A, Dv, bias = _dir_params(A0, A1, D0, D1, bias0, bias1, K, offs_d, mask_d, offs_n, mdn,
                                   NSTATE, HAS_D, HAS_BIAS, A_LOG)
-        A2 = A * LOG2E
+        if CARRY:  # the exponent is (Δ log2 e) A
+            A2 = A
+            dscale = LOG2E
+        else:  # the exponent is Δ (A log2 e)
+            A2 = A * LOG2E
+            dscale = 1.0
         # scalar bases + int32 offsets: tensors of 64-bit pointers would take many registers
         u_p = u_ptr + K * s_u_k + pid_b * s_u_b
         dt_p = dt_ptr + K * s_dt_k + pid_b * s_dt_b
@@ -327,7 +368,8 @@ def _scan_bwd_kernel(
         st_p = st_ptr + K * s_st_k + pid_b * s_st_b
         dbc_p = dbc_ptr + ((K * NBLK + pid_d) * NB + pid_b) * L * (2 * NSTATE)
         gh = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-        a_next = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # exp(Δ A) of the step after
+        if not CARRY:
+            a_next = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # exp(Δ A) of the step after
         dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
         dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         db_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -336,24 +378,43 @@ def _scan_bwd_kernel(
             s0 = s * seg_len
             s_n = tl.minimum(L - s0, seg_len)
             nch = tl.cdiv(s_n, T)
+            if DPASS:  # Δ and sigmoid(raw Δ + bias) of the segment's tokens, read below
+                pre_n = tl.load(dt_p + (o_dt + _token(s0, L, K, REV0) * s_dt_l), mask=mask_d,
+                                other=0.0)
+                for j in range(0, s_n):
+                    pre = pre_n.to(tl.float32)
+                    tp = _token(s0 + tl.minimum(j + 1, s_n - 1), L, K, REV0)
+                    pre_n = tl.load(dt_p + (o_dt + tp * s_dt_l), mask=mask_d, other=0.0)
+                    if HAS_BIAS:
+                        pre = pre + bias
+                    dtv = pre
+                    if SOFTPLUS:
+                        dtv = _softplus(pre)
+                        tl.store(ds_p + ((seg_len + j) * BLOCK_D + o_ds), tl.sigmoid(pre))
+                    tl.store(ds_p + (j * BLOCK_D + o_ds), tl.where(mask_d, dtv, 0.0))
+                tl.debug_barrier()
+                d_p, o_d, s_d = ds_p, o_ds, BLOCK_D  # where the walks read Δ
+            else:
+                d_p, o_d, s_d = dt_p, o_dt, s_dt_l
             # (0) replay the segment: the state at the start of each chunk into ck. Every loop
             # below loads the inputs of its next step before computing the current one.
             h = tl.load(st_p + ((s - 1) * (DIM * NSTATE) + o_st), mask=mdn & (s > 0), other=0.0)
             nrep = (nch - 1) * T
-            u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B,
-                                        _token(s0, L, K, REV0), s_u_l, s_dt_l, s_B_l,
-                                        mask_d, mask_n)
+            t = _token(s0, L, K, REV0)
+            u_n, dt_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t,
+                                        _dix(t, 0, DPASS), s_u_l, s_d, s_B_l, mask_d, mask_n)
             for j in range(0, nrep):
                 if j % T == 0:
                     tl.store(ck_p + (j // T) * (BLOCK_D * N) + o_tile, h)
                 u = u_n.to(tl.float32)
-                dt = _delta(dt_n, bias, HAS_BIAS, SOFTPLUS)
+                dt = _delta(dt_n, bias, HAS_BIAS, SOFTPLUS, DPASS)
                 Bt = B_n.to(tl.float32)
-                u_n, dt_n, B_n = _load_step(
-                    u_p, dt_p, B_p, o_u, o_dt, o_B,
-                    _token(s0 + tl.minimum(j + 1, nrep - 1), L, K, REV0),
-                    s_u_l, s_dt_l, s_B_l, mask_d, mask_n)
-                h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+                j2 = tl.minimum(j + 1, nrep - 1)
+                t2 = _token(s0 + j2, L, K, REV0)
+                u_n, dt_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t2,
+                                            _dix(t2, j2, DPASS), s_u_l, s_d, s_B_l, mask_d,
+                                            mask_n)
+                h = tl.exp2((dt * dscale)[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(ck_p + (nch - 1) * (BLOCK_D * N) + o_tile, h)
             tl.debug_barrier()
             for cc in range(0, nch):
@@ -362,24 +423,31 @@ def _scan_bwd_kernel(
                 nt = tl.minimum(s0 + s_n - c0, T)
                 # (1) states of the chunk; slot j holds the state before token j
                 h = tl.load(ck_p + c * (BLOCK_D * N) + o_tile)
-                u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B,
-                                            _token(c0, L, K, REV0), s_u_l, s_dt_l, s_B_l,
-                                            mask_d, mask_n)
+                t = _token(c0, L, K, REV0)
+                u_n, dt_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t,
+                                            _dix(t, c * T, DPASS), s_u_l, s_d, s_B_l, mask_d,
+                                            mask_n)
                 for j in range(0, nt):
                     u = u_n.to(tl.float32)
-                    dt = _delta(dt_n, bias, HAS_BIAS, SOFTPLUS)
+                    dt = _delta(dt_n, bias, HAS_BIAS, SOFTPLUS, DPASS)
                     Bt = B_n.to(tl.float32)
-                    u_n, dt_n, B_n = _load_step(
-                        u_p, dt_p, B_p, o_u, o_dt, o_B,
-                        _token(c0 + tl.minimum(j + 1, nt - 1), L, K, REV0),
-                        s_u_l, s_dt_l, s_B_l, mask_d, mask_n)
+                    j2 = tl.minimum(j + 1, nt - 1)
+                    t2 = _token(c0 + j2, L, K, REV0)
+                    u_n, dt_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t2,
+                                                _dix(t2, c * T + j2, DPASS), s_u_l, s_d, s_B_l,
+                                                mask_d, mask_n)
                     tl.store(hs_p + j * (BLOCK_D * N) + o_tile, h)
-                    h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+                    h = (tl.exp2((dt * dscale)[:, None] * A2) * h
+                         + (dt * u)[:, None] * Bt[None, :])
                 tl.debug_barrier()  # the slab is read back below, maybe by other threads
                 # (2) adjoint, token by token backwards; h is the state after the token
                 t = _token(c0 + nt - 1, L, K, REV0)
-                u_n, raw_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l,
-                                             s_B_l, mask_d, mask_n)
+                u_n, raw_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t,
+                                             _dix(t, c * T + nt - 1, DPASS), s_u_l, s_d, s_B_l,
+                                             mask_d, mask_n)
+                sg_n = raw_n
+                if DPASS and SOFTPLUS:
+                    sg_n = tl.load(ds_p + ((seg_len + c * T + nt - 1) * BLOCK_D + o_ds))
                 C_n = tl.load(C_p + (o_C + t * s_C_l), mask=mask_n, other=0.0)
                 g_n = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0)
                 z_n = g_n
@@ -394,6 +462,7 @@ def _scan_bwd_kernel(
                     t = _token(c0 + j, L, K, REV0)
                     u = u_n.to(tl.float32)
                     raw = raw_n.to(tl.float32)
+                    sg = sg_n
                     Bt = B_n.to(tl.float32)
                     Ct = C_n.to(tl.float32)
                     g = g_n.to(tl.float32) * scale
@@ -402,8 +471,11 @@ def _scan_bwd_kernel(
                     h_prev = hp_n
                     j2 = tl.maximum(j - 1, 0)
                     t2 = _token(c0 + j2, L, K, REV0)
-                    u_n, raw_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t2, s_u_l,
-                                                 s_dt_l, s_B_l, mask_d, mask_n)
+                    u_n, raw_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t2,
+                                                 _dix(t2, c * T + j2, DPASS), s_u_l, s_d, s_B_l,
+                                                 mask_d, mask_n)
+                    if DPASS and SOFTPLUS:
+                        sg_n = tl.load(ds_p + ((seg_len + c * T + j2) * BLOCK_D + o_ds))
                     C_n = tl.load(C_p + (o_C + t2 * s_C_l), mask=mask_n, other=0.0)
                     g_n = tl.load(g_p + (o_g + t2 * s_g_l), mask=mask_d, other=0.0)
                     if HAS_Z:
@@ -411,13 +483,17 @@ def _scan_bwd_kernel(
                     if HAS_Z and K == 0:
                         y_n = tl.load(ys_p + (o_ys + t2 * s_ys_l), mask=mask_d, other=0.0)
                     hp_n = tl.load(hs_p + j2 * (BLOCK_D * N) + o_tile)
-                    if HAS_BIAS:
-                        raw = raw + bias
-                    if SOFTPLUS:
-                        dt = _softplus(raw)
-                    else:
+                    if DPASS:  # raw is Δ
                         dt = raw
-                    dt = tl.where(mask_d, dt, 0.0)
+                    else:
+                        if HAS_BIAS:
+                            raw = raw + bias
+                        if SOFTPLUS:
+                            dt = _softplus(raw)
+                            sg = tl.sigmoid(raw)
+                        else:
+                            dt = raw
+                        dt = tl.where(mask_d, dt, 0.0)
                     if HAS_Z:
                         sz = tl.sigmoid(z)
                         if K == 0:  # dz of both directions, from their saved sum
@@ -428,18 +504,28 @@ def _scan_bwd_kernel(
                     else:
                         dy = g
                     # gh_t = C_t dy_t + exp(Δ_{t+1} A) gh_{t+1}
-                    gh = dy[:, None] * Ct[None, :] + a_next * gh
-                    a = tl.exp2(dt[:, None] * A2)
-                    gha = gh * (a * h_prev)  # a * h_prev = exp(Δ_t A) h_{t-1}
+                    if CARRY:  # gh holds exp(Δ_{t+1} A) gh_{t+1}
+                        gh = dy[:, None] * Ct[None, :] + gh
+                        dtl = dt * LOG2E
+                        a = tl.exp2(dtl[:, None] * A)
+                        gh_a = a * gh  # carried to the step before
+                        gha = gh_a * h_prev
+                    else:
+                        gh = dy[:, None] * Ct[None, :] + a_next * gh
+                        a = tl.exp2(dt[:, None] * A2)
+                        gha = gh * (a * h_prev)  # a * h_prev = exp(Δ_t A) h_{t-1}
                     gB = tl.sum(gh * Bt[None, :], axis=1)
                     du = gB * dt
                     if HAS_D:
                         du = du + dy * Dv
                         dD_acc += dy * u
                     ddt = tl.sum(gha * A, axis=1) + gB * u
-                    dA_acc += gha * dt[:, None]
+                    if CARRY:  # dA in units of log2 e, scaled back after the walk
+                        dA_acc += gha * dtl[:, None]
+                    else:
+                        dA_acc += gha * dt[:, None]
                     if SOFTPLUS:
-                        ddt = ddt * tl.sigmoid(raw)
+                        ddt = ddt * sg
                     ddt = tl.where(mask_d, ddt, 0.0)
                     db_acc += ddt
                     tl.store(du_p + (o_du + t * s_du_l), du.to(du_ptr.dtype.element_ty),
@@ -449,9 +535,14 @@ def _scan_bwd_kernel(
                     row = dbc_p + (t * (2 * NSTATE) + offs_n)
                     tl.store(row, tl.sum(gh * (dt * u)[:, None], axis=0), mask=mask_n)
                     tl.store(row + NSTATE, tl.sum(h * dy[:, None], axis=0), mask=mask_n)
-                    a_next = a
+                    if CARRY:
+                        gh = gh_a
+                    else:
+                        a_next = a
                     h = h_prev
                 tl.debug_barrier()  # the next chunk overwrites the slab
+        if CARRY:
+            dA_acc = dA_acc * LN2
         if A_LOG:  # d A_log = dA * A
             dA_acc = dA_acc * A
         part = (K * NB + pid_b) * DIM
@@ -573,21 +664,24 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     ck = torch.empty(b, nblk, triton.cdiv(save_t or length, cfg.chunk), bd, n2, device=dev,
                      dtype=torch.float32)
     hs = torch.empty(b, nblk, cfg.chunk, bd, n2, device=dev, dtype=torch.float32)
+    ds = torch.empty(b, nblk, 2, save_t or length, bd, device=dev, dtype=torch.float32) \
+        if cfg.delta_pass else hs
     D0, D1 = p.D if p.D is not None else (u, u)
     b0, b1 = p.bias if p.bias is not None else (u, u)
     st = states if states is not None else ck
     _scan_bwd_kernel[(b, nblk)](
         u, delta, p.A[0], p.A[1], B, C, D0, D1, z if z is not None else u, b0, b1, gout, st,
         ck, hs, du, ddt, dz if dz is not None else du, dbc, dA, dD, dbias,
-        ys if ys is not None else du,
-        length, d, n, nblk, b, ck.stride(1), float(scale),
+        ys if ys is not None else du, ds,
+        length, d, n, nblk, b, ck.stride(1), ds.stride(1), float(scale),
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z, 3),
         *gout.stride(), st.stride(0), st.stride(1), *du.stride(), *ddt.stride(),
         *_strides(dz, 3), *_strides(ys, 3),
         N=n2, BLOCK_D=bd, T=cfg.chunk, NDIR=ndir, REV0=bool(reverse),
         HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
         SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t,
-        num_warps=cfg.scan_warps,
+        CARRY=bool(cfg.bwd_carry), DPASS=bool(cfg.delta_pass), num_warps=cfg.scan_warps,
+        **({"maxnreg": cfg.scan_bwd_maxnreg} if cfg.scan_bwd_maxnreg else {}),
     )
     return ScanGrads(du=du, ddelta=ddt, dz=dz, dBC=dbc.sum(1), dA=dA.sum(1), dD=dD.sum(1),
                      dbias=dbias.sum(1))
