@@ -82,13 +82,18 @@ def test_saved_states_and_replay_give_the_same_gradients(save_every, chunk, monk
     _check_scan(_inputs(23, torch.float32, channels_last=True, d=9), True, 1e-5)
 
 
-@pytest.mark.parametrize("carry,delta_pass,save_every", [(True, False, 8), (False, True, 8),
-                                                      (True, True, 0)])
-def test_backward_variants_give_the_same_gradients(carry, delta_pass, save_every, monkeypatch):
-    """KernelConfig.bwd_carry (exp(ΔA)·gh carried) and delta_pass (Δ and its sigmoid once per
-    segment, from a scratch), alone and together, over several chunks and segments."""
+@pytest.mark.parametrize("carry,delta_pass,branch,save_every", [
+    (True, False, False, 8), (False, True, True, 8), (True, True, True, 0)])
+def test_kernel_variants_give_the_same_gradients(carry, delta_pass, branch, save_every,
+                                                 monkeypatch):
+    """KernelConfig.bwd_carry (exp(ΔA)·gh carried), delta_pass (Δ and its sigmoid once per
+    segment, from a scratch) and fwd_save_branch (the forward's saved states under a branch),
+    alone and together, over several chunks and segments; register caps are launch options
+    (the interpreter takes and ignores them)."""
     cfg = dataclasses.replace(triton_scan.CONFIG, save_every=save_every, chunk=4, scan_block_d=4,
-                              bwd_carry=carry, delta_pass=delta_pass)
+                              bwd_carry=carry, delta_pass=delta_pass, fwd_save_branch=branch,
+                              scan_bwd_maxnreg=200 if carry else 0,
+                              scan_fwd_maxnreg=136 if branch else 0)
     monkeypatch.setattr(triton_scan, "CONFIG", cfg)
     _check_scan(_inputs(23, torch.float32, channels_last=True, d=9), True, 1e-5)
     _check_scan(_inputs(13, torch.float32, channels_last=False, optional=False), False, 1e-5)

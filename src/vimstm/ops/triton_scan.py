@@ -64,6 +64,11 @@ class KernelConfig:
         conv_block_d, conv_block_l: tile of the conv1d forward (channels, tokens).
         conv_bwd_block_d, conv_bwd_segment: channels and tokens walked by one program of the
             conv1d backward (a segment re-reads 6 tokens of halo).
+        fwd_save_branch: the scan forward writes the state every ``save_every`` tokens under a
+            branch instead of a store masked off at the other tokens (whose layout conversion
+            and 16 predicated stores per thread ran at every token).
+        scan_fwd_maxnreg: register cap of the scan forward (0: none); 158 -> 12 warps per SM,
+            128 -> 16.
         bwd_carry: the scan backward carries ``exp(Δ_{t+1} A) gh_{t+1}`` from step to step
             instead of gh and the next step's ``exp(Δ A)``, and forms ``exp(Δ A)`` as
             ``2^((Δ log2 e) A)``: two state tiles fewer in registers (254 -> 241-243 on sm_90)
@@ -85,6 +90,8 @@ class KernelConfig:
     conv_block_l: int = 32
     conv_bwd_block_d: int = 64
     conv_bwd_segment: int = 64
+    fwd_save_branch: bool = False
+    scan_fwd_maxnreg: int = 0
     bwd_carry: bool = False
     delta_pass: bool = False
     scan_bwd_maxnreg: int = 0
@@ -167,6 +174,7 @@ def _scan_fwd_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     A_LOG: tl.constexpr, SAVE_T: tl.constexpr, STATS: tl.constexpr, YSAVE: tl.constexpr,
+    SAVE_BRANCH: tl.constexpr,
 ):
     """``out = scale * silu(z) * sum_k y_k``; with SAVE_T, the state after every SAVE_T tokens
     to st; with YSAVE, ``sum_k y_k`` (before the gate and the scale) to ``ys_ptr``.
@@ -246,7 +254,11 @@ def _scan_fwd_kernel(
             tl.store(out_ptr + o_o + t * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_d)
             if SAVE_T > 0:
                 edge = ((i + 1) % SAVE_T == 0) & (i + 1 < L)
-                tl.store(st_p + (i // SAVE_T) * (DIM * NSTATE), h, mask=mdn & edge)
+                if SAVE_BRANCH:  # skipped, not masked, between the saved tokens
+                    if edge:
+                        tl.store(st_p + (i // SAVE_T) * (DIM * NSTATE), h, mask=mdn)
+                else:
+                    tl.store(st_p + (i // SAVE_T) * (DIM * NSTATE), h, mask=mdn & edge)
         tl.debug_barrier()  # direction 1 reads back what direction 0 wrote
 
 
@@ -616,7 +628,8 @@ def scan_fwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
         N=triton.next_power_of_2(n), BLOCK_D=cfg.scan_block_d, NDIR=ndir, REV0=bool(reverse),
         HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
         SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t, STATS=stats is not None,
-        YSAVE=ys is not None, num_warps=cfg.scan_warps,
+        YSAVE=ys is not None, SAVE_BRANCH=bool(cfg.fwd_save_branch), num_warps=cfg.scan_warps,
+        **({"maxnreg": cfg.scan_fwd_maxnreg} if cfg.scan_fwd_maxnreg else {}),
     )
     if stats is not None:
         torch.sum(partial, 1, out=stats)
