@@ -112,16 +112,22 @@ def test_token_stats_from_the_scan(reverse):
     assert torch.allclose(stats, scan_token_stats(delta, A, bias), atol=1e-5)
 
 
-@pytest.mark.parametrize("L,reverse,segment", [(13, False, 64), (40, True, 8), (3, True, 8)])
-def test_conv1d_matches_reference(L, reverse, segment, monkeypatch):
+@pytest.mark.parametrize("L,reverse,segment,vec", [(13, False, 64, False), (40, True, 8, False),
+                                                  (3, True, 8, False), (13, False, 8, True)])
+def test_conv1d_matches_reference(L, reverse, segment, vec, monkeypatch):
     """Width-4 depthwise conv + silu, both directions; ``segment`` < L walks several segments
-    (their halos included) in the backward."""
-    cfg = dataclasses.replace(triton_scan.CONFIG, conv_bwd_segment=segment, conv_bwd_block_d=4)
+    (their halos included) in the backward; ``vec``: KernelConfig.conv_vec with 8 channels-last
+    channels (strides that allow it)."""
+    cfg = dataclasses.replace(triton_scan.CONFIG, conv_bwd_segment=segment, conv_bwd_block_d=4,
+                              conv_vec=vec)
     monkeypatch.setattr(triton_scan, "CONFIG", cfg)
     g = torch.Generator().manual_seed(L)
-    x = torch.randn(2, L, 6, generator=g).transpose(1, 2).to(DEV).requires_grad_()
-    w = torch.randn(6, 1, 4, generator=g).to(DEV).requires_grad_()
-    bias = torch.randn(6, generator=g).to(DEV).requires_grad_()
+    d = 8 if vec else 6
+    x = torch.randn(2, L, d, generator=g).transpose(1, 2).to(DEV).requires_grad_()
+    w = torch.randn(d, 1, 4, generator=g).to(DEV).requires_grad_()
+    bias = torch.randn(d, generator=g).to(DEV).requires_grad_()
+    if vec:  # the launchers claim alignment exactly when the strides allow it
+        assert triton_scan._vec(cfg, (x.stride(0),), (x.stride(1),)) == 8
     ref = causal_conv1d_ref(x, w, bias, reverse)
     gout = torch.randn(ref.shape, generator=g).to(DEV)
     gref = torch.autograd.grad(ref, [x, w, bias], gout)
