@@ -42,7 +42,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def scan_ms(model: torch.nn.Module, batch_size: int, img_size: int, steps: int = 3) -> dict:
-    """CUDA milliseconds per training step of each scan kernel (profiler)."""
+    """CUDA milliseconds per training step of each scan and conv1d kernel (profiler)."""
     step, _, _ = training_step(model, batch_size, img_size, "bf16", torch.device("cuda"))
     step()
     torch.cuda.synchronize()
@@ -51,7 +51,7 @@ def scan_ms(model: torch.nn.Module, batch_size: int, img_size: int, steps: int =
             step()
         torch.cuda.synchronize()
     out = {e.key: round(e.device_time_total / steps / 1e3, 2)
-           for e in prof.key_averages() if "scan" in e.key}
+           for e in prof.key_averages() if "scan" in e.key or "conv" in e.key}
     out["all kernels"] = round(sum(e.device_time_total for e in prof.key_averages()
                                    if e.device_type.name == "CUDA") / steps / 1e3, 1)
     return out
