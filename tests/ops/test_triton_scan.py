@@ -99,6 +99,34 @@ def test_kernel_variants_give_the_same_gradients(carry, delta_pass, branch, save
     _check_scan(_inputs(13, torch.float32, channels_last=False, optional=False), False, 1e-5)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_vectorised_B_C_rows(reverse, monkeypatch):
+    """KernelConfig.bc_vec: B and C read as vectors from rows of a wider (b, l, r + 2n) bf16
+    tensor, as the model's x_proj output holds them (B starts 8 bytes past a 16-byte boundary,
+    C on one); with the backward options, over several chunks and segments."""
+    cfg = dataclasses.replace(triton_scan.CONFIG, save_every=8, chunk=4, scan_block_d=4,
+                              bc_vec=True, bwd_carry=True, delta_pass=True)
+    monkeypatch.setattr(triton_scan, "CONFIG", cfg)
+    u, delta, A, B, _, D, z, bias = _inputs(21, torch.bfloat16, channels_last=True, d=9)
+    b, n, L = B.shape
+    wide = torch.randn(b, L, 4 + 2 * n, generator=torch.Generator().manual_seed(3))
+    wide = wide.to(torch.bfloat16).to(DEV)
+    gout = torch.randn(u.shape, generator=torch.Generator().manual_seed(1)).to(u)
+
+    def grads(fn):
+        leaves = [t.detach().clone().requires_grad_() for t in (u, delta, A, wide, D, z, bias)]
+        w = leaves[3]
+        Bv, Cv = w[..., 4:4 + n].transpose(1, 2), w[..., 4 + n:].transpose(1, 2)
+        if fn is triton_scan.selective_scan_triton:
+            bcv, rows = triton_scan._bc_rows(cfg, Bv[None], Cv[None])
+            assert bcv == 4 and [r[1] for r in rows] == [4, 0]  # element offsets from 16 B
+        out = fn(*leaves[:3], Bv, Cv, *leaves[4:], True, reverse)
+        return [out, *torch.autograd.grad(out, leaves, gout)]
+
+    for a, b_ in zip(grads(triton_scan.selective_scan_triton), grads(selective_scan_ref)):
+        assert a.shape == b_.shape and _rel(a, b_) < 2e-2
+
+
 def test_scan_without_optional_inputs():
     _check_scan(_inputs(13, torch.float32, channels_last=False, optional=False), False, 1e-5)
 

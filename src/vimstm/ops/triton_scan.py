@@ -83,6 +83,11 @@ class KernelConfig:
             argument once per token, in a pass at the start of each segment, into a scratch of
             ``b * d * 2 * segment`` fp32 values that the replay, the chunk recompute and the
             adjoint walk read (instead of 2.7 softplus evaluations per token and direction).
+        bc_vec: the scan kernels read each thread's contiguous states of B and C as one vector
+            (LDG.64 for bf16) instead of one load per state, when the rows allow it (the
+            model's x_proj output: rows of dt_rank + 2 d_state, multiples of 4 elements). Triton
+            only knows 16-byte aligned pointers, so the launcher passes a view that starts at
+            the 16-byte boundary before B (C) and the element offset as a constant.
         scan_bwd_maxnreg: register cap of the scan backward (0: none, as ptxas chooses). One
             warp per program, so registers bound the warps per SM: 254 -> 8, 200 -> 10,
             184 -> 11, 168 -> 12 (spills below about 200 with bwd_carry).
@@ -100,6 +105,7 @@ class KernelConfig:
     scan_fwd_maxnreg: int = 0
     conv_vec: bool = False
     bwd_carry: bool = False
+    bc_vec: bool = False
     delta_pass: bool = False
     scan_bwd_maxnreg: int = 0
 
@@ -164,6 +170,17 @@ def _dir_params(A0, A1, D0, D1, bias0, bias1, K: tl.constexpr, offs_d, mask_d, o
     return A, Dv, bias
 
 
+@triton.jit
+def _fwd_row(p, offs_n, t, s_l, mask, BCV: tl.constexpr):
+    """The forward's row of B or C at token t: ``p`` is a scalar row base with BCV > 1 (the
+    states contiguous, see :func:`_load_row`), else the pointers of the states."""
+    if BCV > 1:
+        r = tl.load((p + t * (s_l * BCV)) + offs_n, mask=mask, other=0.0)
+    else:
+        r = tl.load(p + t * s_l, mask=mask, other=0.0)
+    return r
+
+
 @triton.jit(do_not_specialize=["L", "s_u_k", "s_u_b", "s_dt_k", "s_dt_b", "s_B_k", "s_B_b",
                                "s_C_k", "s_C_b", "s_z_b", "s_o_b", "s_st_k", "s_st_b", "s_ys_b"])
 def _scan_fwd_kernel(
@@ -181,7 +198,7 @@ def _scan_fwd_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     A_LOG: tl.constexpr, SAVE_T: tl.constexpr, STATS: tl.constexpr, YSAVE: tl.constexpr,
-    SAVE_BRANCH: tl.constexpr,
+    SAVE_BRANCH: tl.constexpr, BCV: tl.constexpr, BOFF: tl.constexpr, COFF: tl.constexpr,
 ):
     """``out = scale * silu(z) * sum_k y_k``; with SAVE_T, the state after every SAVE_T tokens
     to st; with YSAVE, ``sum_k y_k`` (before the gate and the scale) to ``ys_ptr``.
@@ -206,8 +223,12 @@ def _scan_fwd_kernel(
         A2 = A * LOG2E
         u_p = u_ptr + K * s_u_k + pid_b * s_u_b + offs_d * s_u_d
         dt_p = dt_ptr + K * s_dt_k + pid_b * s_dt_b + offs_d * s_dt_d
-        B_p = B_ptr + K * s_B_k + pid_b * s_B_b + offs_n * s_B_n
-        C_p = C_ptr + K * s_C_k + pid_b * s_C_b + offs_n * s_C_n
+        if BCV > 1:  # scalar row bases, the states added at each load (see _load_row)
+            B_p = B_ptr + BOFF + K * (s_B_k * BCV) + pid_b * (s_B_b * BCV)
+            C_p = C_ptr + COFF + K * (s_C_k * BCV) + pid_b * (s_C_b * BCV)
+        else:  # tensors of pointers, moved by tokens
+            B_p = B_ptr + K * s_B_k + pid_b * s_B_b + offs_n * s_B_n
+            C_p = C_ptr + K * s_C_k + pid_b * s_C_b + offs_n * s_C_n
         if STATS:
             a_mean = tl.sum(A, axis=1) / NSTATE
             sp = stats_ptr + ((pid_b * tl.num_programs(1) + pid_d) * 2 * NDIR + K) * L
@@ -216,8 +237,8 @@ def _scan_fwd_kernel(
         t = _token(0, L, K, REV0)
         u_n = tl.load(u_p + t * s_u_l, mask=mask_d, other=0.0)
         dt_n = tl.load(dt_p + t * s_dt_l, mask=mask_d, other=0.0)
-        B_n = tl.load(B_p + t * s_B_l, mask=mask_n, other=0.0)
-        C_n = tl.load(C_p + t * s_C_l, mask=mask_n, other=0.0)
+        B_n = _fwd_row(B_p, offs_n, t, s_B_l, mask_n, BCV)
+        C_n = _fwd_row(C_p, offs_n, t, s_C_l, mask_n, BCV)
         z_n = u_n
         if HAS_Z:
             z_n = tl.load(z_ptr + o_z + t * s_z_l, mask=mask_d, other=0.0)
@@ -232,8 +253,8 @@ def _scan_fwd_kernel(
             t2 = _token(tl.minimum(i + 1, L - 1), L, K, REV0)
             u_n = tl.load(u_p + t2 * s_u_l, mask=mask_d, other=0.0)
             dt_n = tl.load(dt_p + t2 * s_dt_l, mask=mask_d, other=0.0)
-            B_n = tl.load(B_p + t2 * s_B_l, mask=mask_n, other=0.0)
-            C_n = tl.load(C_p + t2 * s_C_l, mask=mask_n, other=0.0)
+            B_n = _fwd_row(B_p, offs_n, t2, s_B_l, mask_n, BCV)
+            C_n = _fwd_row(C_p, offs_n, t2, s_C_l, mask_n, BCV)
             if HAS_Z:
                 z_n = tl.load(z_ptr + o_z + t2 * s_z_l, mask=mask_d, other=0.0)
             if HAS_BIAS:
@@ -270,13 +291,26 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
-def _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, t_dt, s_u_l, s_dt_l, s_B_l, mask_d, mask_n):
+def _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, t_dt, s_u_l, s_dt_l, s_B_l, mask_d, mask_n,
+               BCV: tl.constexpr):
     """u and B of token t and the raw Δ at index t_dt (t, or the segment step where the
     backward reads Δ from its scratch), in their stored dtype."""
     u = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
     dt = tl.load(dt_p + (o_dt + t_dt * s_dt_l), mask=mask_d, other=0.0)
-    Bt = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0)
+    Bt = _load_row(B_p, o_B, t, s_B_l, mask_n, BCV)
     return u, dt, Bt
+
+
+@triton.jit
+def _load_row(p, o, t, s_l, mask, BCV: tl.constexpr):
+    """The states of token t of B or C. With BCV > 1 the row pointer is a multiple of BCV
+    elements (``s_l`` is passed divided by BCV, the base aligned: see :func:`_bc_rows`), so each
+    thread's contiguous states load as one vector."""
+    if BCV > 1:
+        r = tl.load((p + t * (s_l * BCV)) + o, mask=mask, other=0.0)
+    else:
+        r = tl.load(p + (o + t * s_l), mask=mask, other=0.0)
+    return r
 
 
 @triton.jit
@@ -322,7 +356,8 @@ def _scan_bwd_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, NDIR: tl.constexpr,
     REV0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, A_LOG: tl.constexpr, SAVE_T: tl.constexpr,
-    CARRY: tl.constexpr, DPASS: tl.constexpr,
+    CARRY: tl.constexpr, DPASS: tl.constexpr, BCV: tl.constexpr, BOFF: tl.constexpr,
+    COFF: tl.constexpr,
 ):
     """Gradients of ``out = scale * silu(z) * sum_k y_k`` for every input of every direction.
 
@@ -380,8 +415,8 @@ def _scan_bwd_kernel(
         # scalar bases + int32 offsets: tensors of 64-bit pointers would take many registers
         u_p = u_ptr + K * s_u_k + pid_b * s_u_b
         dt_p = dt_ptr + K * s_dt_k + pid_b * s_dt_b
-        B_p = B_ptr + K * s_B_k + pid_b * s_B_b
-        C_p = C_ptr + K * s_C_k + pid_b * s_C_b
+        B_p = B_ptr + BOFF + K * (s_B_k * BCV) + pid_b * (s_B_b * BCV)
+        C_p = C_ptr + COFF + K * (s_C_k * BCV) + pid_b * (s_C_b * BCV)
         du_p = du_ptr + K * s_du_k + pid_b * s_du_b
         ddt_p = ddt_ptr + K * s_ddt_k + pid_b * s_ddt_b
         st_p = st_ptr + K * s_st_k + pid_b * s_st_b
@@ -421,7 +456,7 @@ def _scan_bwd_kernel(
             nrep = (nch - 1) * T
             t = _token(s0, L, K, REV0)
             u_n, dt_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t,
-                                        _dix(t, 0, DPASS), s_u_l, s_d, s_B_l, mask_d, mask_n)
+                                        _dix(t, 0, DPASS), s_u_l, s_d, s_B_l, mask_d, mask_n, BCV)
             for j in range(0, nrep):
                 if j % T == 0:
                     tl.store(ck_p + (j // T) * (BLOCK_D * N) + o_tile, h)
@@ -432,7 +467,7 @@ def _scan_bwd_kernel(
                 t2 = _token(s0 + j2, L, K, REV0)
                 u_n, dt_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t2,
                                             _dix(t2, j2, DPASS), s_u_l, s_d, s_B_l, mask_d,
-                                            mask_n)
+                                            mask_n, BCV)
                 h = tl.exp2((dt * dscale)[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(ck_p + (nch - 1) * (BLOCK_D * N) + o_tile, h)
             tl.debug_barrier()
@@ -445,7 +480,7 @@ def _scan_bwd_kernel(
                 t = _token(c0, L, K, REV0)
                 u_n, dt_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t,
                                             _dix(t, c * T, DPASS), s_u_l, s_d, s_B_l, mask_d,
-                                            mask_n)
+                                            mask_n, BCV)
                 for j in range(0, nt):
                     u = u_n.to(tl.float32)
                     dt = _delta(dt_n, bias, HAS_BIAS, SOFTPLUS, DPASS)
@@ -454,7 +489,7 @@ def _scan_bwd_kernel(
                     t2 = _token(c0 + j2, L, K, REV0)
                     u_n, dt_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t2,
                                                 _dix(t2, c * T + j2, DPASS), s_u_l, s_d, s_B_l,
-                                                mask_d, mask_n)
+                                                mask_d, mask_n, BCV)
                     tl.store(hs_p + j * (BLOCK_D * N) + o_tile, h)
                     h = (tl.exp2((dt * dscale)[:, None] * A2) * h
                          + (dt * u)[:, None] * Bt[None, :])
@@ -463,11 +498,11 @@ def _scan_bwd_kernel(
                 t = _token(c0 + nt - 1, L, K, REV0)
                 u_n, raw_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t,
                                              _dix(t, c * T + nt - 1, DPASS), s_u_l, s_d, s_B_l,
-                                             mask_d, mask_n)
+                                             mask_d, mask_n, BCV)
                 sg_n = raw_n
                 if DPASS and SOFTPLUS:
                     sg_n = tl.load(ds_p + ((seg_len + c * T + nt - 1) * BLOCK_D + o_ds))
-                C_n = tl.load(C_p + (o_C + t * s_C_l), mask=mask_n, other=0.0)
+                C_n = _load_row(C_p, o_C, t, s_C_l, mask_n, BCV)
                 g_n = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0)
                 z_n = g_n
                 if HAS_Z:
@@ -492,10 +527,10 @@ def _scan_bwd_kernel(
                     t2 = _token(c0 + j2, L, K, REV0)
                     u_n, raw_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t2,
                                                  _dix(t2, c * T + j2, DPASS), s_u_l, s_d, s_B_l,
-                                                 mask_d, mask_n)
+                                                 mask_d, mask_n, BCV)
                     if DPASS and SOFTPLUS:
                         sg_n = tl.load(ds_p + ((seg_len + c * T + j2) * BLOCK_D + o_ds))
-                    C_n = tl.load(C_p + (o_C + t2 * s_C_l), mask=mask_n, other=0.0)
+                    C_n = _load_row(C_p, o_C, t2, s_C_l, mask_n, BCV)
                     g_n = tl.load(g_p + (o_g + t2 * s_g_l), mask=mask_d, other=0.0)
                     if HAS_Z:
                         z_n = tl.load(z_p + (o_z + t2 * s_z_l), mask=mask_d, other=0.0)
@@ -571,6 +606,31 @@ def _scan_bwd_kernel(
         tl.store(dbias_ptr + part + offs_d, db_acc, mask=mask_d)
 
 
+def _bc_rows(cfg: KernelConfig, *xs: Tensor) -> tuple[int, list]:
+    """For B and C ``(k, b, n, l)``: (BCV, [(tensor, offset, strides)] per tensor).
+
+    With ``cfg.bc_vec`` and rows that allow it (states contiguous, row starts and the other
+    strides multiples of 4 elements), BCV = 4: each tensor is replaced by a view of the same
+    memory starting at the 16-byte boundary at or before it (so that Triton knows the base is
+    aligned), ``offset`` elements back, and its k, b, l strides are passed divided by 4. Else
+    BCV = 1 and everything is passed as it is.
+    """
+    v = 4
+    rows = []
+    for x in xs:
+        es = x.element_size()
+        off = (x.data_ptr() % 16) // es
+        ok = (cfg.bc_vec and x.stride(2) == 1 and x.data_ptr() % (v * es) == 0
+              and off <= x.storage_offset()
+              and all(x.stride(i) % v == 0 for i in (0, 1, 3)))
+        if not ok:
+            return 1, [(y, 0, tuple(y.stride())) for y in xs]
+        base = x.as_strided(x.shape, x.stride(), x.storage_offset() - off)
+        s = x.stride()
+        rows.append((base, off, (s[0] // v, s[1] // v, s[2], s[3] // v)))
+    return v, rows
+
+
 def _strides(x: Tensor | None, n: int) -> tuple[int, ...]:
     return tuple(x.stride()) if x is not None else (0,) * n
 
@@ -626,16 +686,18 @@ def scan_fwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     D0, D1 = p.D if p.D is not None else (u, u)
     b0, b1 = p.bias if p.bias is not None else (u, u)
     st = states if save_t else out
+    bcv, ((Bb, boff, sB), (Cb, coff, sC)) = _bc_rows(cfg, B, C)
     _scan_fwd_kernel[grid](
-        u, delta, p.A[0], p.A[1], B, C, D0, D1, z if z is not None else u, b0, b1, out, st,
+        u, delta, p.A[0], p.A[1], Bb, Cb, D0, D1, z if z is not None else u, b0, b1, out, st,
         partial if partial is not None else out, ys if ys is not None else out,
         length, d, n, float(scale),
-        *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z, 3),
+        *u.stride(), *delta.stride(), *sB, *sC, *_strides(z, 3),
         *out.stride(), st.stride(0), st.stride(1), *_strides(ys, 3),
         N=triton.next_power_of_2(n), BLOCK_D=cfg.scan_block_d, NDIR=ndir, REV0=bool(reverse),
         HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
         SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t, STATS=stats is not None,
-        YSAVE=ys is not None, SAVE_BRANCH=bool(cfg.fwd_save_branch), num_warps=cfg.scan_warps,
+        YSAVE=ys is not None, SAVE_BRANCH=bool(cfg.fwd_save_branch), BCV=bcv, BOFF=boff,
+        COFF=coff, num_warps=cfg.scan_warps,
         **({"maxnreg": cfg.scan_fwd_maxnreg} if cfg.scan_fwd_maxnreg else {}),
     )
     if stats is not None:
@@ -689,18 +751,20 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     D0, D1 = p.D if p.D is not None else (u, u)
     b0, b1 = p.bias if p.bias is not None else (u, u)
     st = states if states is not None else ck
+    bcv, ((Bb, boff, sB), (Cb, coff, sC)) = _bc_rows(cfg, B, C)
     _scan_bwd_kernel[(b, nblk)](
-        u, delta, p.A[0], p.A[1], B, C, D0, D1, z if z is not None else u, b0, b1, gout, st,
+        u, delta, p.A[0], p.A[1], Bb, Cb, D0, D1, z if z is not None else u, b0, b1, gout, st,
         ck, hs, du, ddt, dz if dz is not None else du, dbc, dA, dD, dbias,
         ys if ys is not None else du, ds,
         length, d, n, nblk, b, ck.stride(1), ds.stride(1), float(scale),
-        *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z, 3),
+        *u.stride(), *delta.stride(), *sB, *sC, *_strides(z, 3),
         *gout.stride(), st.stride(0), st.stride(1), *du.stride(), *ddt.stride(),
         *_strides(dz, 3), *_strides(ys, 3),
         N=n2, BLOCK_D=bd, T=cfg.chunk, NDIR=ndir, REV0=bool(reverse),
         HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
         SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t,
-        CARRY=bool(cfg.bwd_carry), DPASS=bool(cfg.delta_pass), num_warps=cfg.scan_warps,
+        CARRY=bool(cfg.bwd_carry), DPASS=bool(cfg.delta_pass), BCV=bcv, BOFF=boff, COFF=coff,
+        num_warps=cfg.scan_warps,
         **({"maxnreg": cfg.scan_bwd_maxnreg} if cfg.scan_bwd_maxnreg else {}),
     )
     return ScanGrads(du=du, ddelta=ddt, dz=dz, dBC=dbc.sum(1), dA=dA.sum(1), dD=dD.sum(1),
