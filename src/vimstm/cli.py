@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "vimstm.engine.sweep",  # sweep
     "vimstm.engine.calibrate",  # calibrate
     "vimstm.engine.train",  # train, finetune
+    "vimstm.engine.teacher",  # teacher
     "vimstm.viz",  # viz
     "vimstm.engine.demo",  # demo
 )

@@ -4,6 +4,9 @@
   with warm-up, label smoothing, mixup/cutmix, RandAugment, random erasing, drop path, EMA), AMP in
   bf16, gradient clipping, DDP under torchrun. For inputs of 64 px or less the crop is
   ``RandomCrop(padding=size/8)`` + flip + RandAugment instead of RandomResizedCrop.
+  ``--teacher FILE`` adds distillation from a convolutional teacher trained by ``vimstm
+  teacher`` (DeiT: hard labels of the teacher by default,
+  ``loss = (1-α)·base + α·CE(student, argmax teacher)``).
 * ``finetune``: a token-merging model (``--method``/``--ratio``, see :mod:`vimstm.merge`) trained
   with distillation from its own dense, frozen copy:
   ``loss = (1-α)·base(student, labels) + α·T²·KL(softmax(teacher/T) ‖ softmax(student/T))``.
@@ -104,6 +107,17 @@ def register(subparsers: Any) -> None:
                    metavar=("START", "END"),
                    help="fractions of --epochs: --min-res before START, the model's size from "
                         "END on, linear in between (default 0.2 0.5)")
+    g = p.add_argument_group("distillation from a convolutional teacher (off by default)")
+    g.add_argument("--teacher", default=None, metavar="FILE",
+                   help="teacher file written by `vimstm teacher`; it sees each training batch "
+                        "(re-normalised to its own mean and std)")
+    g.add_argument("--distill-alpha", type=float, default=None,
+                   help="weight α of the distillation term (default 0.5, DeiT's)")
+    g.add_argument("--distill-temp", type=float, default=None,
+                   help="temperature T of soft distillation (default 1)")
+    g.add_argument("--distill-type", choices=("hard", "soft"), default=None,
+                   help="hard: cross-entropy to the teacher's top class (default, DeiT's better "
+                        "kind); soft: T²·KL to its softmax")
     p.set_defaults(func=run_train, finetune=False)
 
     f = subparsers.add_parser(
@@ -328,7 +342,23 @@ def _validate(args: argparse.Namespace) -> None:
         if n is not None and n < 1:
             checks.append((False, f"--{flag.replace('_', '-')} must be at least 1 (leave it out "
                                   f"to use every image), got {n}"))
-    if getattr(args, "finetune", False):
+    if not getattr(args, "finetune", False) and hasattr(args, "teacher"):
+        given = [f for f in ("distill_alpha", "distill_temp", "distill_type")
+                 if getattr(args, f) is not None]
+        if args.teacher is None and given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} without --teacher would be "
+                              "ignored; add --teacher FILE (from `vimstm teacher`)")
+        if args.teacher is not None:
+            if not Path(args.teacher).is_file():
+                raise ConfigError(f"--teacher {args.teacher}: no such file (train one with "
+                                  "`vimstm teacher`)")
+            args.distill_alpha = 0.5 if args.distill_alpha is None else args.distill_alpha
+            args.distill_temp = 1.0 if args.distill_temp is None else args.distill_temp
+            args.distill_type = args.distill_type or "hard"
+            if args.distill_type == "hard" and "distill_temp" in given:
+                raise ConfigError("--distill-temp is for --distill-type soft; hard "
+                                  "distillation uses the teacher's top class only")
+    if getattr(args, "finetune", False) or getattr(args, "teacher", None) is not None:
         checks += [(0 <= args.distill_alpha <= 1, "--distill-alpha must be in [0, 1]"),
                    (args.distill_temp > 0, "--distill-temp must be positive")]
     for ok, msg in checks:
@@ -439,7 +469,7 @@ class TrainContext:
 
     state: TrainState  # model, optimizer, scheduler, scaler, EMA
     train_model: nn.Module  # the model, or its DDP wrapper
-    teacher: nn.Module | None  # the frozen dense model for distillation (finetune)
+    teacher: nn.Module | None  # frozen: the dense model (finetune) or a convnet (train)
     loader: Any
     criterion: nn.Module
     mixup: Any  # timm Mixup, or None
@@ -449,6 +479,7 @@ class TrainContext:
     main: bool  # rank 0: progress bar
     img_size: int  # the model's input size
     train_size: int = 0  # this epoch's training size (progressive resizing), set per epoch
+    teacher_affine: tuple[Tensor, Tensor] | None = None  # x -> x * a + b: the teacher's input
 
 
 def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: bool,
@@ -482,6 +513,9 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
         if args.distill_alpha > 0:  # α = 0: plain training from the weights, no teacher
             teacher = copy.deepcopy(model).eval().requires_grad_(False).to(device)
         model = patch_from_args(model, args)
+    teacher_affine = None
+    if getattr(args, "teacher", None) is not None:
+        teacher, teacher_affine = _load_teacher(args, classes, model_cfg, device)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     ckpt_bytes = _sd_bytes(model) * (3 + int(args.model_ema)) + 2**20
@@ -552,7 +586,7 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
     if args.compile:
         train_model = torch.compile(train_model)
     ctx = TrainContext(state, train_model, teacher, train_loader, criterion, mixup, device,
-                       amp, args, main, img_size)
+                       amp, args, main, img_size, teacher_affine=teacher_affine)
     min_res = getattr(args, "min_res", None)
     if min_res is not None:
         on_main_for_all(lambda: _check_min_res(model, min_res, img_size), main, device)
@@ -657,8 +691,13 @@ def _train_one_epoch(ctx: TrainContext, epoch: int, step: int) -> _Meter:
             loss = ctx.criterion(logits, target)
             if ctx.teacher is not None:
                 with torch.no_grad():
-                    t_logits = ctx.teacher(x)
-                kd = distill_loss(logits, t_logits, args.distill_temp)
+                    xt = x if ctx.teacher_affine is None else torch.addcmul(
+                        ctx.teacher_affine[1], x, ctx.teacher_affine[0])
+                    t_logits = ctx.teacher(xt)
+                if getattr(args, "distill_type", "soft") == "hard":
+                    kd = F.cross_entropy(logits.float(), t_logits.argmax(-1))
+                else:
+                    kd = distill_loss(logits, t_logits, args.distill_temp)
                 sums[2] += loss.detach()
                 sums[3] += kd.detach()
                 loss = (1 - args.distill_alpha) * loss + args.distill_alpha * kd
@@ -689,6 +728,22 @@ def _train_one_epoch(ctx: TrainContext, epoch: int, step: int) -> _Meter:
         meter.distill = {"train_ce": ce_sum / max(meter.steps, 1),
                          "train_kd": kd_sum / max(meter.steps, 1)}
     return meter
+
+
+def _load_teacher(args: argparse.Namespace, classes: list[str], model_cfg: dict[str, Any],
+                  device: torch.device) -> tuple[nn.Module, tuple[Tensor, Tensor]]:
+    """The frozen teacher of ``--teacher`` on ``device``, and the affine map ``(a, b)`` that
+    turns the student's normalised batch into the teacher's (``x * a + b``)."""
+    from vimstm.models.cnn import load_teacher
+
+    teacher, info = load_teacher(args.teacher)
+    check_classes(classes, f"teacher {args.teacher}", expected=info["classes"],
+                  data=f"the training data ({args.data})")
+    s_mean, s_std = (torch.tensor(model_cfg[k], dtype=torch.float32) for k in ("mean", "std"))
+    t_mean, t_std = (torch.tensor(info[k], dtype=torch.float32) for k in ("mean", "std"))
+    a = (s_std / t_std).view(1, -1, 1, 1).to(device)
+    b = ((s_mean - t_mean) / t_std).view(1, -1, 1, 1).to(device)
+    return teacher.to(device).to(memory_format=torch.channels_last), (a, b)
 
 
 def _check_min_res(model: nn.Module, min_res: int, img_size: int) -> None:

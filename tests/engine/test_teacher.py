@@ -1,0 +1,130 @@
+"""``vimstm teacher`` and ``vimstm train --teacher`` on tiny generated image folders (CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tests.engine.test_train import args_for, make_folder
+
+from vimstm.cli import build_parser, main
+from vimstm.engine import teacher as TE
+from vimstm.engine import train as T
+from vimstm.errors import CheckpointError, ConfigError, VimstmError
+from vimstm.models.cnn import build_teacher, load_teacher, save_teacher
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("tdata")
+    return {"train": make_folder(base / "train", ["cat", "dog", "frog"]),
+            "val": make_folder(base / "val", ["cat", "dog", "frog"], per_class=3),
+            "other": make_folder(base / "other", ["cat", "dog", "horse"], per_class=3)}
+
+
+@pytest.fixture(scope="module")
+def teacher_file(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("teacher") / "t.safetensors"
+    rc = main(["teacher", "--data", str(data["train"]), "--val-data", str(data["val"]),
+               "-o", str(out), "--epochs", "2", "--batch-size", "8", "--workers", "0",
+               "--lr", "0.02", "--eval-every", "1"])
+    assert rc == 0
+    return out
+
+
+def test_resnet_small_shapes() -> None:
+    m = build_teacher("resnet18_small", 10)
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert 11.0e6 < sum(p.numel() for p in m.parameters()) < 11.3e6  # ResNet-18 for 10 classes
+    with pytest.raises(ConfigError, match="unknown teacher architecture"):
+        build_teacher("resnet1000", 10)
+
+
+def test_augment_crops_and_flips_per_image() -> None:
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    outs = [TE.augment(x, g) for _ in range(20)]
+    assert all(o.shape == x.shape for o in outs)
+    assert any(not torch.equal(o, x) for o in outs)  # not the identity
+    # every output row is a window of a (possibly flipped) padded row of the same image
+    padded = torch.nn.functional.pad(x, (TE.PAD,) * 4, mode="reflect")
+    o = outs[0][0, 0, 0]
+    rows = [padded[0, 0, r] for r in range(padded.shape[2])]
+    wins = [w[k:k + 8] for w in rows for k in range(2 * TE.PAD + 1)]
+    assert any(torch.equal(o, w) or torch.equal(o, w.flip(0)) for w in wins)
+
+
+def test_teacher_file_round_trip(teacher_file: Path, data: dict[str, Path],
+                                 tmp_path: Path) -> None:
+    model, info = load_teacher(teacher_file)
+    assert info["classes"] == ["cat", "dog", "frog"] and info["architecture"] == "resnet18_small"
+    assert len(info["mean"]) == 3 and all(0 < s < 1 for s in info["std"])
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    again = tmp_path / "again.safetensors"
+    save_teacher(model, again, "resnet18_small", info["classes"], info["mean"], info["std"])
+    m2, _ = load_teacher(again)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(x), m2(x))
+
+
+def test_teacher_rejects_wrong_files(tmp_path: Path, data: dict[str, Path]) -> None:
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(bad))
+    with pytest.raises(CheckpointError, match="not a teacher file"):
+        load_teacher(bad)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_teacher(junk)
+    with pytest.raises(ConfigError, match="no such file"):
+        T.fit(args_for("train", data, tmp_path / "r", "--teacher", str(tmp_path / "none")))
+
+
+def test_train_with_teacher_logs_both_terms(teacher_file: Path, data: dict[str, Path],
+                                            tmp_path: Path) -> None:
+    out = tmp_path / "student"
+    T.fit(args_for("train", data, out, "--epochs", "1", "--teacher", str(teacher_file)))
+    entry = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert entry["train_ce"] > 0 and entry["train_kd"] > 0
+    # soft distillation at T=2 gives another distillation term than the hard kind
+    out2 = tmp_path / "soft"
+    T.fit(args_for("train", data, out2, "--epochs", "1", "--teacher", str(teacher_file),
+                   "--distill-type", "soft", "--distill-temp", "2"))
+    soft = json.loads((out2 / "log.jsonl").read_text().splitlines()[-1])
+    assert soft["train_kd"] != pytest.approx(entry["train_kd"])
+
+
+def test_teacher_flags_are_checked(teacher_file: Path, data: dict[str, Path],
+                                   tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="without --teacher would be ignored"):
+        T._validate(args_for("train", data, tmp_path / "a", "--distill-alpha", "0.5"))
+    with pytest.raises(ConfigError, match="--distill-temp is for --distill-type soft"):
+        T._validate(args_for("train", data, tmp_path / "b", "--teacher", str(teacher_file),
+                             "--distill-temp", "2"))
+    with pytest.raises(ConfigError, match="--distill-alpha must be in"):
+        T._validate(args_for("train", data, tmp_path / "c", "--teacher", str(teacher_file),
+                             "--distill-alpha", "2"))
+    other = args_for("train", data, tmp_path / "d", "--epochs", "1", "--teacher",
+                     str(teacher_file))
+    other.data = str(data["other"])
+    other.val_data = None
+    with pytest.raises(VimstmError, match="horse"):
+        T.fit(other)
+
+
+def test_teacher_command_checks_before_work(data: dict[str, Path], tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    p = build_parser()
+    args = p.parse_args(["teacher", "--data", str(data["train"]), "-o",
+                         str(blocker / "t.safetensors"), "--workers", "0"])
+    with pytest.raises(ConfigError, match="cannot be written"):
+        TE.run_teacher(args)
+    args = p.parse_args(["teacher", "--data", str(data["train"]), "-o",
+                         str(tmp_path / "t.safetensors"), "--epochs", "0"])
+    with pytest.raises(ConfigError, match="--epochs must be at least 1"):
+        TE.run_teacher(args)
