@@ -9,6 +9,9 @@
 #                                       # epochs, growing to 32 px by 50% (see --min-res)
 #   MIXUP_OFF=110 EVAL_EVERY=5 ...      # no mixup/cutmix from epoch 110 on; evaluate the test
 #                                       # split every 5 epochs and after the last one
+#   TEACHER=runs/teacher.safetensors ...  # distil from a ResNet-18 trained first by `vimstm
+#                                       # teacher` (~1 min on one GPU; kept and reused if the
+#                                       # file exists); DISTILL_ARGS="--distill-alpha 0.5"
 #   PROBE=1 bash scripts/train_cifar10.sh data/cifar10  # ~1 min: 2 short epochs in runs/probe,
 #                                                       # no export; the 2nd log line's
 #                                                       # images_per_s (no compile) sizes EPOCHS
@@ -101,6 +104,14 @@ EXTRA=()
 [ -n "${MIN_RES:-}" ] && EXTRA+=(--min-res "$MIN_RES" --res-ramp ${RES_RAMP:-0.2 0.5})
 [ -n "${MIXUP_OFF:-}" ] && EXTRA+=(--mixup-off-epoch "$MIXUP_OFF")
 [ -n "${EVAL_EVERY:-}" ] && EXTRA+=(--eval-every "$EVAL_EVERY")
+if [ -n "${TEACHER:-}" ]; then  # DeiT-style distillation from a convolutional teacher
+    if [ ! -f "$TEACHER" ]; then
+        python -m vimstm.cli teacher --data "$TRAIN" --val-data "$TEST" -o "$TEACHER" \
+            --workers "$WORKERS" --seed "$SEED" ${TEACHER_ARGS:-}
+    fi
+    read -r -a DISTILL <<< "${DISTILL_ARGS:-}"
+    EXTRA+=(--teacher "$TEACHER" "${DISTILL[@]}")
+fi
 # ARCH_ARGS (train and eval) and TRAIN_ARGS (train only): extra flags, for smoke tests, e.g.
 # ARCH_ARGS="--depth 2 --embed-dim 32 --patch-size 8 --stride 8" TRAIN_ARGS="--limit-train 64"
 read -r -a ARCH <<< "${ARCH_ARGS:-}"
