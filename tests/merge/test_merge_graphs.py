@@ -68,6 +68,35 @@ def test_graphs_option_from_the_command_line():
     assert graphs.installed(m) is None
 
 
+def test_key_walks_the_modules_only_after_a_registration():
+    m = merged()
+    g = graphs.installed(m)
+    x = torch.randn(2, 3, 32, 32)
+    k0 = g.key(x)
+    scans = g.scans
+    assert all(g.key(x) == k0 for _ in range(3)) and g.scans == scans  # steady state: no walk
+    torch.nn.Linear(2, 2)  # any registration anywhere makes the next key walk the modules again
+    assert g.key(x) == k0 and g.scans == scans + 1
+
+
+@pytest.mark.parametrize("change", ["assign", "half", "module", "load_assign"])
+def test_key_sees_replaced_parameters_and_modules(change):
+    m = merged()
+    g = graphs.installed(m)
+    x = torch.randn(2, 3, 32, 32)
+    k0 = g.key(x)
+    if change == "assign":
+        m.head.weight = torch.nn.Parameter(torch.zeros_like(m.head.weight))
+    elif change == "half":
+        m.half()
+    elif change == "module":
+        m.head = torch.nn.Linear(m.head.in_features, m.head.out_features)
+    else:
+        sd = {k: v.clone() for k, v in m.state_dict().items()}
+        m.load_state_dict(sd, assign=True)
+    assert g.key(x) != k0
+
+
 @cuda
 @pytest.mark.parametrize("amp", [None, torch.float16])
 def test_cuda_replay_equals_the_eager_forward(amp):

@@ -28,6 +28,26 @@ from torch import Tensor
 
 MAX_GRAPHS = 8  # shapes kept per model (each graph holds its own memory pool)
 
+# Parameters, buffers or submodules registered on any module since import (torch's global
+# registration hooks count them): while it stands still, a model's modules are the ones seen
+# before, and only their parameters' data pointers need checking on each call.
+_registrations = 0
+_hooks: list[Any] = []
+
+
+def _count(*_: Any) -> None:
+    global _registrations
+    _registrations += 1
+
+
+def _watch_registrations() -> None:
+    if not _hooks:
+        from torch.nn.modules import module as M
+
+        _hooks.extend(h(_count) for h in (M.register_module_parameter_registration_hook,
+                                          M.register_module_buffer_registration_hook,
+                                          M.register_module_module_registration_hook))
+
 
 class GraphedForward:
     """Callable installed as ``model.forward``; see the module docstring."""
@@ -37,6 +57,10 @@ class GraphedForward:
         self.graphs: OrderedDict[tuple, Any] = OrderedDict()  # key -> (graph, x, out, info) | None
         self.captures = 0  # graphs captured (tests, diagnostics)
         self.replays = 0
+        self.scans = 0  # walks over the model's modules (tests, diagnostics)
+        self._param_dicts: list[dict] = []
+        self._seen = -1  # _registrations when _param_dicts was built
+        _watch_registrations()
 
     def eager(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
         return type(self.model).forward(self.model, x, *args, **kwargs)
@@ -52,7 +76,13 @@ class GraphedForward:
 
     def key(self, x: Tensor) -> tuple:
         amp = torch.is_autocast_enabled("cuda")
-        params = tuple(t.data_ptr() for t in self.model.parameters())
+        if self._seen != _registrations:  # modules may have changed: walk them again
+            self._param_dicts = [m._parameters for m in self.model.modules() if m._parameters]
+            self._seen = _registrations
+            self.scans += 1
+        # the data pointers catch .half() / .to() and parameters set into the dicts directly
+        params = tuple(p.data_ptr() for d in self._param_dicts for p in d.values()
+                       if p is not None)
         return (tuple(x.shape), x.dtype, x.device, amp,
                 torch.get_autocast_dtype("cuda") if amp else None,
                 torch.is_inference_mode_enabled(), params)
