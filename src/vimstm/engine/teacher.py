@@ -46,7 +46,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, default=0.2, help="peak SGD learning rate")
     p.add_argument("--warmup-epochs", type=float, default=2.0)
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    p.add_argument("--smoothing", type=float, default=0.1,
+                   help="label smoothing (0 for a teacher of --distill-type soft: smoothing "
+                        "blurs the logits a soft student learns from; Mueller et al. 2019)")
     p.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto",
                    help="autocast precision (auto: bf16 on CUDA, none on the CPU)")
     p.add_argument("--eval-every", type=int, default=5, metavar="K",
