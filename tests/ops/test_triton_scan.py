@@ -96,11 +96,12 @@ def test_kernel_variants_give_the_same_gradients(carry, delta_pass, branch, save
                               scan_fwd_maxnreg=136 if branch else 0)
     monkeypatch.setattr(triton_scan, "CONFIG", cfg)
     _check_scan(_inputs(23, torch.float32, channels_last=True, d=9), True, 1e-5)
-    _check_scan(_inputs(13, torch.float32, channels_last=False, optional=False), False, 1e-5)
+    if carry and delta_pass:  # and without D, z and the dt bias
+        _check_scan(_inputs(13, torch.float32, channels_last=False, optional=False), False,
+                    1e-5)
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-def test_vectorised_B_C_rows(reverse, monkeypatch):
+def test_vectorised_B_C_rows(monkeypatch):
     """KernelConfig.bc_vec: B and C read as vectors from rows of a wider (b, l, r + 2n) bf16
     tensor, as the model's x_proj output holds them (B starts 8 bytes past a 16-byte boundary,
     C on one); with the backward options, over several chunks and segments."""
@@ -120,7 +121,7 @@ def test_vectorised_B_C_rows(reverse, monkeypatch):
         if fn is triton_scan.selective_scan_triton:
             bcv, rows = triton_scan._bc_rows(cfg, Bv[None], Cv[None])
             assert bcv == 4 and [r[1] for r in rows] == [4, 0]  # element offsets from 16 B
-        out = fn(*leaves[:3], Bv, Cv, *leaves[4:], True, reverse)
+        out = fn(*leaves[:3], Bv, Cv, *leaves[4:], True, True)
         return [out, *torch.autograd.grad(out, leaves, gout)]
 
     for a, b_ in zip(grads(triton_scan.selective_scan_triton), grads(selective_scan_ref)):
