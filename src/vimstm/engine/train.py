@@ -70,6 +70,7 @@ from vimstm.models.checkpoint import (
     extract_state_dict,
     load_checkpoint,
     read_checkpoint,
+    safetensors_metadata,
 )
 from vimstm.models.registry import create_model, get_spec, pretrained_weights
 from vimstm.runtime import autocast
@@ -456,10 +457,7 @@ def _class_contract(args: argparse.Namespace, data_classes: list[str]) -> tuple[
 
 
 def _safetensors_classes(path: str | Path) -> list[str] | None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = safetensors_metadata(path)
     return json.loads(meta["classes"]) if "classes" in meta else None
 
 

@@ -240,6 +240,14 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[str], Any]) -> 
     return p
 
 
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (empty when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """:func:`atomic_write` of ``obj`` with torch.save, or as safetensors for that suffix."""
     if Path(path).suffix == ".safetensors":

@@ -93,19 +93,16 @@ def save_teacher(model: ResNetSmall, path: str | Path, arch: str, classes: list[
 def load_teacher(path: str | Path) -> tuple[ResNetSmall, dict[str, Any]]:
     """The teacher in ``path`` (eval mode, frozen) and its metadata: architecture, classes,
     mean, std. Only files written by :func:`save_teacher` (``vimstm teacher``) are accepted."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from vimstm.models.checkpoint import checkpoint_format, read_checkpoint, safetensors_metadata
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--teacher {p}: no such file (train one with `vimstm teacher`)")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-        sd = load_file(str(p))
-    except Exception as e:  # safetensors raises its own error type for a broken header
-        raise CheckpointError(f"--teacher {p} is not a readable safetensors file ({e}); "
-                              "train a teacher with `vimstm teacher`") from None
+    if checkpoint_format(p) != "safetensors":
+        raise CheckpointError(f"--teacher {p} is not a readable safetensors file; train a "
+                              "teacher with `vimstm teacher`")
+    sd = read_checkpoint(p)  # a damaged file is reported as corrupt
+    meta = safetensors_metadata(p)
     if meta.get("format") != TEACHER_FORMAT:
         raise CheckpointError(f"--teacher {p} is not a teacher file written by `vimstm teacher` "
                               "(its metadata names no teacher architecture)")
