@@ -82,9 +82,17 @@ def main() -> int:
         triton_scan.CONFIG = dataclasses.replace(base, **fields)
         torch.manual_seed(0)
         model = create_model(args.model)
-        r = measure_training(model, batch_size=args.batch_size, dtype="bf16", device="cuda",
-                             warmup=3, runs=args.runs)
-        r["scan_ms"] = scan_ms(model, args.batch_size, model.patch_embed.img_size[0])
+        try:
+            r = measure_training(model, batch_size=args.batch_size, dtype="bf16",
+                                 device="cuda", warmup=3, runs=args.runs)
+            r["scan_ms"] = scan_ms(model, args.batch_size, model.patch_embed.img_size[0])
+        except Exception as e:  # one variant that fails to compile or launch: go on
+            print(f"{name:24s} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                  flush=True)
+            rows[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            del model
+            torch.cuda.empty_cache()
+            continue
         r["config"] = dataclasses.asdict(triton_scan.CONFIG)
         rows[name] = r
         print(f"{name:24s} {r['images_per_s']:8.1f} img/s  {r['ms_per_batch']:7.2f} ms  "
