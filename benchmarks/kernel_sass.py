@@ -1,9 +1,9 @@
 """SASS instruction counts of the Triton scan and conv1d kernels, compiled for sm_90 without a GPU.
 
     PYTHONPATH=src python benchmarks/kernel_sass.py                       # shipped KernelConfig
-    PYTHONPATH=src python benchmarks/kernel_sass.py bwd_carry=1 delta_pass=1 bc_vec=1
+    PYTHONPATH=src python benchmarks/kernel_sass.py conv_bwd_block_d=64 chunk=16
 
-Each ``field=value`` replaces a field of :data:`vimstm.ops.triton_scan.CONFIG`. The launchers of
+Each ``field=value`` replaces a tile size of :data:`vimstm.ops.triton_scan.CONFIG`. The launchers of
 :mod:`vimstm.ops.triton_scan` run on CPU tensors laid out as the mixer's (vim_tiny_cifar10: d_inner
 384, d_state 16, dt_rank 12, 257 tokens, bf16), with a stand-in driver that makes every launch a
 compile-only warm-up for sm_90: the kernels get the specialisation (pointer alignment, divisible
@@ -13,7 +13,7 @@ come with Triton. Prints per kernel its registers, spills and shared memory, the
 instructions per token and direction of the scan kernels: the loops of direction 0 weighted by how
 often they run (the replay covers 2/3 of the tokens at save_every 24, its chunk-state store 1/8 of
 its steps; the forward's state save 1/24 of its tokens). The local Triton may differ from the GPU
-machine's; compare variants compiled by the same one.
+machine's; compare counts compiled by the same one.
 """
 
 from __future__ import annotations
@@ -140,8 +140,8 @@ def per_token(name: str, loops: list[tuple[int, list[int]]]) -> str:
     if name == "_scan_fwd_kernel":
         n, skips = first[0]
         return f"{n - sum(skips) * 23 / 24:.0f} (direction 0)"
-    names = ["delta pass", "replay", "recompute", "adjoint"][-len(first):]
-    weight = {"delta pass": 1.0, "replay": 16 / 24, "recompute": 1.0, "adjoint": 1.0}
+    names = ["replay", "recompute", "adjoint"][-len(first):]
+    weight = {"replay": 16 / 24, "recompute": 1.0, "adjoint": 1.0}
     total, parts = 0.0, []
     for nm, (n, skips) in zip(names, first):
         eff = n - sum(skips) * (7 / 8 if nm == "replay" else 1.0)

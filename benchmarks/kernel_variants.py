@@ -28,16 +28,16 @@ from vimstm.ops import triton_scan
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """``name:key=value,key=value`` -> (name, fields of KernelConfig with their types)."""
+    """``name:key=value,key=value`` -> (name, integer fields of KernelConfig)."""
     name, _, body = text.partition(":")
-    fields = {f.name: f.type for f in dataclasses.fields(triton_scan.KernelConfig)}
+    fields = [f.name for f in dataclasses.fields(triton_scan.KernelConfig)]
     out: dict = {}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
-        if key not in fields:
-            raise SystemExit(f"--variant {text}: no KernelConfig field {key!r}; fields: "
-                             f"{', '.join(fields)}")
-        out[key] = bool(int(value)) if fields[key] in (bool, "bool") else int(value)
+        if key not in fields or not value.isdigit():
+            raise SystemExit(f"--variant {text}: expected field=integer with a KernelConfig "
+                             f"field ({', '.join(fields)})")
+        out[key] = int(value)
     return name or "default", out
 
 

@@ -82,45 +82,29 @@ def test_saved_states_and_replay_give_the_same_gradients(save_every, chunk, monk
     _check_scan(_inputs(23, torch.float32, channels_last=True, d=9), True, 1e-5)
 
 
-@pytest.mark.parametrize("carry,delta_pass,branch,save_every", [
-    (True, False, False, 8), (False, True, True, 8), (True, True, True, 0)])
-def test_kernel_variants_give_the_same_gradients(carry, delta_pass, branch, save_every,
-                                                 monkeypatch):
-    """KernelConfig.bwd_carry (exp(ΔA)·gh carried), delta_pass (Δ and its sigmoid once per
-    segment, from a scratch) and fwd_save_branch (the forward's saved states under a branch),
-    alone and together, over several chunks and segments; register caps are launch options
-    (the interpreter takes and ignores them)."""
-    cfg = dataclasses.replace(triton_scan.CONFIG, save_every=save_every, chunk=4, scan_block_d=4,
-                              bwd_carry=carry, delta_pass=delta_pass, fwd_save_branch=branch,
-                              scan_bwd_maxnreg=200 if carry else 0,
-                              scan_fwd_maxnreg=136 if branch else 0)
-    monkeypatch.setattr(triton_scan, "CONFIG", cfg)
-    _check_scan(_inputs(23, torch.float32, channels_last=True, d=9), True, 1e-5)
-    if carry and delta_pass:  # and without D, z and the dt bias
-        _check_scan(_inputs(13, torch.float32, channels_last=False, optional=False), False,
-                    1e-5)
-
-
-def test_vectorised_B_C_rows(monkeypatch):
-    """KernelConfig.bc_vec: B and C read as vectors from rows of a wider (b, l, r + 2n) bf16
-    tensor, as the model's x_proj output holds them (B starts 8 bytes past a 16-byte boundary,
-    C on one); with the backward options, over several chunks and segments."""
-    cfg = dataclasses.replace(triton_scan.CONFIG, save_every=8, chunk=4, scan_block_d=4,
-                              bc_vec=True, bwd_carry=True, delta_pass=True)
+@pytest.mark.parametrize("r,bcv", [(4, 4), (3, 1)])
+def test_B_C_rows_of_a_wider_tensor(r, bcv, monkeypatch):
+    """B and C as views of the rows of a (b, l, r + 2n) bf16 tensor, as the model's x_proj
+    output holds them, over several chunks and segments. r = 4: the forward reads them as
+    vectors (B starts 8 bytes past a 16-byte boundary, C on one); r = 3 (rows of 11 elements):
+    one load per state."""
+    cfg = dataclasses.replace(triton_scan.CONFIG, save_every=8, chunk=4, scan_block_d=4)
     monkeypatch.setattr(triton_scan, "CONFIG", cfg)
     u, delta, A, B, _, D, z, bias = _inputs(21, torch.bfloat16, channels_last=True, d=9)
     b, n, L = B.shape
-    wide = torch.randn(b, L, 4 + 2 * n, generator=torch.Generator().manual_seed(3))
+    wide = torch.randn(b, L, r + 2 * n, generator=torch.Generator().manual_seed(3))
     wide = wide.to(torch.bfloat16).to(DEV)
     gout = torch.randn(u.shape, generator=torch.Generator().manual_seed(1)).to(u)
 
     def grads(fn):
         leaves = [t.detach().clone().requires_grad_() for t in (u, delta, A, wide, D, z, bias)]
         w = leaves[3]
-        Bv, Cv = w[..., 4:4 + n].transpose(1, 2), w[..., 4 + n:].transpose(1, 2)
+        Bv, Cv = w[..., r:r + n].transpose(1, 2), w[..., r + n:].transpose(1, 2)
         if fn is triton_scan.selective_scan_triton:
-            bcv, rows = triton_scan._bc_rows(cfg, Bv[None], Cv[None])
-            assert bcv == 4 and [r[1] for r in rows] == [4, 0]  # element offsets from 16 B
+            got, rows = triton_scan._bc_rows(Bv[None], Cv[None])
+            assert got == bcv
+            if bcv > 1:  # element offsets from the 16-byte boundaries
+                assert [row[1] for row in rows] == [4, 0]
         out = fn(*leaves[:3], Bv, Cv, *leaves[4:], True, True)
         return [out, *torch.autograd.grad(out, leaves, gout)]
 
@@ -141,22 +125,20 @@ def test_token_stats_from_the_scan(reverse):
     assert torch.allclose(stats, scan_token_stats(delta, A, bias), atol=1e-5)
 
 
-@pytest.mark.parametrize("L,reverse,segment,vec", [(13, False, 64, False), (40, True, 8, False),
-                                                  (3, True, 8, False), (13, False, 8, True)])
-def test_conv1d_matches_reference(L, reverse, segment, vec, monkeypatch):
+@pytest.mark.parametrize("L,reverse,segment,d,vec", [
+    (13, False, 64, 6, 1), (40, True, 8, 6, 8), (3, True, 8, 6, 1), (13, False, 8, 8, 8)])
+def test_conv1d_matches_reference(L, reverse, segment, d, vec, monkeypatch):
     """Width-4 depthwise conv + silu, both directions; ``segment`` < L walks several segments
-    (their halos included) in the backward; ``vec``: KernelConfig.conv_vec with 8 channels-last
-    channels (strides that allow it)."""
-    cfg = dataclasses.replace(triton_scan.CONFIG, conv_bwd_segment=segment, conv_bwd_block_d=4,
-                              conv_vec=vec)
+    (their halos included) in the backward. Channels-last rows are read as vectors of ``vec``
+    channels: 8 where the batch stride ``L * d`` is a multiple of 8, else one at a time."""
+    cfg = dataclasses.replace(triton_scan.CONFIG, conv_bwd_segment=segment, conv_bwd_block_d=4)
     monkeypatch.setattr(triton_scan, "CONFIG", cfg)
     g = torch.Generator().manual_seed(L)
-    d = 8 if vec else 6
     x = torch.randn(2, L, d, generator=g).transpose(1, 2).to(DEV).requires_grad_()
     w = torch.randn(d, 1, 4, generator=g).to(DEV).requires_grad_()
     bias = torch.randn(d, generator=g).to(DEV).requires_grad_()
-    if vec:  # the launchers claim alignment exactly when the strides allow it
-        assert triton_scan._vec(cfg, (x.stride(0),), (x.stride(1),)) == 8
+    # the launchers claim alignment exactly when the strides allow it
+    assert triton_scan._vec((x.stride(0),), (x.stride(1),)) == vec
     ref = causal_conv1d_ref(x, w, bias, reverse)
     gout = torch.randn(ref.shape, generator=g).to(DEV)
     gref = torch.autograd.grad(ref, [x, w, bias], gout)

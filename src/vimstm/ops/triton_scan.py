@@ -13,8 +13,8 @@ Scan forward: one program owns ``block_d`` channels of one sample and their fp32
 ``(block_d, d_state)`` in registers and steps through the tokens one at a time (the trip count
 is a run-time value: a new sequence length never recompiles). dt bias + softplus, ``exp(ΔA)``,
 the D skip and the ``silu(z)`` gate are fused; the next token's inputs are loaded while the
-current one is computed. It can also emit the per-token channel sums of Δ and Δ·mean(A) that
-token merging reads.
+current one is computed. B and C are read as vectors where their rows allow it. It can also
+emit the per-token channel sums of Δ and Δ·mean(A) that token merging reads.
 
 Scan backward: per direction and per segment of ``save_every`` tokens (from the state the
 forward kept at its start; the whole sequence from zero when it kept none), the program
@@ -25,9 +25,9 @@ the adjoint state in registers, loading each step's inputs one step ahead. Reduc
 channels (dB, dC) and over the batch (dA, dD, d bias) are written as per-program partials and
 summed by PyTorch: deterministic, no atomics.
 
-Conv1d backward: one program owns a segment of tokens of ``conv_block_d`` channels and walks it
-with sliding windows of the input and of the pre-activation gradients of both directions in
-registers: each input row is read once, and ``dx`` sums both directions.
+Conv1d backward: one program owns a segment of tokens of ``conv_bwd_block_d`` channels and
+walks it with sliding windows of the input and of the pre-activation gradients of both
+directions in registers: each input row is read once, and ``dx`` sums both directions.
 """
 
 from __future__ import annotations
@@ -45,15 +45,26 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Tile sizes and trade-offs of the kernels in this module (measured on an H100/H200).
+    """Tile sizes of the kernels in this module.
+
+    Measured on one H100 (bf16, vim_tiny_cifar10 training step at batch 256, CUDA time of
+    each kernel per step from torch.profiler, ``benchmarks/kernel_variants.py``; BENCHMARKS.md):
+    the scan forward saves its states under a branch (23.4 -> 20.7 ms) and reads B and C as
+    vectors where the rows allow it (-> 17.9 ms); the scan backward carries
+    ``exp(ΔA)·gh`` (78.9 -> 76.1 ms) and reads B and C one state per load (vectors: 77.5-78.1
+    against 76.2 ms); the conv1d kernels claim 8-channel alignment where the strides allow it
+    (forward 7.86 -> 6.9 ms). A Δ pre-pass in the scan backward (89.1 ms) and register caps
+    (scan backward 200 / 168: 96.5 / 92.6 ms; scan forward 136: no change) lost.
 
     Attributes:
         scan_block_d: channels per scan program. More channels give each thread more
-            independent work per token (32 measured fastest: 2,014 training img/s against
-            1,533 with 8 and 1,200 with 64 on an H200) and fewer partial sums of dB and dC.
+            independent work per token and fewer partial sums of dB and dC (32 against 16 on
+            the H100: scan backward 76.2 against 136.9 ms; on an H200, 2,014 training img/s
+            against 1,533 with 8 and 1,200 with 64).
         scan_warps: warps per scan program.
         chunk: tokens per backward chunk. The chunk's recomputed states live in a per-program
-            scratch of ``chunk * scan_block_d * d_state`` fp32 values, which should stay in L2.
+            scratch of ``chunk * scan_block_d * d_state`` fp32 values, which should stay in L2
+            (8 against 16 / 4 on the H100: scan backward 76.2 against 83.6 / 78.7 ms).
         save_every: the forward keeps the state every ``save_every`` tokens for the backward
             (a multiple of ``chunk``), ``b * d * d_state * 4 * L / save_every`` bytes per
             direction and layer; the backward replays the forward inside each segment. 0 keeps
@@ -63,34 +74,8 @@ class KernelConfig:
             with it is 1.7% faster again but 1.2 GiB larger (BENCHMARKS.md).
         conv_block_d, conv_block_l: tile of the conv1d forward (channels, tokens).
         conv_bwd_block_d, conv_bwd_segment: channels and tokens walked by one program of the
-            conv1d backward (a segment re-reads 6 tokens of halo).
-        fwd_save_branch: the scan forward writes the state every ``save_every`` tokens under a
-            branch instead of a store masked off at the other tokens (whose layout conversion
-            and 16 predicated stores per thread ran at every token).
-        scan_fwd_maxnreg: register cap of the scan forward (0: none); 158 -> 12 warps per SM,
-            128 -> 16.
-        conv_vec: the conv1d kernels are told that the batch and direction strides of their
-            channels-last operands are multiples of 8 (when they are), so that Triton reads
-            and writes 8 channels per thread and instruction instead of one (the forward's SASS:
-            1,496 -> 1,184 instructions). The backward vectorises once a thread holds several
-            channels (``conv_bwd_block_d`` above 128 with its 4 warps; at 64 two threads hold
-            each channel).
-        bwd_carry: the scan backward carries ``exp(Δ_{t+1} A) gh_{t+1}`` from step to step
-            instead of gh and the next step's ``exp(Δ A)``, and forms ``exp(Δ A)`` as
-            ``2^((Δ log2 e) A)``: two state tiles fewer in registers (254 -> 241-243 on sm_90)
-            and one product per state less per adjoint step.
-        delta_pass: the scan backward computes Δ (bias + softplus) and ``sigmoid`` of its
-            argument once per token, in a pass at the start of each segment, into a scratch of
-            ``b * d * 2 * segment`` fp32 values that the replay, the chunk recompute and the
-            adjoint walk read (instead of 2.7 softplus evaluations per token and direction).
-        bc_vec: the scan kernels read each thread's contiguous states of B and C as one vector
-            (LDG.64 for bf16) instead of one load per state, when the rows allow it (the
-            model's x_proj output: rows of dt_rank + 2 d_state, multiples of 4 elements). Triton
-            only knows 16-byte aligned pointers, so the launcher passes a view that starts at
-            the 16-byte boundary before B (C) and the element offset as a constant.
-        scan_bwd_maxnreg: register cap of the scan backward (0: none, as ptxas chooses). One
-            warp per program, so registers bound the warps per SM: 254 -> 8, 200 -> 10,
-            184 -> 11, 168 -> 12 (spills below about 200 with bwd_carry).
+            conv1d backward (a segment re-reads 6 tokens of halo). 128 channels (one per
+            thread of its 4 warps) against 64 (two threads per channel): 4.0 against 7.1 ms.
     """
 
     scan_block_d: int = 32
@@ -99,15 +84,8 @@ class KernelConfig:
     save_every: int = 24
     conv_block_d: int = 64
     conv_block_l: int = 32
-    conv_bwd_block_d: int = 64
+    conv_bwd_block_d: int = 128
     conv_bwd_segment: int = 64
-    fwd_save_branch: bool = False
-    scan_fwd_maxnreg: int = 0
-    conv_vec: bool = False
-    bwd_carry: bool = False
-    bc_vec: bool = False
-    delta_pass: bool = False
-    scan_bwd_maxnreg: int = 0
 
 
 CONFIG = KernelConfig()
@@ -172,8 +150,10 @@ def _dir_params(A0, A1, D0, D1, bias0, bias1, K: tl.constexpr, offs_d, mask_d, o
 
 @triton.jit
 def _fwd_row(p, offs_n, t, s_l, mask, BCV: tl.constexpr):
-    """The forward's row of B or C at token t: ``p`` is a scalar row base with BCV > 1 (the
-    states contiguous, see :func:`_load_row`), else the pointers of the states."""
+    """The forward's row of B or C at token t. With BCV > 1, ``p`` is a scalar row base that
+    is a multiple of BCV elements (``s_l`` passed divided by BCV, the base aligned: see
+    :func:`_bc_rows`), so each thread's contiguous states load as one vector; else ``p`` holds
+    the pointers of the states."""
     if BCV > 1:
         r = tl.load((p + t * (s_l * BCV)) + offs_n, mask=mask, other=0.0)
     else:
@@ -198,7 +178,7 @@ def _scan_fwd_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     A_LOG: tl.constexpr, SAVE_T: tl.constexpr, STATS: tl.constexpr, YSAVE: tl.constexpr,
-    SAVE_BRANCH: tl.constexpr, BCV: tl.constexpr, BOFF: tl.constexpr, COFF: tl.constexpr,
+    BCV: tl.constexpr, BOFF: tl.constexpr, COFF: tl.constexpr,
 ):
     """``out = scale * silu(z) * sum_k y_k``; with SAVE_T, the state after every SAVE_T tokens
     to st; with YSAVE, ``sum_k y_k`` (before the gate and the scale) to ``ys_ptr``.
@@ -223,7 +203,7 @@ def _scan_fwd_kernel(
         A2 = A * LOG2E
         u_p = u_ptr + K * s_u_k + pid_b * s_u_b + offs_d * s_u_d
         dt_p = dt_ptr + K * s_dt_k + pid_b * s_dt_b + offs_d * s_dt_d
-        if BCV > 1:  # scalar row bases, the states added at each load (see _load_row)
+        if BCV > 1:  # scalar row bases, the states added at each load (see _fwd_row)
             B_p = B_ptr + BOFF + K * (s_B_k * BCV) + pid_b * (s_B_b * BCV)
             C_p = C_ptr + COFF + K * (s_C_k * BCV) + pid_b * (s_C_b * BCV)
         else:  # tensors of pointers, moved by tokens
@@ -280,58 +260,31 @@ def _scan_fwd_kernel(
                     y = y * z * tl.sigmoid(z)
                 y = y * scale
             tl.store(out_ptr + o_o + t * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_d)
-            if SAVE_T > 0:
-                edge = ((i + 1) % SAVE_T == 0) & (i + 1 < L)
-                if SAVE_BRANCH:  # skipped, not masked, between the saved tokens
-                    if edge:
-                        tl.store(st_p + (i // SAVE_T) * (DIM * NSTATE), h, mask=mdn)
-                else:
-                    tl.store(st_p + (i // SAVE_T) * (DIM * NSTATE), h, mask=mdn & edge)
+            if SAVE_T > 0:  # noqa: SIM102 (a constexpr branch around a run-time one)
+                # under a branch, not a store masked off at the other tokens (whose layout
+                # conversion and predicated stores would run at every token)
+                if ((i + 1) % SAVE_T == 0) & (i + 1 < L):
+                    tl.store(st_p + (i // SAVE_T) * (DIM * NSTATE), h, mask=mdn)
         tl.debug_barrier()  # direction 1 reads back what direction 0 wrote
 
 
 @triton.jit
-def _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, t_dt, s_u_l, s_dt_l, s_B_l, mask_d, mask_n,
-               BCV: tl.constexpr):
-    """u and B of token t and the raw Δ at index t_dt (t, or the segment step where the
-    backward reads Δ from its scratch), in their stored dtype."""
+def _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l, s_B_l, mask_d, mask_n):
+    """u, the raw Δ and B of token t, in their stored dtype."""
     u = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
-    dt = tl.load(dt_p + (o_dt + t_dt * s_dt_l), mask=mask_d, other=0.0)
-    Bt = _load_row(B_p, o_B, t, s_B_l, mask_n, BCV)
+    dt = tl.load(dt_p + (o_dt + t * s_dt_l), mask=mask_d, other=0.0)
+    Bt = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0)
     return u, dt, Bt
 
 
 @triton.jit
-def _load_row(p, o, t, s_l, mask, BCV: tl.constexpr):
-    """The states of token t of B or C. With BCV > 1 the row pointer is a multiple of BCV
-    elements (``s_l`` is passed divided by BCV, the base aligned: see :func:`_bc_rows`), so each
-    thread's contiguous states load as one vector."""
-    if BCV > 1:
-        r = tl.load((p + t * (s_l * BCV)) + o, mask=mask, other=0.0)
-    else:
-        r = tl.load(p + (o + t * s_l), mask=mask, other=0.0)
-    return r
-
-
-@triton.jit
-def _dix(t, j, DPASS: tl.constexpr):
-    """Where a walk reads Δ: segment step j in the backward's scratch (DPASS), else token t."""
-    if DPASS:
-        r = j
-    else:
-        r = t
-    return r
-
-
-@triton.jit
-def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, DPASS: tl.constexpr):
-    """Δ from the stored value: + bias, softplus, in fp32 (with DPASS, ``raw`` is Δ)."""
+def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Δ from the stored value: + bias, softplus, in fp32."""
     dt = raw.to(tl.float32)
-    if not DPASS:
-        if HAS_BIAS:
-            dt = dt + bias
-        if SOFTPLUS:
-            dt = _softplus(dt)
+    if HAS_BIAS:
+        dt = dt + bias
+    if SOFTPLUS:
+        dt = _softplus(dt)
     return dt
 
 
@@ -340,8 +293,8 @@ def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, DPASS: tl.
                                "s_du_k", "s_du_b", "s_ddt_k", "s_ddt_b", "s_dz_b", "s_ys_b"])
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A0, A1, B_ptr, C_ptr, D0, D1, z_ptr, bias0, bias1, g_ptr, st_ptr,
-    ck_ptr, hs_ptr, du_ptr, ddt_ptr, dz_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr, ys_ptr, ds_ptr,
-    L, DIM, NSTATE, NBLK, NB, CK_SLAB, DS_SLAB, scale,
+    ck_ptr, hs_ptr, du_ptr, ddt_ptr, dz_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr, ys_ptr,
+    L, DIM, NSTATE, NBLK, NB, CK_SLAB, scale,
     s_u_k, s_u_b, s_u_d, s_u_l,
     s_dt_k, s_dt_b, s_dt_d, s_dt_l,
     s_B_k, s_B_b, s_B_n, s_B_l,
@@ -356,8 +309,6 @@ def _scan_bwd_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, NDIR: tl.constexpr,
     REV0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, A_LOG: tl.constexpr, SAVE_T: tl.constexpr,
-    CARRY: tl.constexpr, DPASS: tl.constexpr, BCV: tl.constexpr, BOFF: tl.constexpr,
-    COFF: tl.constexpr,
 ):
     """Gradients of ``out = scale * silu(z) * sum_k y_k`` for every input of every direction.
 
@@ -370,12 +321,10 @@ def _scan_bwd_kernel(
     ``dbc_ptr`` receives per-program dB | dC partials (NDIR, NBLK, b, L, 2 * NSTATE).
     With ``HAS_Z``, ``ys_ptr`` holds ``sum_k y_k`` before the gate, as the forward saved it:
     direction 0 writes the whole dz from it, so no direction reduces ``h C`` over the states.
-    With ``CARRY`` the adjoint walk carries ``exp(Δ_{t+1} A) gh_{t+1}`` instead of gh and the
-    next step's ``exp(Δ A)`` (one state tile and one product per state less), and ``exp(Δ A)``
-    is ``2^((Δ log2 e) A)``, so no ``A log2 e`` tile is kept either.
-    With ``DPASS`` each segment starts with a pass over its tokens that writes Δ (bias and
-    softplus applied) and ``sigmoid(Δ raw + bias)`` to this program's ``ds_ptr`` slab
-    (2, segment, BLOCK_D), which the three walks read instead of recomputing them.
+    The adjoint walk carries ``exp(Δ_{t+1} A) gh_{t+1}`` from step to step, not gh and the
+    next step's ``exp(Δ A)``, and forms ``exp(Δ A)`` as ``2^((Δ log2 e) A)``: one state tile
+    and one product per state less, and no ``A log2 e`` tile. B and C are read one state per
+    load (vector loads measured slower here, unlike in the forward).
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -396,8 +345,6 @@ def _scan_bwd_kernel(
     slab = (pid_b * NBLK + pid_d)
     ck_p = ck_ptr + slab * CK_SLAB
     hs_p = hs_ptr + slab * (T * BLOCK_D * N)
-    o_ds = tl.arange(0, BLOCK_D)
-    ds_p = ds_ptr + slab * DS_SLAB
     if SAVE_T > 0:
         seg_len = SAVE_T
     else:
@@ -406,25 +353,17 @@ def _scan_bwd_kernel(
     for K in tl.static_range(NDIR):
         A, Dv, bias = _dir_params(A0, A1, D0, D1, bias0, bias1, K, offs_d, mask_d, offs_n, mdn,
                                   NSTATE, HAS_D, HAS_BIAS, A_LOG)
-        if CARRY:  # the exponent is (Δ log2 e) A
-            A2 = A
-            dscale = LOG2E
-        else:  # the exponent is Δ (A log2 e)
-            A2 = A * LOG2E
-            dscale = 1.0
         # scalar bases + int32 offsets: tensors of 64-bit pointers would take many registers
         u_p = u_ptr + K * s_u_k + pid_b * s_u_b
         dt_p = dt_ptr + K * s_dt_k + pid_b * s_dt_b
-        B_p = B_ptr + BOFF + K * (s_B_k * BCV) + pid_b * (s_B_b * BCV)
-        C_p = C_ptr + COFF + K * (s_C_k * BCV) + pid_b * (s_C_b * BCV)
+        B_p = B_ptr + K * s_B_k + pid_b * s_B_b
+        C_p = C_ptr + K * s_C_k + pid_b * s_C_b
         du_p = du_ptr + K * s_du_k + pid_b * s_du_b
         ddt_p = ddt_ptr + K * s_ddt_k + pid_b * s_ddt_b
         st_p = st_ptr + K * s_st_k + pid_b * s_st_b
         dbc_p = dbc_ptr + ((K * NBLK + pid_d) * NB + pid_b) * L * (2 * NSTATE)
-        gh = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-        if not CARRY:
-            a_next = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # exp(Δ A) of the step after
-        dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+        gh = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # exp(Δ_{t+1} A) gh_{t+1}
+        dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # in units of log2 e
         dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         db_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         for si in range(0, nseg):
@@ -432,43 +371,23 @@ def _scan_bwd_kernel(
             s0 = s * seg_len
             s_n = tl.minimum(L - s0, seg_len)
             nch = tl.cdiv(s_n, T)
-            if DPASS:  # Δ and sigmoid(raw Δ + bias) of the segment's tokens, read below
-                pre_n = tl.load(dt_p + (o_dt + _token(s0, L, K, REV0) * s_dt_l), mask=mask_d,
-                                other=0.0)
-                for j in range(0, s_n):
-                    pre = pre_n.to(tl.float32)
-                    tp = _token(s0 + tl.minimum(j + 1, s_n - 1), L, K, REV0)
-                    pre_n = tl.load(dt_p + (o_dt + tp * s_dt_l), mask=mask_d, other=0.0)
-                    if HAS_BIAS:
-                        pre = pre + bias
-                    dtv = pre
-                    if SOFTPLUS:
-                        dtv = _softplus(pre)
-                        tl.store(ds_p + ((seg_len + j) * BLOCK_D + o_ds), tl.sigmoid(pre))
-                    tl.store(ds_p + (j * BLOCK_D + o_ds), tl.where(mask_d, dtv, 0.0))
-                tl.debug_barrier()
-                d_p, o_d, s_d = ds_p, o_ds, BLOCK_D  # where the walks read Δ
-            else:
-                d_p, o_d, s_d = dt_p, o_dt, s_dt_l
             # (0) replay the segment: the state at the start of each chunk into ck. Every loop
             # below loads the inputs of its next step before computing the current one.
             h = tl.load(st_p + ((s - 1) * (DIM * NSTATE) + o_st), mask=mdn & (s > 0), other=0.0)
             nrep = (nch - 1) * T
             t = _token(s0, L, K, REV0)
-            u_n, dt_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t,
-                                        _dix(t, 0, DPASS), s_u_l, s_d, s_B_l, mask_d, mask_n, BCV)
+            u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l, s_B_l,
+                                        mask_d, mask_n)
             for j in range(0, nrep):
                 if j % T == 0:
                     tl.store(ck_p + (j // T) * (BLOCK_D * N) + o_tile, h)
                 u = u_n.to(tl.float32)
-                dt = _delta(dt_n, bias, HAS_BIAS, SOFTPLUS, DPASS)
+                dt = _delta(dt_n, bias, HAS_BIAS, SOFTPLUS)
                 Bt = B_n.to(tl.float32)
-                j2 = tl.minimum(j + 1, nrep - 1)
-                t2 = _token(s0 + j2, L, K, REV0)
-                u_n, dt_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t2,
-                                            _dix(t2, j2, DPASS), s_u_l, s_d, s_B_l, mask_d,
-                                            mask_n, BCV)
-                h = tl.exp2((dt * dscale)[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+                t2 = _token(s0 + tl.minimum(j + 1, nrep - 1), L, K, REV0)
+                u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t2, s_u_l, s_dt_l,
+                                            s_B_l, mask_d, mask_n)
+                h = tl.exp2((dt * LOG2E)[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(ck_p + (nch - 1) * (BLOCK_D * N) + o_tile, h)
             tl.debug_barrier()
             for cc in range(0, nch):
@@ -478,31 +397,24 @@ def _scan_bwd_kernel(
                 # (1) states of the chunk; slot j holds the state before token j
                 h = tl.load(ck_p + c * (BLOCK_D * N) + o_tile)
                 t = _token(c0, L, K, REV0)
-                u_n, dt_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t,
-                                            _dix(t, c * T, DPASS), s_u_l, s_d, s_B_l, mask_d,
-                                            mask_n, BCV)
+                u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l,
+                                            s_B_l, mask_d, mask_n)
                 for j in range(0, nt):
                     u = u_n.to(tl.float32)
-                    dt = _delta(dt_n, bias, HAS_BIAS, SOFTPLUS, DPASS)
+                    dt = _delta(dt_n, bias, HAS_BIAS, SOFTPLUS)
                     Bt = B_n.to(tl.float32)
-                    j2 = tl.minimum(j + 1, nt - 1)
-                    t2 = _token(c0 + j2, L, K, REV0)
-                    u_n, dt_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t2,
-                                                _dix(t2, c * T + j2, DPASS), s_u_l, s_d, s_B_l,
-                                                mask_d, mask_n, BCV)
+                    t2 = _token(c0 + tl.minimum(j + 1, nt - 1), L, K, REV0)
+                    u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t2, s_u_l,
+                                                s_dt_l, s_B_l, mask_d, mask_n)
                     tl.store(hs_p + j * (BLOCK_D * N) + o_tile, h)
-                    h = (tl.exp2((dt * dscale)[:, None] * A2) * h
+                    h = (tl.exp2((dt * LOG2E)[:, None] * A) * h
                          + (dt * u)[:, None] * Bt[None, :])
                 tl.debug_barrier()  # the slab is read back below, maybe by other threads
                 # (2) adjoint, token by token backwards; h is the state after the token
                 t = _token(c0 + nt - 1, L, K, REV0)
-                u_n, raw_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t,
-                                             _dix(t, c * T + nt - 1, DPASS), s_u_l, s_d, s_B_l,
-                                             mask_d, mask_n, BCV)
-                sg_n = raw_n
-                if DPASS and SOFTPLUS:
-                    sg_n = tl.load(ds_p + ((seg_len + c * T + nt - 1) * BLOCK_D + o_ds))
-                C_n = _load_row(C_p, o_C, t, s_C_l, mask_n, BCV)
+                u_n, raw_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l,
+                                             s_B_l, mask_d, mask_n)
+                C_n = tl.load(C_p + (o_C + t * s_C_l), mask=mask_n, other=0.0)
                 g_n = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0)
                 z_n = g_n
                 if HAS_Z:
@@ -516,7 +428,6 @@ def _scan_bwd_kernel(
                     t = _token(c0 + j, L, K, REV0)
                     u = u_n.to(tl.float32)
                     raw = raw_n.to(tl.float32)
-                    sg = sg_n
                     Bt = B_n.to(tl.float32)
                     Ct = C_n.to(tl.float32)
                     g = g_n.to(tl.float32) * scale
@@ -525,29 +436,23 @@ def _scan_bwd_kernel(
                     h_prev = hp_n
                     j2 = tl.maximum(j - 1, 0)
                     t2 = _token(c0 + j2, L, K, REV0)
-                    u_n, raw_n, B_n = _load_step(u_p, d_p, B_p, o_u, o_d, o_B, t2,
-                                                 _dix(t2, c * T + j2, DPASS), s_u_l, s_d, s_B_l,
-                                                 mask_d, mask_n, BCV)
-                    if DPASS and SOFTPLUS:
-                        sg_n = tl.load(ds_p + ((seg_len + c * T + j2) * BLOCK_D + o_ds))
-                    C_n = _load_row(C_p, o_C, t2, s_C_l, mask_n, BCV)
+                    u_n, raw_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t2, s_u_l,
+                                                 s_dt_l, s_B_l, mask_d, mask_n)
+                    C_n = tl.load(C_p + (o_C + t2 * s_C_l), mask=mask_n, other=0.0)
                     g_n = tl.load(g_p + (o_g + t2 * s_g_l), mask=mask_d, other=0.0)
                     if HAS_Z:
                         z_n = tl.load(z_p + (o_z + t2 * s_z_l), mask=mask_d, other=0.0)
                     if HAS_Z and K == 0:
                         y_n = tl.load(ys_p + (o_ys + t2 * s_ys_l), mask=mask_d, other=0.0)
                     hp_n = tl.load(hs_p + j2 * (BLOCK_D * N) + o_tile)
-                    if DPASS:  # raw is Δ
-                        dt = raw
+                    if HAS_BIAS:
+                        raw = raw + bias
+                    if SOFTPLUS:
+                        dt = _softplus(raw)
+                        sg = tl.sigmoid(raw)
                     else:
-                        if HAS_BIAS:
-                            raw = raw + bias
-                        if SOFTPLUS:
-                            dt = _softplus(raw)
-                            sg = tl.sigmoid(raw)
-                        else:
-                            dt = raw
-                        dt = tl.where(mask_d, dt, 0.0)
+                        dt = raw
+                    dt = tl.where(mask_d, dt, 0.0)
                     if HAS_Z:
                         sz = tl.sigmoid(z)
                         if K == 0:  # dz of both directions, from their saved sum
@@ -557,27 +462,19 @@ def _scan_bwd_kernel(
                         dy = g * z * sz
                     else:
                         dy = g
-                    # gh_t = C_t dy_t + exp(Δ_{t+1} A) gh_{t+1}
-                    if CARRY:  # gh holds exp(Δ_{t+1} A) gh_{t+1}
-                        gh = dy[:, None] * Ct[None, :] + gh
-                        dtl = dt * LOG2E
-                        a = tl.exp2(dtl[:, None] * A)
-                        gh_a = a * gh  # carried to the step before
-                        gha = gh_a * h_prev
-                    else:
-                        gh = dy[:, None] * Ct[None, :] + a_next * gh
-                        a = tl.exp2(dt[:, None] * A2)
-                        gha = gh * (a * h_prev)  # a * h_prev = exp(Δ_t A) h_{t-1}
+                    # gh_t = C_t dy_t + exp(Δ_{t+1} A) gh_{t+1}, the second term carried in gh
+                    gh = dy[:, None] * Ct[None, :] + gh
+                    dtl = dt * LOG2E
+                    a = tl.exp2(dtl[:, None] * A)
+                    gh_a = a * gh  # carried to the step before
+                    gha = gh_a * h_prev
                     gB = tl.sum(gh * Bt[None, :], axis=1)
                     du = gB * dt
                     if HAS_D:
                         du = du + dy * Dv
                         dD_acc += dy * u
                     ddt = tl.sum(gha * A, axis=1) + gB * u
-                    if CARRY:  # dA in units of log2 e, scaled back after the walk
-                        dA_acc += gha * dtl[:, None]
-                    else:
-                        dA_acc += gha * dt[:, None]
+                    dA_acc += gha * dtl[:, None]
                     if SOFTPLUS:
                         ddt = ddt * sg
                     ddt = tl.where(mask_d, ddt, 0.0)
@@ -589,14 +486,10 @@ def _scan_bwd_kernel(
                     row = dbc_p + (t * (2 * NSTATE) + offs_n)
                     tl.store(row, tl.sum(gh * (dt * u)[:, None], axis=0), mask=mask_n)
                     tl.store(row + NSTATE, tl.sum(h * dy[:, None], axis=0), mask=mask_n)
-                    if CARRY:
-                        gh = gh_a
-                    else:
-                        a_next = a
+                    gh = gh_a
                     h = h_prev
                 tl.debug_barrier()  # the next chunk overwrites the slab
-        if CARRY:
-            dA_acc = dA_acc * LN2
+        dA_acc = dA_acc * LN2
         if A_LOG:  # d A_log = dA * A
             dA_acc = dA_acc * A
         part = (K * NB + pid_b) * DIM
@@ -606,21 +499,22 @@ def _scan_bwd_kernel(
         tl.store(dbias_ptr + part + offs_d, db_acc, mask=mask_d)
 
 
-def _bc_rows(cfg: KernelConfig, *xs: Tensor) -> tuple[int, list]:
-    """For B and C ``(k, b, n, l)``: (BCV, [(tensor, offset, strides)] per tensor).
+def _bc_rows(*xs: Tensor) -> tuple[int, list]:
+    """For the scan forward's B and C ``(k, b, n, l)``: (BCV, [(tensor, offset, strides)]).
 
-    With ``cfg.bc_vec`` and rows that allow it (states contiguous, row starts and the other
-    strides multiples of 4 elements), BCV = 4: each tensor is replaced by a view of the same
-    memory starting at the 16-byte boundary at or before it (so that Triton knows the base is
-    aligned), ``offset`` elements back, and its k, b, l strides are passed divided by 4. Else
-    BCV = 1 and everything is passed as it is.
+    Where the rows allow it (states contiguous, row starts and the other strides multiples of
+    4 elements, as in the model's x_proj output: rows of dt_rank + 2 d_state), BCV = 4 and each
+    thread's states load as one vector (LDG.64 for bf16). Triton only knows 16-byte aligned
+    pointers, so each tensor is replaced by a view of the same memory starting at the 16-byte
+    boundary at or before it, ``offset`` elements back, and its k, b, l strides are passed
+    divided by 4. Else BCV = 1 (one load per state) and everything is passed as it is.
     """
     v = 4
     rows = []
     for x in xs:
         es = x.element_size()
         off = (x.data_ptr() % 16) // es
-        ok = (cfg.bc_vec and x.stride(2) == 1 and x.data_ptr() % (v * es) == 0
+        ok = (x.stride(2) == 1 and x.data_ptr() % (v * es) == 0
               and off <= x.storage_offset()
               and all(x.stride(i) % v == 0 for i in (0, 1, 3)))
         if not ok:
@@ -686,7 +580,7 @@ def scan_fwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     D0, D1 = p.D if p.D is not None else (u, u)
     b0, b1 = p.bias if p.bias is not None else (u, u)
     st = states if save_t else out
-    bcv, ((Bb, boff, sB), (Cb, coff, sC)) = _bc_rows(cfg, B, C)
+    bcv, ((Bb, boff, sB), (Cb, coff, sC)) = _bc_rows(B, C)
     _scan_fwd_kernel[grid](
         u, delta, p.A[0], p.A[1], Bb, Cb, D0, D1, z if z is not None else u, b0, b1, out, st,
         partial if partial is not None else out, ys if ys is not None else out,
@@ -696,9 +590,7 @@ def scan_fwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
         N=triton.next_power_of_2(n), BLOCK_D=cfg.scan_block_d, NDIR=ndir, REV0=bool(reverse),
         HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
         SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t, STATS=stats is not None,
-        YSAVE=ys is not None, SAVE_BRANCH=bool(cfg.fwd_save_branch), BCV=bcv, BOFF=boff,
-        COFF=coff, num_warps=cfg.scan_warps,
-        **({"maxnreg": cfg.scan_fwd_maxnreg} if cfg.scan_fwd_maxnreg else {}),
+        YSAVE=ys is not None, BCV=bcv, BOFF=boff, COFF=coff, num_warps=cfg.scan_warps,
     )
     if stats is not None:
         torch.sum(partial, 1, out=stats)
@@ -746,26 +638,21 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     ck = torch.empty(b, nblk, triton.cdiv(save_t or length, cfg.chunk), bd, n2, device=dev,
                      dtype=torch.float32)
     hs = torch.empty(b, nblk, cfg.chunk, bd, n2, device=dev, dtype=torch.float32)
-    ds = torch.empty(b, nblk, 2, save_t or length, bd, device=dev, dtype=torch.float32) \
-        if cfg.delta_pass else hs
     D0, D1 = p.D if p.D is not None else (u, u)
     b0, b1 = p.bias if p.bias is not None else (u, u)
     st = states if states is not None else ck
-    bcv, ((Bb, boff, sB), (Cb, coff, sC)) = _bc_rows(cfg, B, C)
     _scan_bwd_kernel[(b, nblk)](
-        u, delta, p.A[0], p.A[1], Bb, Cb, D0, D1, z if z is not None else u, b0, b1, gout, st,
+        u, delta, p.A[0], p.A[1], B, C, D0, D1, z if z is not None else u, b0, b1, gout, st,
         ck, hs, du, ddt, dz if dz is not None else du, dbc, dA, dD, dbias,
-        ys if ys is not None else du, ds,
-        length, d, n, nblk, b, ck.stride(1), ds.stride(1), float(scale),
-        *u.stride(), *delta.stride(), *sB, *sC, *_strides(z, 3),
+        ys if ys is not None else du,
+        length, d, n, nblk, b, ck.stride(1), float(scale),
+        *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z, 3),
         *gout.stride(), st.stride(0), st.stride(1), *du.stride(), *ddt.stride(),
         *_strides(dz, 3), *_strides(ys, 3),
         N=n2, BLOCK_D=bd, T=cfg.chunk, NDIR=ndir, REV0=bool(reverse),
         HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
         SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t,
-        CARRY=bool(cfg.bwd_carry), DPASS=bool(cfg.delta_pass), BCV=bcv, BOFF=boff, COFF=coff,
         num_warps=cfg.scan_warps,
-        **({"maxnreg": cfg.scan_bwd_maxnreg} if cfg.scan_bwd_maxnreg else {}),
     )
     return ScanGrads(du=du, ddelta=ddt, dz=dz, dBC=dbc.sum(1), dA=dA.sum(1), dD=dD.sum(1),
                      dbias=dbias.sum(1))
@@ -1035,10 +922,10 @@ def _conv_bwd_kernel(
     tl.store(dw_p - offs_d * 4 + 2 * DIM * 4 + DIM + offs_d, dbb, mask=mask_d)
 
 
-def _vec(cfg: KernelConfig, outer: tuple[int, ...], inner: tuple[int, ...]) -> int:
-    """8 when ``cfg.conv_vec`` and the channels are contiguous (``inner`` strides 1) and every
-    ``outer`` stride is a multiple of 8 elements, else 1 (no alignment claimed)."""
-    ok = cfg.conv_vec and all(s == 1 for s in inner) and all(s % 8 == 0 for s in outer)
+def _vec(outer: tuple[int, ...], inner: tuple[int, ...]) -> int:
+    """8 when the channels are contiguous (``inner`` strides 1) and every ``outer`` stride is a
+    multiple of 8 elements, else 1 (no alignment claimed)."""
+    ok = all(s == 1 for s in inner) and all(s % 8 == 0 for s in outer)
     return 8 if ok else 1
 
 
@@ -1056,7 +943,7 @@ def conv_fwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | 
         x, w[0], w[1], b0, b1, out, length, d, *x.stride(), *out.stride(),
         W=w[0].shape[-1], BLOCK_D=cfg.conv_block_d, BLOCK_L=cfg.conv_block_l, NDIR=ndir,
         REV0=bool(reverse), HAS_BIAS=bias is not None,
-        VEC=_vec(cfg, (x.stride(0), out.stride(0), out.stride(1)), (x.stride(1), out.stride(2))),
+        VEC=_vec((x.stride(0), out.stride(0), out.stride(1)), (x.stride(1), out.stride(2))),
     )
     return out
 
@@ -1081,7 +968,7 @@ def conv_bwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | 
         x, w[0], w[1], b0, b1, g, dx, part, length, d, seg,
         *x.stride(), *g.stride(), *dx.stride(),
         BLOCK_D=cfg.conv_bwd_block_d, NDIR=ndir, HAS_F=ndir == 2 or not reverse,
-        VEC=_vec(cfg, (x.stride(0), g.stride(0), g.stride(1), dx.stride(0)),
+        VEC=_vec((x.stride(0), g.stride(0), g.stride(1), dx.stride(0)),
                  (x.stride(1), g.stride(2), dx.stride(1))),
         HAS_B=ndir == 2 or bool(reverse), HAS_BIAS=bias is not None,
     )
