@@ -97,6 +97,22 @@ def test_key_sees_replaced_parameters_and_modules(change):
     assert g.key(x) != k0
 
 
+@pytest.mark.parametrize("change", ["scan_backend", "schedule", "options"])
+def test_key_sees_a_new_scan_backend_or_merge_configuration(change):
+    """A replay must not run kernels captured for another backend or schedule."""
+    m = merged()
+    g = graphs.installed(m)
+    x = torch.randn(2, 3, 32, 32)
+    k0 = g.key(x)
+    if change == "scan_backend":
+        m.set_scan_backend("triton" if m.scan_backend != "triton" else "reference")
+    elif change == "schedule":
+        m.merger.schedule = [*m.merger.schedule, 1]
+    else:
+        m.merger.options["protect"] = m.merger.options["protect"] + 2
+    assert g.key(x) != k0
+
+
 @cuda
 @pytest.mark.parametrize("amp", [None, torch.float16])
 def test_cuda_replay_equals_the_eager_forward(amp):

@@ -12,8 +12,10 @@ warning.
 
 Replays return a fresh copy of the output, and ``model.merge_info`` as the captured call left
 it (its tensors are the graph's and are refreshed by each replay). Replacing the parameters
-(``model.half()``, ``model.to(...)``, a new ``load_state_dict(assign=True)``) is detected and
-recaptures; in-place updates are read by the next replay as they are.
+(``model.half()``, ``model.to(...)``, a new ``load_state_dict(assign=True)``), switching the scan
+backend (``set_scan_backend``) or changing the merger (a new ``patch``, its schedule or options)
+is detected and recaptures; in-place updates of parameters are read by the next replay as they
+are.
 """
 
 from __future__ import annotations
@@ -85,7 +87,16 @@ class GraphedForward:
                        if p is not None)
         return (tuple(x.shape), x.dtype, x.device, amp,
                 torch.get_autocast_dtype("cuda") if amp else None,
-                torch.is_inference_mode_enabled(), params)
+                torch.is_inference_mode_enabled(), params, self.config())
+
+    def config(self) -> tuple:
+        """What the captured kernels depend on besides the input and the parameters: the
+        scan backend of every mixer and the merger (object, schedule, options)."""
+        m = self.model
+        merger = m.merger
+        backends = tuple(layer.mixer.scan_backend for layer in getattr(m, "layers", ()))
+        return (backends, id(merger), tuple(merger.schedule), merger.pre,
+                repr(sorted(merger.options.items())))
 
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         if not self.usable(x, args, kwargs):
