@@ -10,8 +10,13 @@
 #   MIXUP_OFF=110 EVAL_EVERY=5 ...      # no mixup/cutmix from epoch 110 on; evaluate the test
 #                                       # split every 5 epochs and after the last one
 #   TEACHER=runs/teacher.safetensors ...  # distil from a ResNet-18 trained first by `vimstm
-#                                       # teacher` (~1 min on one GPU; kept and reused if the
-#                                       # file exists); DISTILL_ARGS="--distill-alpha 0.5"
+#                                       # teacher` (~3 min on one GPU; kept and reused if the
+#                                       # file exists); DISTILL_ARGS="--distill-alpha 0.5";
+#                                       # TEACHER_ARGS="--epochs 40" (flags of `vimstm teacher`)
+#   TEACHER="runs/t0.safetensors runs/t1.safetensors ..."  # an ensemble: the missing files are
+#                                       # trained at once, one per GPU (seeds SEED, SEED+1, ...)
+#   INIT=src/vimstm/weights/vim_tiny_cifar10.safetensors ...  # start from these weights (a
+#                                       # second stage) instead of a random initialisation
 #   PROBE=1 bash scripts/train_cifar10.sh data/cifar10  # ~1 min: 2 short epochs in runs/probe,
 #                                                       # no export; the 2nd log line's
 #                                                       # images_per_s (no compile) sizes EPOCHS
@@ -104,13 +109,25 @@ EXTRA=()
 [ -n "${MIN_RES:-}" ] && EXTRA+=(--min-res "$MIN_RES" --res-ramp ${RES_RAMP:-0.2 0.5})
 [ -n "${MIXUP_OFF:-}" ] && EXTRA+=(--mixup-off-epoch "$MIXUP_OFF")
 [ -n "${EVAL_EVERY:-}" ] && EXTRA+=(--eval-every "$EVAL_EVERY")
-if [ -n "${TEACHER:-}" ]; then  # DeiT-style distillation from a convolutional teacher
-    if [ ! -f "$TEACHER" ]; then
-        python -m vimstm.cli teacher --data "$TRAIN" --val-data "$TEST" -o "$TEACHER" \
-            --workers "$WORKERS" --seed "$SEED" ${TEACHER_ARGS:-}
-    fi
+[ -n "${INIT:-}" ] && EXTRA+=(--checkpoint "$INIT")  # a fresh run starts from these weights
+if [ -n "${TEACHER:-}" ]; then  # DeiT-style distillation from convolutional teacher(s)
+    read -r -a TEACHERS <<< "$TEACHER"
+    GPUS=$(python -c "import torch; print(max(torch.cuda.device_count(), 1))")
+    i=0
+    for t in "${TEACHERS[@]}"; do  # train the missing ones, up to one per GPU at a time
+        if [ ! -f "$t" ]; then
+            CUDA_VISIBLE_DEVICES=$(( i % GPUS )) python -m vimstm.cli teacher --data "$TRAIN" \
+                --val-data "$TEST" -o "$t" --workers "$WORKERS" --seed $(( SEED + i )) \
+                ${TEACHER_ARGS:-} &
+            (( ++i % GPUS == 0 )) && wait
+        fi
+    done
+    wait
+    for t in "${TEACHERS[@]}"; do
+        [ -f "$t" ] || { echo "teacher $t was not written (see the output above)" >&2; exit 1; }
+    done
     read -r -a DISTILL <<< "${DISTILL_ARGS:-}"
-    EXTRA+=(--teacher "$TEACHER" "${DISTILL[@]}")
+    EXTRA+=(--teacher "${TEACHERS[@]}" "${DISTILL[@]}")
 fi
 # ARCH_ARGS (train and eval) and TRAIN_ARGS (train only): extra flags, for smoke tests, e.g.
 # ARCH_ARGS="--depth 2 --embed-dim 32 --patch-size 8 --stride 8" TRAIN_ARGS="--limit-train 64"

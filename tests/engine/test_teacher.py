@@ -128,3 +128,48 @@ def test_teacher_command_checks_before_work(data: dict[str, Path], tmp_path: Pat
                          str(tmp_path / "t.safetensors"), "--epochs", "0"])
     with pytest.raises(ConfigError, match="--epochs must be at least 1"):
         TE.run_teacher(args)
+
+
+def test_teachers_ensemble_mean_of_mapped_inputs(teacher_file: Path, tmp_path: Path) -> None:
+    """Several teacher files act as one: the mean of each one's logits on the student's batch
+    mapped to that teacher's own normalisation."""
+    from vimstm.models.cnn import load_teachers
+
+    m1, info = load_teacher(teacher_file)
+    m2 = build_teacher("resnet18_small", 3).eval()
+    second = tmp_path / "second.safetensors"
+    t_mean, t_std = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
+    save_teacher(m2, second, "resnet18_small", info["classes"], t_mean, t_std)
+    s_mean, s_std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    ens, classes = load_teachers([teacher_file, second], s_mean, s_std)
+    assert classes == info["classes"] and not ens.train().training
+    x = torch.randn(2, 3, 32, 32)  # normalised with the student's statistics
+    pixels = x * torch.tensor(s_std).view(1, 3, 1, 1) + torch.tensor(s_mean).view(1, 3, 1, 1)
+
+    def fed(model: torch.nn.Module, mean: tuple, std: tuple) -> torch.Tensor:
+        return model((pixels - torch.tensor(mean).view(1, 3, 1, 1))
+                     / torch.tensor(std).view(1, 3, 1, 1))
+
+    m2_loaded, _ = load_teacher(second)
+    want = (fed(m1, info["mean"], info["std"]) + fed(m2_loaded, t_mean, t_std)) / 2
+    torch.testing.assert_close(ens(x), want, rtol=1e-4, atol=1e-4)
+    other = tmp_path / "other.safetensors"
+    save_teacher(m2, other, "resnet18_small", ["a", "b", "c"], t_mean, t_std)
+    with pytest.raises(CheckpointError, match="predicts other classes"):
+        load_teachers([teacher_file, other], s_mean, s_std)
+
+
+def test_train_with_two_teachers(teacher_file: Path, data: dict[str, Path],
+                                 tmp_path: Path) -> None:
+    _, info = load_teacher(teacher_file)
+    second = tmp_path / "second.safetensors"
+    save_teacher(build_teacher("resnet18_small", 3), second, "resnet18_small", info["classes"],
+                 info["mean"], info["std"])
+    out = tmp_path / "student"
+    T.fit(args_for("train", data, out, "--epochs", "1", "--teacher", str(teacher_file),
+                   str(second)))
+    entry = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert entry["train_kd"] > 0
+    with pytest.raises(ConfigError, match="no such file"):
+        T._validate(args_for("train", data, tmp_path / "r", "--teacher", str(teacher_file),
+                             str(tmp_path / "none")))

@@ -329,3 +329,30 @@ def test_bad_min_res_is_refused_before_training(flags: list[str], match: str,
     with pytest.raises(VimstmError, match=match):
         T.fit(args_for("train", data, tmp_path / "out", "--epochs", "1", *flags))
     assert not (tmp_path / "out" / "last.pth").exists()
+
+
+def test_train_starts_from_given_weights(trained: Path, data: dict[str, Path],
+                                         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--checkpoint on `train`: a fresh run starts from those weights (here the EMA of a run,
+    --use-ema); a resumed run keeps its own and says so; bad flags fail before any work."""
+    init = read_checkpoint(trained / "last.pth")["model_ema"]
+    out = tmp_path / "stage2"
+    tiny_lr = ("--epochs", "1", "--lr", "1e-9", "--min-lr", "1e-10", "--warmup-epochs", "0")
+    T.fit(args_for("train", data, out, *tiny_lr, "--checkpoint", str(trained / "last.pth"),
+                   "--use-ema"))
+    assert "starting from the weights of" in capsys.readouterr().out
+    fresh = tmp_path / "fresh"  # the same run without --checkpoint: its own initialisation
+    T.fit(args_for("train", data, fresh, *tiny_lr))
+    after = read_checkpoint(out / "last.pth")["model"]
+    other = read_checkpoint(fresh / "last.pth")["model"]
+    for k in ("head.weight", "layers.0.mixer.in_proj.weight", "pos_embed"):
+        torch.testing.assert_close(after[k], init[k], rtol=0, atol=1e-6)
+        assert (other[k] - init[k]).abs().max() > 1e-4
+    T.fit(args_for("train", data, out, "--epochs", "2", "--resume", "auto",
+                   "--checkpoint", str(trained / "last.pth")))
+    assert "the run's own weights continue" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="no such file"):
+        T._validate(args_for("train", data, tmp_path / "x", "--checkpoint",
+                             str(tmp_path / "missing.pth")))
+    with pytest.raises(ConfigError, match="--use-ema without --checkpoint"):
+        T._validate(args_for("train", data, tmp_path / "y", "--use-ema"))

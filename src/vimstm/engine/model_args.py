@@ -17,7 +17,7 @@ from vimstm.errors import ConfigError
 from vimstm.ops.dispatch import BACKENDS
 
 ARCH_OPTIONS = ("depth", "embed_dim", "num_classes", "patch_size", "stride", "d_state")
-Weights = Literal["required", "optional", "none"]
+Weights = Literal["required", "optional", "initial", "none"]
 
 
 def add_model_args(p: argparse.ArgumentParser, weights: Weights = "required",
@@ -28,7 +28,8 @@ def add_model_args(p: argparse.ArgumentParser, weights: Weights = "required",
     g.add_argument("--model", required=model_default is None, default=model_default,
                    help="registered model name or alias (see `vimstm models`)")
     if weights != "none":
-        note = {"required": "", "optional": " (speed does not depend on them)"}[weights]
+        note = {"required": "", "optional": " (speed does not depend on them)",
+                "initial": "; training starts from these weights (default: random)"}[weights]
         g.add_argument("--checkpoint", default=None,
                        help="weights file: an official release .pth, a training checkpoint, a "
                             f"state dict or .safetensors{note}")
@@ -69,8 +70,9 @@ def weights_source(args: argparse.Namespace, weights: Weights = "required") -> d
     pretrained = bool(getattr(args, "pretrained", False))
     if checkpoint is not None and pretrained:
         raise ConfigError("--checkpoint and --pretrained both name weights; give one of them")
-    if checkpoint is None and not pretrained and spec.bundled_path is not None:
-        pretrained = True  # the bundled weights are the model's default
+    if (checkpoint is None and not pretrained and spec.bundled_path is not None
+            and weights != "initial"):
+        pretrained = True  # the bundled weights are the model's default (not for training)
     if weights == "required" and checkpoint is None and not pretrained:
         if spec.hf_hub_id:
             hint = (f"pass --pretrained (the official {spec.hf_hub_filename} from the Hugging "
@@ -89,7 +91,8 @@ def model_from_args(args: argparse.Namespace, weights: Weights = "required",
     """Build the model the flags describe (see :func:`add_model_args`).
 
     ``weights``: ``"required"`` refuses to run on random weights, ``"optional"`` allows them
-    (speed only), ``"none"`` builds an untrained model (training from scratch). ``overrides``
+    (speed only), ``"initial"`` loads weights only when they are named (training: from scratch
+    by default), ``"none"`` builds an untrained model. ``overrides``
     add to the command line's (e.g. ``num_classes`` from the training data).
     """
     from vimstm.models.registry import create_model

@@ -109,9 +109,10 @@ def register(subparsers: Any) -> None:
                    help="fractions of --epochs: --min-res before START, the model's size from "
                         "END on, linear in between (default 0.2 0.5)")
     g = p.add_argument_group("distillation from a convolutional teacher (off by default)")
-    g.add_argument("--teacher", default=None, metavar="FILE",
-                   help="teacher file written by `vimstm teacher`; it sees each training batch "
-                        "(re-normalised to its own mean and std)")
+    g.add_argument("--teacher", nargs="+", default=None, metavar="FILE",
+                   help="teacher file(s) written by `vimstm teacher`; each sees every training "
+                        "batch (re-normalised to its own mean and std); several files are an "
+                        "ensemble (the mean of their logits)")
     g.add_argument("--distill-alpha", type=float, default=None,
                    help="weight α of the distillation term (default 0.5, DeiT's)")
     g.add_argument("--distill-temp", type=float, default=None,
@@ -152,7 +153,7 @@ def register(subparsers: Any) -> None:
 
 
 def _add_common_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
-    add_model_args(p, weights="required" if d is FINETUNE_DEFAULTS else "none")
+    add_model_args(p, weights="required" if d is FINETUNE_DEFAULTS else "initial")
     g = p.add_argument_group("regularisation of the model")
     g.add_argument("--drop-path", type=float, default=d["drop_path"], help="drop-path rate")
 
@@ -350,9 +351,10 @@ def _validate(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{given[0].replace('_', '-')} without --teacher would be "
                               "ignored; add --teacher FILE (from `vimstm teacher`)")
         if args.teacher is not None:
-            if not Path(args.teacher).is_file():
-                raise ConfigError(f"--teacher {args.teacher}: no such file (train one with "
-                                  "`vimstm teacher`)")
+            for f in args.teacher:
+                if not Path(f).is_file():
+                    raise ConfigError(f"--teacher {f}: no such file (train one with "
+                                      "`vimstm teacher`)")
             args.distill_alpha = 0.5 if args.distill_alpha is None else args.distill_alpha
             args.distill_temp = 1.0 if args.distill_temp is None else args.distill_temp
             args.distill_type = args.distill_type or "hard"
@@ -374,6 +376,13 @@ def _validate(args: argparse.Namespace) -> None:
                               "one it would only self-distil the dense model; --method dense does "
                               "that on purpose, as the control of a merged fine-tune)")
         weights_source(args, "required")  # weights exist before any data is read
+    elif args.checkpoint is not None or args.pretrained:  # train from given weights
+        weights_source(args, "initial")
+        if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+            raise ConfigError(f"--checkpoint {args.checkpoint}: no such file")
+    elif args.use_ema:
+        raise ConfigError("--use-ema without --checkpoint would be ignored: it picks the EMA "
+                          "weights of the training checkpoint to start from")
 
 
 def epoch_img_size(epoch: int, epochs: int, full: int, min_res: int | None,
@@ -477,7 +486,6 @@ class TrainContext:
     main: bool  # rank 0: progress bar
     img_size: int  # the model's input size
     train_size: int = 0  # this epoch's training size (progressive resizing), set per epoch
-    teacher_affine: tuple[Tensor, Tensor] | None = None  # x -> x * a + b: the teacher's input
 
 
 def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: bool,
@@ -511,9 +519,19 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
         if args.distill_alpha > 0:  # α = 0: plain training from the weights, no teacher
             teacher = copy.deepcopy(model).eval().requires_grad_(False).to(device)
         model = patch_from_args(model, args)
-    teacher_affine = None
+    elif args.checkpoint is not None or args.pretrained:  # train from given weights
+        if ckpt is not None:
+            if main:
+                print(f"resuming {resume}: the run's own weights continue; --checkpoint / "
+                      "--pretrained were read only when it started", flush=True)
+        else:
+            src = weights_source(args, "initial")
+            path = src["checkpoint"] or str(pretrained_weights(spec))
+            load_checkpoint(model, path, use_ema=args.use_ema, trust=args.trust_checkpoint)
+            if main:
+                print(f"starting from the weights of {path}", flush=True)
     if getattr(args, "teacher", None) is not None:
-        teacher, teacher_affine = _load_teacher(args, classes, model_cfg, device)
+        teacher = _load_teacher(args, classes, model_cfg, device)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     ckpt_bytes = _sd_bytes(model) * (3 + int(args.model_ema)) + 2**20
@@ -584,7 +602,7 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
     if args.compile:
         train_model = torch.compile(train_model)
     ctx = TrainContext(state, train_model, teacher, train_loader, criterion, mixup, device,
-                       amp, args, main, img_size, teacher_affine=teacher_affine)
+                       amp, args, main, img_size)
     min_res = getattr(args, "min_res", None)
     if min_res is not None:
         on_main_for_all(lambda: _check_min_res(model, min_res, img_size), main, device)
@@ -689,9 +707,7 @@ def _train_one_epoch(ctx: TrainContext, epoch: int, step: int) -> _Meter:
             loss = ctx.criterion(logits, target)
             if ctx.teacher is not None:
                 with torch.no_grad():
-                    xt = x if ctx.teacher_affine is None else torch.addcmul(
-                        ctx.teacher_affine[1], x, ctx.teacher_affine[0])
-                    t_logits = ctx.teacher(xt)
+                    t_logits = ctx.teacher(x)
                 if getattr(args, "distill_type", "soft") == "hard":
                     kd = F.cross_entropy(logits.float(), t_logits.argmax(-1))
                 else:
@@ -729,19 +745,15 @@ def _train_one_epoch(ctx: TrainContext, epoch: int, step: int) -> _Meter:
 
 
 def _load_teacher(args: argparse.Namespace, classes: list[str], model_cfg: dict[str, Any],
-                  device: torch.device) -> tuple[nn.Module, tuple[Tensor, Tensor]]:
-    """The frozen teacher of ``--teacher`` on ``device``, and the affine map ``(a, b)`` that
-    turns the student's normalised batch into the teacher's (``x * a + b``)."""
-    from vimstm.models.cnn import load_teacher
+                  device: torch.device) -> nn.Module:
+    """The frozen teacher(s) of ``--teacher`` on ``device``, as one module fed the student's
+    normalised batch (:class:`vimstm.models.cnn.Teachers`)."""
+    from vimstm.models.cnn import load_teachers
 
-    teacher, info = load_teacher(args.teacher)
-    check_classes(classes, f"teacher {args.teacher}", expected=info["classes"],
+    teacher, t_classes = load_teachers(args.teacher, model_cfg["mean"], model_cfg["std"])
+    check_classes(classes, f"teacher {args.teacher[0]}", expected=t_classes,
                   data=f"the training data ({args.data})")
-    s_mean, s_std = (torch.tensor(model_cfg[k], dtype=torch.float32) for k in ("mean", "std"))
-    t_mean, t_std = (torch.tensor(info[k], dtype=torch.float32) for k in ("mean", "std"))
-    a = (s_std / t_std).view(1, -1, 1, 1).to(device)
-    b = ((s_mean - t_mean) / t_std).view(1, -1, 1, 1).to(device)
-    return teacher.to(device).to(memory_format=torch.channels_last), (a, b)
+    return teacher.to(device)
 
 
 def _check_min_res(model: nn.Module, min_res: int, img_size: int) -> None:

@@ -115,3 +115,49 @@ def load_teacher(path: str | Path) -> tuple[ResNetSmall, dict[str, Any]]:
                               f"{info['architecture']!r} (missing {missing[:3]}, unexpected "
                               f"{unexpected[:3]})")
     return model.eval().requires_grad_(False), info
+
+
+class Teachers(nn.Module):
+    """Frozen teachers as one: the mean of their logits on the student's batch, each teacher
+    fed the batch re-normalised to its own statistics (``x * a + b``). An ensemble of a few
+    independently trained convnets is a stronger and smoother teacher than any one of them."""
+
+    def __init__(self, teachers: list[nn.Module], student_mean: tuple[float, ...],
+                 student_std: tuple[float, ...], infos: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.teachers = nn.ModuleList(teachers)
+        s_mean = torch.tensor(student_mean, dtype=torch.float32).view(1, -1, 1, 1)
+        s_std = torch.tensor(student_std, dtype=torch.float32).view(1, -1, 1, 1)
+        for i, info in enumerate(infos):
+            t_mean = torch.tensor(info["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+            t_std = torch.tensor(info["std"], dtype=torch.float32).view(1, -1, 1, 1)
+            self.register_buffer(f"a{i}", s_std / t_std, persistent=False)
+            self.register_buffer(f"b{i}", (s_mean - t_mean) / t_std, persistent=False)
+        self.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> Teachers:
+        return super().train(False)  # always in eval mode (BatchNorm statistics stay fixed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = None
+        for i, t in enumerate(self.teachers):
+            xt = torch.addcmul(getattr(self, f"b{i}"), x, getattr(self, f"a{i}"))
+            y = t(xt.contiguous(memory_format=torch.channels_last)).float()
+            out = y if out is None else out + y
+        return out / len(self.teachers)
+
+
+def load_teachers(paths: list[str | Path], student_mean: tuple[float, ...],
+                  student_std: tuple[float, ...]) -> tuple[Teachers, list[str]]:
+    """The teacher files ``paths`` (written by ``vimstm teacher``) as one :class:`Teachers`
+    for a student normalised by ``student_mean``/``student_std``, and their classes (which
+    must agree between the files)."""
+    models, infos = [], []
+    for p in paths:
+        m, info = load_teacher(p)
+        if infos and info["classes"] != infos[0]["classes"]:
+            raise CheckpointError(f"--teacher {p} predicts other classes than {paths[0]} "
+                                  f"({info['classes'][:4]} against {infos[0]['classes'][:4]})")
+        models.append(m.to(memory_format=torch.channels_last))
+        infos.append(info)
+    return Teachers(models, student_mean, student_std, infos), infos[0]["classes"]
