@@ -27,8 +27,9 @@ CUDA-graph replay as ``vimstm bench`` does by default; dense measured first and 
 in the same process), and the difference in top-1 against dense and against STM (default
 options) at the same point, each with a 95% paired-bootstrap interval over the images and
 McNemar's p-value (:mod:`vimstm.engine.stats`); ``distinct`` says whether the interval
-excludes 0. The per-image predictions are saved (``*_preds.npz``: ``labels`` and one uint8
-vector per row) so every comparison can be recomputed.
+excludes 0. Whether each row got each image right is saved (``*_correct.npz``: one packed bit
+vector per row and the SHA-256 of the label vector, never the labels or the predictions, so no
+part of the data set is stored) so every comparison can be recomputed.
 
 ``--finetuned DIR`` evaluates the runs of ``vimstm finetune`` under DIR instead (each
 subfolder with a ``last.pth``; its merging options are read from the checkpoint): the
@@ -51,15 +52,16 @@ at the same point and the same configuration training-free.
     OMP_NUM_THREADS=1 python benchmarks/cifar_evidence.py --data test.tar.xz --limit 64 \\
         --calib-data train.tar.xz --calib-images 8 --batch-size 32 --out /tmp/ev
 
-Writes ``OUT/evidence.{json,csv,png}`` and ``OUT/evidence_preds.npz`` (``evidence_finetune.*``
+Writes ``OUT/evidence.{json,csv,png}`` and ``OUT/evidence_correct.npz`` (``evidence_finetune.*``
 with ``--finetuned``); ``--plot-only`` redraws the PNG from the JSON, ``--stats-only``
-recomputes the statistics, tables and plot from the saved JSON and predictions.
+recomputes the statistics, tables and plot from the saved JSON and correctness vectors.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import shlex
 import sys
@@ -212,7 +214,7 @@ class Runner:
 
 
 def run_config(runner: Runner, model: torch.nn.Module, cfg: Config) -> tuple[dict, np.ndarray]:
-    """Patch ``model`` as ``cfg`` says, measure it, unpatch; (row, predictions)."""
+    """Patch ``model`` as ``cfg`` says, measure it, unpatch; (row, per-image correctness)."""
     t0 = time.perf_counter()
     vimstm.unpatch(model)
     if cfg.method != "dense":
@@ -247,14 +249,14 @@ def run_config(runner: Runner, model: torch.nn.Module, cfg: Config) -> tuple[dic
     if speed:
         row.update(speed)
     row["seconds"] = round(time.perf_counter() - t0, 2)
-    return row, preds
+    return row, correct
 
 
-def add_stats(rows: list[dict], preds: dict[str, np.ndarray], labels: np.ndarray,
-              refs: dict[str, Any], resamples: int, seed: int) -> None:
+def add_stats(rows: list[dict], correct: dict[str, np.ndarray], refs: dict[str, Any],
+              resamples: int, seed: int) -> None:
     """``vs_<name>``: the paired comparison of each row with the reference row ``refs[name]``
-    (a label, or a function of the row giving a label; None: no comparison)."""
-    correct = {k: v == labels for k, v in preds.items()}
+    (a label, or a function of the row giving a label; None: no comparison); ``correct``: each
+    row's per-image correctness."""
     for row in rows:
         for name, ref in refs.items():
             other = ref(row) if callable(ref) else ref
@@ -283,7 +285,26 @@ def flat(row: dict) -> dict[str, Any]:
     return out
 
 
-def write_tables(rows: list[dict], preds: dict[str, np.ndarray], labels: np.ndarray,
+def labels_digest(labels: np.ndarray) -> str:
+    """SHA-256 of the label vector: shards check they saw the same images, in the same order."""
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
+
+
+def save_correct(path: Path, correct: dict[str, np.ndarray], digest: str) -> None:
+    np.savez_compressed(path, names=np.array(list(correct)), labels_sha256=np.array(digest),
+                        images=np.array(len(next(iter(correct.values())))),
+                        **{f"c{i}": np.packbits(v) for i, v in enumerate(correct.values())})
+
+
+def load_correct(path: Path) -> tuple[dict[str, np.ndarray], str]:
+    """Each row's per-image correctness (bool) and the labels' digest, from :func:`save_correct`."""
+    z = np.load(path, allow_pickle=False)
+    n = int(z["images"])
+    return ({str(k): np.unpackbits(z[f"c{i}"], count=n).astype(bool)
+             for i, k in enumerate(z["names"])}, str(z["labels_sha256"]))
+
+
+def write_tables(rows: list[dict], correct: dict[str, np.ndarray], digest: str,
                  meta: dict, stem: Path) -> None:
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     flats = [flat(r) for r in rows]
@@ -294,9 +315,7 @@ def write_tables(rows: list[dict], preds: dict[str, np.ndarray], labels: np.ndar
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         w.writerows(flats)
-    np.savez_compressed(stem.parent / f"{stem.name}_preds.npz", labels=labels.astype(np.uint8),
-                        names=np.array(list(preds)), **{f"p{i}": v for i, v in
-                                                         enumerate(preds.values())})
+    save_correct(stem.parent / f"{stem.name}_correct.npz", correct, digest)
 
 
 def _delta(row: dict, name: str) -> str:
@@ -628,16 +647,15 @@ def run(args: argparse.Namespace) -> int:
     if args.merge_shards:
         if args.markdown:
             check_output_file(Path(args.markdown), "--markdown")
-        rows, preds, labels, meta = merge_shards(out, args.merge_shards)
-        return finish(rows, preds, labels, meta, args, stem)
+        rows, correct, digest, meta = merge_shards(out, args.merge_shards)
+        return finish(rows, correct, digest, meta, args, stem)
     if args.stats_only:  # recompute the statistics and outputs from a run's saved files
         if args.markdown:
             check_output_file(Path(args.markdown), "--markdown")
         data = json.loads(stem.with_suffix(".json").read_text())
-        z = np.load(stem.parent / f"{stem.name}_preds.npz", allow_pickle=False)
-        preds = {str(k): z[f"p{i}"] for i, k in enumerate(z["names"])}
+        correct, digest = load_correct(stem.parent / f"{stem.name}_correct.npz")
         rows = [{k: v for k, v in r.items() if not k.startswith("vs_")} for r in data["rows"]]
-        return finish(rows, preds, z["labels"], data["meta"], args, stem)
+        return finish(rows, correct, digest, data["meta"], args, stem)
     if not args.data:
         raise VimstmError("give --data (the CIFAR-10 test split)")
     check_output_dir(out, "--out")
@@ -696,7 +714,7 @@ def run(args: argparse.Namespace) -> int:
                             "date": time.strftime("%Y-%m-%d %H:%M")}
 
     rows: list[dict] = []
-    preds: dict[str, np.ndarray] = {}
+    correct: dict[str, np.ndarray] = {}
     started = time.perf_counter()
     first_row_at: dict[str, float] = {}  # the ETA counts from the first row (not calibration)
 
@@ -704,7 +722,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             if cfg.error:
                 raise vimstm.ConfigError(cfg.error)
-            row, pr = run_config(runner, mdl, cfg)
+            row, ok = run_config(runner, mdl, cfg)
         except vimstm.ConfigError as e:  # the method cannot reach this point: say so, go on
             print(f"[{k}/{total}] {cfg.label}: not run: {e}", flush=True)
             meta.setdefault("not_run", {})[cfg.label] = str(e)
@@ -718,7 +736,7 @@ def run(args: argparse.Namespace) -> int:
             vimstm.unpatch(mdl)
             return {}
         rows.append(row)
-        preds[cfg.label] = pr
+        correct[cfg.label] = ok
         first = first_row_at.setdefault("t", time.perf_counter() - row["seconds"])
         eta = (time.perf_counter() - first) / len(rows) * (total - k)
         ips = f"  {row['images_per_s']:.0f} img/s" if "images_per_s" in row else ""
@@ -770,11 +788,11 @@ def run(args: argparse.Namespace) -> int:
         for r in rows:
             r["shard"] = args.shard
         stem.parent.mkdir(parents=True, exist_ok=True)
-        write_tables(rows, preds, runner.labels.numpy(), meta, stem)
-        print(f"wrote {stem}.json and {stem.name}_preds.npz (shard {args.shard}; merge with "
+        write_tables(rows, correct, labels_digest(runner.labels.numpy()), meta, stem)
+        print(f"wrote {stem}.json and {stem.name}_correct.npz (shard {args.shard}; merge with "
               "--merge-shards)")
         return 1 if meta.get("failed") else 0
-    return finish(rows, preds, runner.labels.numpy(), meta, args, stem)
+    return finish(rows, correct, labels_digest(runner.labels.numpy()), meta, args, stem)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -799,27 +817,28 @@ def shard_of(cfgs: list[Config], k: int, n: int) -> list[Config]:
     return [cfgs[0], *mine]
 
 
-def merge_shards(out: Path, n: int) -> tuple[list[dict], dict, np.ndarray, dict]:
-    """The rows, predictions, labels and meta of ``n`` shard runs, in plan order; dense from
-    shard 0 (every shard's dense predictions must agree)."""
-    rows, preds, metas, labels, dense = [], {}, [], None, None
+def merge_shards(out: Path, n: int) -> tuple[list[dict], dict, str, dict]:
+    """The rows, per-image correctness, labels' digest and meta of ``n`` shard runs, in plan
+    order; dense from shard 0 (every shard evaluates it, and all must agree)."""
+    rows, correct, metas, digest, dense = [], {}, [], None, None
     for k in range(n):
         stem = out / f"evidence_shard{k}"
         if not stem.with_suffix(".json").exists():
             raise VimstmError(f"{stem}.json is missing: run every shard 0..{n - 1} first")
         data = json.loads(stem.with_suffix(".json").read_text())
-        z = np.load(stem.parent / f"{stem.name}_preds.npz", allow_pickle=False)
-        if labels is None:
-            labels, dense = z["labels"], z["p0"]
-        elif not (np.array_equal(labels, z["labels"]) and np.array_equal(dense, z["p0"])):
+        ok, d = load_correct(stem.parent / f"{stem.name}_correct.npz")
+        names = list(ok)
+        if digest is None:
+            digest, dense = d, ok[names[0]]
+        elif d != digest or not np.array_equal(dense, ok[names[0]]):
             raise VimstmError(f"shard {k} evaluated other images or predicted differently with "
                               "the dense model; rerun the shards with the same arguments")
         metas.append(data["meta"])
-        for i, (r, name) in enumerate(zip(data["rows"], z["names"])):
+        for r, name in zip(data["rows"], names):
             if r["group"] == "dense" and k > 0:
                 continue
             rows.append(r)
-            preds[str(name)] = z[f"p{i}"]
+            correct[name] = ok[name]
     rows.sort(key=lambda r: r.get("order", 0))
     meta = dict(metas[0])
     meta.pop("shard", None)
@@ -835,7 +854,7 @@ def merge_shards(out: Path, n: int) -> tuple[list[dict], dict, np.ndarray, dict]
         if merged:
             meta[key] = merged
     meta["speed"] += f"; {n} shards, one GPU each: speed-ups against each shard's own dense"
-    return rows, preds, labels, meta
+    return rows, correct, digest, meta
 
 
 def refs_for(rows: list[dict], finetuned: bool) -> dict[str, Any]:
@@ -854,15 +873,15 @@ def refs_for(rows: list[dict], finetuned: bool) -> dict[str, Any]:
         if r["group"] == "finetuned" and r["method"] != "dense" else None}
 
 
-def finish(rows: list[dict], preds: dict[str, np.ndarray], labels: np.ndarray, meta: dict,
+def finish(rows: list[dict], correct: dict[str, np.ndarray], digest: str, meta: dict,
            args: argparse.Namespace, stem: Path) -> int:
     """The paired statistics, then every output: JSON, CSV, predictions, markdown, plot."""
     finetuned = stem.name == "evidence_finetune"
-    add_stats(rows, preds, labels, refs_for(rows, finetuned), args.resamples, args.seed)
+    add_stats(rows, correct, refs_for(rows, finetuned), args.resamples, args.seed)
     meta.update(resamples=args.resamples, seed=args.seed)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    write_tables(rows, preds, labels, meta, stem)
-    print(f"wrote {stem}.json, .csv and {stem.name}_preds.npz ({meta['seconds']:.0f} s)")
+    write_tables(rows, correct, digest, meta, stem)
+    print(f"wrote {stem}.json, .csv and {stem.name}_correct.npz ({meta['seconds']:.0f} s)")
     if args.markdown:
         Path(args.markdown).write_text(markdown(rows, meta, finetuned) + "\n")
         print(f"wrote {args.markdown}")

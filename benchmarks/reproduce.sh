@@ -27,13 +27,13 @@
 #                   images) at ratio 0.4, flops 0.6 and mean token reduction 0.36 / 0.4 (the
 #                   papers' schedule); paired statistics against dense and STM;
 #                   the plot and RESULTS.md-ready tables; with NGPU > 1 one shard per GPU,
-#                   then merged      -> $CIFAR_OUT/evidence{.json,.csv,.png,.md,_preds.npz}
+#                   then merged      -> $CIFAR_OUT/evidence{.json,.csv,.png,.md,_correct.npz}
 #   cifar-finetune  distillation fine-tunes (`vimstm finetune`) of every method at mean token
 #                   reduction 0.2 and 0.4 and the dense control (`--method dense`), then their evaluation with the
 #                   same statistics (FT_* variables below; the plan and its time are printed;
 #                   with NGPU > 1 the runs are dealt over the GPUs)
 #                                  -> $FT_RUNS/*/, $CIFAR_OUT/evidence_finetune{.json,.csv,.png,
-#                                     .md,_preds.npz}
+#                                     .md,_correct.npz}
 #   official        equivalence with the official hustvl/Vim model code (CPU is enough)
 #
 # Environment: CIFAR10 (a folder with train.tar.xz and test.tar.xz, or train/ and test/ class

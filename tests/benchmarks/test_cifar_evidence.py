@@ -135,11 +135,12 @@ def test_evidence_end_to_end(images: Path, weights: Path, tmp_path: Path):
     for p in ("ratio=0.4", "flops=0.6"):
         assert (rows[f"stm {p} calibrated"]["gmacs_literature"]
                 <= rows[f"stm {p}"]["gmacs_literature"] + 1e-9)
-    # the saved predictions reproduce the statistics
-    z = np.load(out / "evidence_preds.npz")
-    names = list(z["names"])
-    assert set(names) == expected
-    correct = {n: z[f"p{i}"] == z["labels"] for i, n in enumerate(names)}
+    # the saved correctness vectors reproduce the statistics; no labels or predictions are kept
+    correct, digest = ev.load_correct(out / "evidence_correct.npz")
+    assert set(correct) == expected and len(digest) == 64
+    assert all(v.dtype == bool and v.size == 32 for v in correct.values())
+    assert set(np.load(out / "evidence_correct.npz").files) == {
+        "names", "labels_sha256", "images", *(f"c{i}" for i in range(len(expected)))}
     r = compare(correct["tome ratio=0.4"], correct["dense"], resamples=500)
     assert rows["tome ratio=0.4"]["vs_dense"]["diff"] == pytest.approx(r["diff"], abs=1e-3)
     assert rows["tome ratio=0.4"]["top1"] == pytest.approx(100 * correct["tome ratio=0.4"].mean())
