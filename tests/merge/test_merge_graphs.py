@@ -79,37 +79,32 @@ def test_key_walks_the_modules_only_after_a_registration():
     assert g.key(x) == k0 and g.scans == scans + 1
 
 
-@pytest.mark.parametrize("change", ["assign", "half", "module", "load_assign"])
-def test_key_sees_replaced_parameters_and_modules(change):
+def _load_assign(m):
+    m.load_state_dict({k: v.clone() for k, v in m.state_dict().items()}, assign=True)
+
+
+KEY_CHANGES = {  # what a replay must notice: new parameters or modules, another scan backend
+    "assign": lambda m: setattr(m.head, "weight",
+                                torch.nn.Parameter(torch.zeros_like(m.head.weight))),
+    "half": lambda m: m.half(),
+    "module": lambda m: setattr(m, "head", torch.nn.Linear(m.head.in_features,
+                                                           m.head.out_features)),
+    "load_assign": _load_assign,
+    "scan_backend": lambda m: m.set_scan_backend(
+        "triton" if m.scan_backend != "triton" else "reference"),
+    "schedule": lambda m: setattr(m.merger, "schedule", [*m.merger.schedule, 1]),
+    "options": lambda m: m.merger.options.update(protect=m.merger.options["protect"] + 2),
+}
+
+
+@pytest.mark.parametrize("change", list(KEY_CHANGES))
+def test_key_sees_changed_parameters_modules_backend_and_merge_configuration(change):
+    """A replay must not run kernels captured for other parameters, backend or schedule."""
     m = merged()
     g = graphs.installed(m)
     x = torch.randn(2, 3, 32, 32)
     k0 = g.key(x)
-    if change == "assign":
-        m.head.weight = torch.nn.Parameter(torch.zeros_like(m.head.weight))
-    elif change == "half":
-        m.half()
-    elif change == "module":
-        m.head = torch.nn.Linear(m.head.in_features, m.head.out_features)
-    else:
-        sd = {k: v.clone() for k, v in m.state_dict().items()}
-        m.load_state_dict(sd, assign=True)
-    assert g.key(x) != k0
-
-
-@pytest.mark.parametrize("change", ["scan_backend", "schedule", "options"])
-def test_key_sees_a_new_scan_backend_or_merge_configuration(change):
-    """A replay must not run kernels captured for another backend or schedule."""
-    m = merged()
-    g = graphs.installed(m)
-    x = torch.randn(2, 3, 32, 32)
-    k0 = g.key(x)
-    if change == "scan_backend":
-        m.set_scan_backend("triton" if m.scan_backend != "triton" else "reference")
-    elif change == "schedule":
-        m.merger.schedule = [*m.merger.schedule, 1]
-    else:
-        m.merger.options["protect"] = m.merger.options["protect"] + 2
+    KEY_CHANGES[change](m)
     assert g.key(x) != k0
 
 

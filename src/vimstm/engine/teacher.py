@@ -96,8 +96,9 @@ def load_images(path: str, workers: int, limit: int | None = None,
                                          num_workers=workers, collate_fn=_collate_same_size)
     xs, ys = [], []
     for x, y in loader:
-        xs.append(x)
-        ys.append(y)
+        if len(y):  # a batch of only unreadable files gives nothing
+            xs.append(x)
+            ys.append(y)
     if not xs:
         raise DataError(f"no readable images in {path}")
     shapes = {tuple(x.shape[1:]) for x in xs}
@@ -107,11 +108,13 @@ def load_images(path: str, workers: int, limit: int | None = None,
 
 
 def _collate_same_size(batch: list[tuple[Tensor, int] | None]) -> tuple[Tensor, Tensor]:
-    items = [b for b in batch if b is not None]
-    shapes = {tuple(x.shape) for x, _ in items}
+    from vimstm.data import collate_skip
+
+    shapes = {tuple(b[0].shape) for b in batch if b is not None}
     if len(shapes) > 1:
         raise DataError(f"`vimstm teacher` needs images of one size; found {sorted(shapes)}")
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+    x, y, _ = collate_skip(batch)
+    return x, y
 
 
 def augment(x: Tensor, gen: torch.Generator) -> Tensor:

@@ -525,8 +525,7 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
                 print(f"resuming {resume}: the run's own weights continue; --checkpoint / "
                       "--pretrained were read only when it started", flush=True)
         else:
-            src = weights_source(args, "initial")
-            path = src["checkpoint"] or str(pretrained_weights(spec))
+            path = args.checkpoint or str(pretrained_weights(spec))  # checked in _validate
             load_checkpoint(model, path, use_ema=args.use_ema, trust=args.trust_checkpoint)
             if main:
                 print(f"starting from the weights of {path}", flush=True)
