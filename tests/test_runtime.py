@@ -7,7 +7,8 @@ import platform
 import pytest
 import torch
 
-from vimstm.runtime import keep_freed_memory
+from vimstm.errors import ConfigError
+from vimstm.runtime import compile_mode, compiled, keep_freed_memory
 
 
 def test_keep_freed_memory_respects_the_environment(monkeypatch):
@@ -23,3 +24,17 @@ def test_keep_freed_memory_applies_on_glibc(monkeypatch):
     assert keep_freed_memory() is True
     x = torch.randn(1 << 20)  # allocation still works, in a block below the new threshold
     assert torch.equal(x * 1, x)
+
+
+@pytest.mark.parametrize("asked, mode", [(None, None), (False, None), (True, "default"),
+                                         ("reduce-overhead", "reduce-overhead")])
+def test_compile_mode_names(asked, mode):
+    assert compile_mode(asked) == mode
+
+
+def test_compile_mode_rejects_unknown_names_and_off_leaves_the_model():
+    with pytest.raises(ConfigError, match="unknown compile mode 'fast'"):
+        compile_mode("fast")
+    model = torch.nn.Linear(2, 2)
+    assert compiled(model, None) is model
+    assert compiled(model, "default") is not model

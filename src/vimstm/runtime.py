@@ -1,4 +1,5 @@
-"""Precision names, autocast and device synchronisation shared by the commands."""
+"""Precision names, autocast, torch.compile modes and device synchronisation shared by the
+commands."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import platform
 
 import torch
+from torch import nn
 
 from vimstm.errors import ConfigError
 
@@ -29,6 +31,39 @@ def autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContex
     if amp not in AMP_NAMES:
         raise ConfigError(f"unknown amp mode {amp!r}; use fp16 or bf16 (or leave it out for fp32)")
     return torch.autocast(device_type=device.type, dtype=DTYPES[amp])
+
+
+#: ``torch.compile`` modes; ``reduce-overhead`` also replays CUDA graphs (cudagraph trees),
+#: which removes the host's kernel-launch time from an eager step.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(compile: bool | str | None) -> str | None:
+    """The ``torch.compile`` mode asked for: None (off), or one of :data:`COMPILE_MODES`
+    (``True`` means ``"default"``)."""
+    if compile is None or compile is False:
+        return None
+    mode = "default" if compile is True else str(compile)
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"unknown compile mode {mode!r}; choose one of "
+                          f"{', '.join(COMPILE_MODES)}")
+    return mode
+
+
+def compiled(model: nn.Module, compile: bool | str | None,
+             fullgraph: bool = True) -> nn.Module:
+    """``model`` through ``torch.compile`` in the given mode, or ``model`` itself when off."""
+    mode = compile_mode(compile)
+    if mode is None:
+        return model
+    return torch.compile(model, fullgraph=fullgraph, mode=None if mode == "default" else mode)
+
+
+def mark_step(compile: bool | str | None) -> None:
+    """Tell cudagraph trees that a new iteration begins (``reduce-overhead`` only), so outputs
+    of the previous replay may be overwritten."""
+    if compile_mode(compile) == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def sync(device: torch.device) -> None:

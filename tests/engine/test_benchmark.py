@@ -107,3 +107,19 @@ def test_bench_train_cli(tmp_path, capsys):
         from vimstm.engine.benchmark import run
 
         run(build_parser().parse_args(["bench", "--train", "--cuda-graph", "--device", "cpu"]))
+
+
+def test_bench_cli_compile_mode_and_cuda_graph_conflict(capsys):
+    """reduce-overhead replays CUDA graphs itself: asking for --cuda-graph too is one clear
+    line before any work; a plain --compile means the default mode."""
+    assert main(["bench", "--device", "cpu", "--compile", "reduce-overhead",
+                 "--cuda-graph"]) == 2
+    err = capsys.readouterr().err
+    assert "reduce-overhead replays CUDA graphs itself" in err and "Traceback" not in err
+    from vimstm.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--compile"])
+    assert args.compile == "default"
+    args = build_parser().parse_args(["train", "--model", "vim_tiny", "--data", "d",
+                                      "--output", "o", "--compile", "reduce-overhead"])
+    assert args.compile == "reduce-overhead"

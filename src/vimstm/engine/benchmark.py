@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from vimstm.errors import ConfigError
-from vimstm.runtime import DTYPES, sync
+from vimstm.runtime import COMPILE_MODES, DTYPES, compile_mode, compiled, mark_step, sync
 
 SPREAD_LIMIT = 0.10  # relative interquartile range above which a speed-up is called rough
 
@@ -49,7 +49,7 @@ def measure_throughput(
     warmup: int = 10,
     runs: int = 30,
     cuda_graph: bool = False,
-    compile: bool = False,
+    compile: bool | str = False,
     desc: str | None = None,
 ) -> dict[str, Any]:
     """Median images/s of ``model`` on random input (fp16/bf16 run under autocast).
@@ -64,22 +64,26 @@ def measure_throughput(
         runs: timed forwards (their median counts).
         cuda_graph: replay one captured CUDA graph per forward (CUDA only).
         compile: run the model through ``torch.compile(fullgraph=True)`` (the warm-up
-            compiles).
+            compiles); True or a mode of :data:`COMPILE_MODES`.
         desc: show a progress bar so labelled.
 
     Returns:
         images_per_s, ms_per_batch (median), spread (interquartile range / median of the run
         times), peak_mem_mb (None off CUDA), dtype, batch_size, device_name, runs,
-        cuda_graph (whether a CUDA graph was replayed) and compile.
+        cuda_graph (whether a CUDA graph was replayed) and compile (the mode, or None).
     """
     dev, img_size, in_chans = _setup(model, batch_size, img_size, dtype, device, warmup, runs)
     model = model.to(dev).eval()
-    run_model = torch.compile(model, fullgraph=True) if compile else model
+    if cuda_graph and compile_mode(compile) == "reduce-overhead":
+        raise ConfigError("--compile reduce-overhead replays CUDA graphs itself; drop "
+                          "--cuda-graph or pick another compile mode")
+    run_model = compiled(model, compile)
     x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev)
     amp_dtype = DTYPES[dtype]
     use_amp = amp_dtype != torch.float32
 
     def step() -> torch.Tensor:
+        mark_step(compile)
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
             return run_model(x)
 
@@ -113,7 +117,8 @@ def measure_throughput(
         else:
             run_once = step  # type: ignore[assignment]
         times = _timed(run_once, runs, dev, desc, "run")
-    return _result(times, dev, dtype, batch_size, cuda_graph=graph is not None, compile=compile)
+    return _result(times, dev, dtype, batch_size, cuda_graph=graph is not None,
+                   compile=compile_mode(compile))
 
 
 def measure_training(
@@ -124,15 +129,16 @@ def measure_training(
     device: str | torch.device = "cuda",
     warmup: int = 3,
     runs: int = 10,
-    compile: bool = False,
+    compile: bool | str = False,
     desc: str | None = None,
 ) -> dict[str, Any]:
     """Median images/s of one training step: forward, cross-entropy, backward, AdamW step.
 
     Random images and labels, train mode, fp16/bf16 under autocast (fp16 with a grad scaler),
-    fused AdamW on CUDA; ``compile`` runs the model through ``torch.compile(fullgraph=True)``.
-    The peak memory covers the timed steps, optimizer state included. Returns the keys of
-    :func:`measure_throughput` plus ``train: True``.
+    fused AdamW on CUDA; ``compile`` runs the model through ``torch.compile(fullgraph=True)``
+    (True or a mode of :data:`COMPILE_MODES`). The peak memory covers the timed steps,
+    optimizer state included. Returns the keys of :func:`measure_throughput` plus
+    ``train: True``.
     """
     dev, img_size, _ = _setup(model, batch_size, img_size, dtype, device, warmup, runs)
     step, _, _ = training_step(model, batch_size, img_size, dtype, dev, compile)
@@ -144,11 +150,13 @@ def measure_training(
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = _timed(step, runs, dev, desc, "step")
-    return _result(times, dev, dtype, batch_size, cuda_graph=False, compile=compile, train=True)
+    return _result(times, dev, dtype, batch_size, cuda_graph=False,
+                   compile=compile_mode(compile), train=True)
 
 
 def training_step(model: nn.Module, batch_size: int, img_size: int, dtype: str,
-                  device: torch.device, compile: bool = False) -> tuple[Any, Tensor, Tensor]:
+                  device: torch.device,
+                  compile: bool | str = False) -> tuple[Any, Tensor, Tensor]:
     """``(step, images, labels)``: ``step()`` trains ``model`` (moved to ``device``, train
     mode) one step on fixed random images and labels: forward under autocast (fp16 with a grad
     scaler), cross-entropy, backward, fused AdamW on CUDA; ``compile`` runs the model through
@@ -156,7 +164,7 @@ def training_step(model: nn.Module, batch_size: int, img_size: int, dtype: str,
     in_chans = int(model.patch_embed.proj.in_channels)  # type: ignore[union-attr]
     num_classes = int(getattr(model, "num_classes", 1000)) or 1000
     model = model.to(device).train()
-    run_model = torch.compile(model, fullgraph=True) if compile else model
+    run_model = compiled(model, compile)
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(batch_size, in_chans, img_size, img_size, device=device, generator=gen)
     y = torch.randint(0, num_classes, (batch_size,), device=device, generator=gen)
@@ -165,6 +173,7 @@ def training_step(model: nn.Module, batch_size: int, img_size: int, dtype: str,
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     def step() -> None:
+        mark_step(compile)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
             loss = nn.functional.cross_entropy(run_model(x), y)
         scaler.scale(loss).backward()
@@ -247,8 +256,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tf32", action="store_true",
                    help="allow TF32 matrix products in fp32 runs (off: true fp32)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
-    p.add_argument("--compile", action="store_true",
-                   help="run the model through torch.compile(fullgraph=True) (compiles first)")
+    p.add_argument("--compile", nargs="?", const="default", default=None,
+                   choices=COMPILE_MODES, metavar="MODE",
+                   help="run the model through torch.compile(fullgraph=True) (compiles first); "
+                        "MODE: default, reduce-overhead (also CUDA-graph replays), "
+                        "max-autotune, max-autotune-no-cudagraphs")
     p.add_argument("--train", action="store_true",
                    help="time training steps (forward + backward + AdamW, train mode) instead "
                         "of inference; --dtype bf16/fp16 trains under autocast")
@@ -306,8 +318,12 @@ def run(args: argparse.Namespace) -> int:
     dev = _device(args.device)
     if args.train and args.cuda_graph:
         raise ConfigError("--cuda-graph times inference only; drop it with --train")
+    if args.cuda_graph and args.compile == "reduce-overhead":
+        raise ConfigError("--compile reduce-overhead replays CUDA graphs itself; drop "
+                          "--cuda-graph or pick another compile mode")
     if args.cuda_graph is None:
-        args.cuda_graph = dev.type == "cuda" and not args.train
+        args.cuda_graph = (dev.type == "cuda" and not args.train
+                           and args.compile != "reduce-overhead")
     if args.warmup is None:
         args.warmup = 3 if args.train else 10
     if args.runs is None:

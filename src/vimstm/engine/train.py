@@ -73,7 +73,7 @@ from vimstm.models.checkpoint import (
     safetensors_metadata,
 )
 from vimstm.models.registry import create_model, get_spec, pretrained_weights
-from vimstm.runtime import autocast
+from vimstm.runtime import COMPILE_MODES, autocast, compiled, mark_step
 
 SYNC_EVERY = 25  # steps between host syncs (loss check, progress bar)
 
@@ -180,8 +180,11 @@ def _add_common_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
                    help="clip the gradient norm to this value (default: no clipping)")
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
                    help="autocast precision (auto: bf16 on CUDA, none on the CPU)")
-    g.add_argument("--compile", action="store_true",
-                   help="train through torch.compile (the first steps compile; BENCHMARKS.md)")
+    g.add_argument("--compile", nargs="?", const="default", default=None,
+                   choices=COMPILE_MODES, metavar="MODE",
+                   help="train through torch.compile (the first steps compile; BENCHMARKS.md); "
+                        "MODE: default, reduce-overhead (also CUDA-graph replays), "
+                        "max-autotune, max-autotune-no-cudagraphs")
 
     g = p.add_argument_group("augmentation and regularisation")
     g.add_argument("--smoothing", type=float, default=d["smoothing"], help="label smoothing")
@@ -599,7 +602,7 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
-        train_model = torch.compile(train_model)
+        train_model = compiled(train_model, args.compile, fullgraph=False)
     ctx = TrainContext(state, train_model, teacher, train_loader, criterion, mixup, device,
                        amp, args, main, img_size)
     min_res = getattr(args, "min_res", None)
@@ -691,6 +694,7 @@ def _train_one_epoch(ctx: TrainContext, epoch: int, step: int) -> _Meter:
                file=sys.stderr)
     t0 = time.perf_counter()
     for x, y, _skipped in bar:  # unreadable images are reported and left out (collate_skip)
+        mark_step(args.compile)
         if ctx.mixup is not None and x.shape[0] % 2:
             x, y = x[:-1], y[:-1]
         if x.shape[0] == 0:
