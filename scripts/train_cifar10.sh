@@ -107,7 +107,10 @@ TRAIN=$(pick "$DATA" train)
 TEST=$(pick "$DATA" test)
 EXTRA=()
 [ -n "${MAX_MINUTES:-}" ] && EXTRA+=(--max-minutes "$MAX_MINUTES")
-[ -n "${COMPILE:-}" ] && EXTRA+=(--compile)  # torch.compile the training step
+# torch.compile the training step: COMPILE=1 (default mode) or a mode, e.g. reduce-overhead
+if [ -n "${COMPILE:-}" ]; then
+    if [ "$COMPILE" = 1 ]; then EXTRA+=(--compile); else EXTRA+=(--compile "$COMPILE"); fi
+fi
 # progressive resizing: MIN_RES px first, the full 32 px from the second fraction of RES_RAMP on
 [ -n "${MIN_RES:-}" ] && EXTRA+=(--min-res "$MIN_RES" --res-ramp ${RES_RAMP:-0.2 0.5})
 [ -n "${MIXUP_OFF:-}" ] && EXTRA+=(--mixup-off-epoch "$MIXUP_OFF")
