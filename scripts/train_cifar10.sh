@@ -119,14 +119,15 @@ fi
 if [ -n "${TEACHER:-}" ]; then  # DeiT-style distillation from convolutional teacher(s)
     read -r -a TEACHERS <<< "$TEACHER"
     GPUS=$(python -c "import torch; print(max(torch.cuda.device_count(), 1))")
-    i=0
+    k=0 i=0  # k: the file's place in TEACHER (its seed), i: teachers started (their GPU)
     for t in "${TEACHERS[@]}"; do  # train the missing ones, up to one per GPU at a time
         if [ ! -f "$t" ]; then
             CUDA_VISIBLE_DEVICES=$(( i % GPUS )) python -m vimstm.cli teacher --data "$TRAIN" \
-                --val-data "$TEST" -o "$t" --workers "$WORKERS" --seed $(( SEED + i )) \
+                --val-data "$TEST" -o "$t" --workers "$WORKERS" --seed $(( SEED + k )) \
                 ${TEACHER_ARGS:-} &
             (( ++i % GPUS == 0 )) && wait
         fi
+        k=$(( k + 1 ))
     done
     wait
     for t in "${TEACHERS[@]}"; do
