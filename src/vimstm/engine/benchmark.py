@@ -74,9 +74,7 @@ def measure_throughput(
     """
     dev, img_size, in_chans = _setup(model, batch_size, img_size, dtype, device, warmup, runs)
     model = model.to(dev).eval()
-    if cuda_graph and compile_mode(compile) == "reduce-overhead":
-        raise ConfigError("--compile reduce-overhead replays CUDA graphs itself; drop "
-                          "--cuda-graph or pick another compile mode")
+    _check_graphs(cuda_graph, compile)
     run_model = compiled(model, compile)
     x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev)
     amp_dtype = DTYPES[dtype]
@@ -119,6 +117,14 @@ def measure_throughput(
         times = _timed(run_once, runs, dev, desc, "run")
     return _result(times, dev, dtype, batch_size, cuda_graph=graph is not None,
                    compile=compile_mode(compile))
+
+
+def _check_graphs(cuda_graph: bool | None, compile: bool | str | None) -> None:
+    """Refuse our own CUDA-graph capture on top of ``reduce-overhead``, which replays
+    graphs itself."""
+    if cuda_graph and compile_mode(compile) == "reduce-overhead":
+        raise ConfigError("--compile reduce-overhead replays CUDA graphs itself; drop "
+                          "--cuda-graph or pick another compile mode")
 
 
 def measure_training(
@@ -318,9 +324,7 @@ def run(args: argparse.Namespace) -> int:
     dev = _device(args.device)
     if args.train and args.cuda_graph:
         raise ConfigError("--cuda-graph times inference only; drop it with --train")
-    if args.cuda_graph and args.compile == "reduce-overhead":
-        raise ConfigError("--compile reduce-overhead replays CUDA graphs itself; drop "
-                          "--cuda-graph or pick another compile mode")
+    _check_graphs(args.cuda_graph, args.compile)  # before the model is built
     if args.cuda_graph is None:
         args.cuda_graph = (dev.type == "cuda" and not args.train
                            and args.compile != "reduce-overhead")
