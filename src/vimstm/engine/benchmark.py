@@ -143,17 +143,20 @@ def measure_training(
     Random images and labels, train mode, fp16/bf16 under autocast (fp16 with a grad scaler),
     fused AdamW on CUDA; ``compile`` runs the model through ``torch.compile(fullgraph=True)``
     (True or a mode of :data:`COMPILE_MODES`). The peak memory covers the timed steps,
-    optimizer state included. Returns the keys of :func:`measure_throughput` plus
-    ``train: True``.
+    optimizer state included; with ``reduce-overhead`` it covers the warm-up as well, where
+    the CUDA graphs are recorded and their memory pool allocated (replays allocate nothing).
+    Returns the keys of :func:`measure_throughput` plus ``train: True``.
     """
     dev, img_size, _ = _setup(model, batch_size, img_size, dtype, device, warmup, runs)
     step, _, _ = training_step(model, batch_size, img_size, dtype, dev, compile)
+    graphs = compile_mode(compile) == "reduce-overhead"
     if dev.type == "cuda":
         torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
     for _ in range(max(warmup, 2 if compile else 0)):  # compile: the first steps compile
         step()
     sync(dev)
-    if dev.type == "cuda":
+    if dev.type == "cuda" and not graphs:
         torch.cuda.reset_peak_memory_stats(dev)
     times = _timed(step, runs, dev, desc, "step")
     return _result(times, dev, dtype, batch_size, cuda_graph=False,
