@@ -29,7 +29,7 @@ def teacher_file(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     out = tmp_path_factory.mktemp("teacher") / "t.safetensors"
     rc = main(["teacher", "--data", str(data["train"]), "--val-data", str(data["val"]),
                "-o", str(out), "--epochs", "2", "--batch-size", "8", "--workers", "0",
-               "--lr", "0.02", "--eval-every", "1"])
+               "--lr", "0.02", "--eval-every", "1", "--cutout", "8"])
     assert rc == 0
     return out
 
@@ -56,10 +56,30 @@ def test_augment_crops_and_flips_per_image() -> None:
     assert any(torch.equal(o, w) or torch.equal(o, w.flip(0)) for w in wins)
 
 
+def test_augment_cutout_zeroes_one_clipped_square_per_image() -> None:
+    x = torch.ones(64, 1, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    out = TE.augment(x, g, cutout=4)
+    holes = out == 0
+    sizes = holes.sum((1, 2, 3))
+    assert sizes.max() == 16 and sizes.min() >= 4  # 4x4 inside, at least 2x2 at a corner
+    assert (sizes < 16).any()  # some squares clipped at the border
+    for k in range(64):  # each hole is one axis-aligned rectangle
+        rows, cols = holes[k, 0].nonzero(as_tuple=True)
+        r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
+        assert holes[k, 0, r0:r1 + 1, c0:c1 + 1].all()
+        assert (r1 - r0 + 1) * (c1 - c0 + 1) == sizes[k]
+    g0, g1 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    assert torch.equal(TE.augment(x, g0, cutout=0), TE.augment(x, g1))  # 0 is off
+
+
 def test_teacher_file_round_trip(teacher_file: Path, data: dict[str, Path],
                                  tmp_path: Path) -> None:
     model, info = load_teacher(teacher_file)
     assert info["classes"] == ["cat", "dog", "frog"] and info["architecture"] == "resnet18_small"
+    from vimstm.models.checkpoint import safetensors_metadata
+
+    assert safetensors_metadata(teacher_file)["cutout"] == "8"
     assert len(info["mean"]) == 3 and all(0 < s < 1 for s in info["std"])
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     again = tmp_path / "again.safetensors"
@@ -128,6 +148,15 @@ def test_teacher_command_checks_before_work(data: dict[str, Path], tmp_path: Pat
                          str(tmp_path / "t.safetensors"), "--epochs", "0"])
     with pytest.raises(ConfigError, match="--epochs must be at least 1"):
         TE.run_teacher(args)
+    args = p.parse_args(["teacher", "--data", str(data["train"]), "-o",
+                         str(tmp_path / "t.safetensors"), "--cutout", "-1"])
+    with pytest.raises(ConfigError, match="--cutout must be >= 0"):
+        TE.run_teacher(args)
+    args = p.parse_args(["teacher", "--data", str(data["train"]), "-o",
+                         str(tmp_path / "t.safetensors"), "--cutout", "33", "--workers", "0"])
+    with pytest.raises(ConfigError, match="--cutout 33 is larger than the images"):
+        TE.run_teacher(args)
+    assert not (tmp_path / "t.safetensors").exists()
 
 
 def test_teachers_ensemble_mean_of_mapped_inputs(teacher_file: Path, tmp_path: Path) -> None:

@@ -3,14 +3,14 @@ distillation of a Vision Mamba trained from scratch on a small data set).
 
 Small images only (all of one size, e.g. CIFAR's 32x32): the whole training set is decoded once
 and kept on the device as uint8, and each batch is augmented there (random crop from a 4-px
-reflect padding, horizontal flip), so no data loader limits a GPU. SGD with Nesterov momentum,
-linear warm-up then cosine decay to zero, label smoothing, weight decay on the convolution and
-linear weights only, bf16 autocast on CUDA. The input normalisation is the training set's own
-per-channel mean and std, stored in the teacher file with its classes; the student
-re-normalises its batch to it. The defaults (batch 512, lr 0.4, 120 epochs) gave a ResNet-18 of
-91.67% on the project's CIFAR-10 test split in 165 s on one H100; 40 epochs at lr 0.2 gave 90.84
-(the data are JPEG files of quality 75, which caps every model below the usual CIFAR-10
-figures). A run writes its file once, at the end: an interrupted run starts again.
+reflect padding, horizontal flip, optionally cutout), so no data loader limits a GPU. SGD with
+Nesterov momentum, linear warm-up then cosine decay to zero, label smoothing, weight decay on
+the convolution and linear weights only, bf16 autocast on CUDA. The input normalisation is the
+training set's own per- channel mean and std, stored in the teacher file with its classes; the
+student re-normalises its batch to it. The defaults (batch 512, lr 0.4, 120 epochs) gave a
+ResNet-18 of 91.67% on the project's CIFAR-10 test split in 165 s on one H100; 40 epochs at lr
+0.2 gave 90.84 (the data are JPEG files of quality 75, which caps every model below the usual
+CIFAR-10 figures). A run writes its file once, at the end: an interrupted run starts again.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, default=0.4, help="peak SGD learning rate")
     p.add_argument("--warmup-epochs", type=float, default=2.0)
     p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--cutout", type=int, default=0, metavar="PX",
+                   help="after crop and flip, zero a PX x PX square at a uniformly random "
+                        "centre of each image (clipped at the borders; DeVries & Taylor 2017, "
+                        "16 for CIFAR-10); 0: off")
     p.add_argument("--smoothing", type=float, default=0.1,
                    help="label smoothing (0 for a teacher of --distill-type soft: smoothing "
                         "blurs the logits a soft student learns from; Mueller et al. 2019)")
@@ -73,6 +77,7 @@ def _validate(args: argparse.Namespace) -> None:
         (args.limit_train is None or args.limit_train >= 1,
          "--limit-train must be at least 1 (leave it out to use every image)"),
         (args.workers >= 0, "--workers must be >= 0"),
+        (args.cutout >= 0, "--cutout must be >= 0 (0: off)"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -117,8 +122,11 @@ def _collate_same_size(batch: list[tuple[Tensor, int] | None]) -> tuple[Tensor, 
     return x, y
 
 
-def augment(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Random crop from a ``PAD``-pixel reflect padding and horizontal flip, per image."""
+def augment(x: Tensor, gen: torch.Generator, cutout: int = 0) -> Tensor:
+    """Random crop from a ``PAD``-pixel reflect padding and horizontal flip, per image; then,
+    with ``cutout`` > 0, a ``cutout`` x ``cutout`` square around a uniformly random pixel of
+    each image set to 0 (the training set's mean after normalisation), clipped at the
+    borders."""
     b, c, h, w = x.shape
     dev = x.device
     padded = F.pad(x, (PAD, PAD, PAD, PAD), mode="reflect")
@@ -129,7 +137,16 @@ def augment(x: Tensor, gen: torch.Generator) -> Tensor:
     crop = padded[torch.arange(b, device=dev).view(b, 1, 1, 1),
                   torch.arange(c, device=dev).view(1, c, 1, 1), rows, cols]
     flip = torch.rand(b, device=dev, generator=gen) < 0.5
-    return torch.where(flip.view(b, 1, 1, 1), crop.flip(3), crop)
+    out = torch.where(flip.view(b, 1, 1, 1), crop.flip(3), crop)
+    if cutout > 0:
+        cy = torch.randint(0, h, (b, 1, 1, 1), device=dev, generator=gen)
+        cx = torch.randint(0, w, (b, 1, 1, 1), device=dev, generator=gen)
+        lo = cutout // 2
+        r = torch.arange(h, device=dev).view(1, 1, h, 1) - cy
+        q = torch.arange(w, device=dev).view(1, 1, 1, w) - cx
+        hole = (r >= -lo) & (r < cutout - lo) & (q >= -lo) & (q < cutout - lo)
+        out = out.masked_fill(hole, 0.0)
+    return out
 
 
 def run_teacher(args: argparse.Namespace) -> int:
@@ -158,6 +175,9 @@ def run_teacher(args: argparse.Namespace) -> int:
         check_classes(val_classes, f"the training data ({args.data})", expected=classes,
                       data=f"the validation data ({args.val_data})")
         val = (x_val, y_val)
+    if args.cutout > min(x_train.shape[2:]):
+        raise ConfigError(f"--cutout {args.cutout} is larger than the images "
+                          f"({tuple(x_train.shape[2:])}): use at most their side")
     if x_train.shape[0] < args.batch_size:
         raise ConfigError(f"--batch-size {args.batch_size} is larger than the training data "
                           f"({x_train.shape[0]} images): lower it")
@@ -202,7 +222,7 @@ def run_teacher(args: argparse.Namespace) -> int:
         correct = torch.zeros((), device=device)
         for i in range(steps_per_epoch):
             idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
-            xb = augment(prepare(x_train[idx]), gen).contiguous(
+            xb = augment(prepare(x_train[idx]), gen, args.cutout).contiguous(
                 memory_format=torch.channels_last)
             yb = y_train[idx]
             for g in opt.param_groups:
@@ -228,7 +248,8 @@ def run_teacher(args: argparse.Namespace) -> int:
             line += f" | val top-1 {top1:.2f}"
         line += f" | {steps_per_epoch * args.batch_size / secs:.0f} img/s | {secs:.1f} s"
         print(line, flush=True)
-    extra = {"epochs": args.epochs, "val_top1": top1, "train_images": int(x_train.shape[0]),
+    extra = {"epochs": args.epochs, "cutout": args.cutout, "val_top1": top1,
+             "train_images": int(x_train.shape[0]),
              "command": " ".join(["vimstm", *sys.argv[1:]])}
     save_teacher(model, out, args.arch, classes, mean, std, extra)
     print(f"wrote {out} (val top-1 {'n/a' if top1 is None else f'{top1:.2f}'}, "
