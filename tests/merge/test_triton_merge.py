@@ -41,6 +41,29 @@ def test_adjacent_dissimilarity(d, with_res):
     assert got[1, 5].item() < 1e-5 and (got >= 0).all()
 
 
+@pytest.mark.parametrize("t,d,r,dtype", [(37, 40, 3, torch.float32), (2, 64, 12, torch.float32),
+                                         (19, 33, 12, torch.bfloat16)])
+def test_delta_dissimilarity(t, d, r, dtype):
+    """Δ similarity from the dt_proj inputs (strided views of x_dbl, as the mixer records them)
+    equals its PyTorch definition, which writes the (batch, tokens, 2 d) Δ out."""
+    from vimstm.ops.triton_merge import delta_dissimilarity_triton
+
+    g = torch.Generator().manual_seed(t * d)
+    x_dbl = torch.randn(2, 3, t, r + 8, generator=g).to(dtype)
+    dt_low = x_dbl[..., :r]
+    w = torch.randn(2, d, r, generator=g).to(dtype) * r**-0.5
+    bias = (torch.randn(2, d, generator=g) - 3).to(dtype)
+    dt_low[:, 1, 1] = dt_low[:, 1, 0]  # identical neighbours: dissimilarity 0
+    dt_low, w, bias = dt_low.to(DEV), w.to(DEV), bias.to(DEV)
+    got = delta_dissimilarity_triton(dt_low, w, bias)
+    want = merge_ref.delta_dissimilarity_ref(dt_low, w, bias)
+    assert got.shape == (3, t - 1) and got.dtype == torch.float32
+    assert torch.allclose(got, want, atol=1e-5)
+    assert got[1, 0].item() < 1e-5 and (got >= 0).all()
+    full = merge_ref.delta_from_inputs(dt_low, w, bias)
+    assert full.shape == (3, t, 2 * d) and (full > 0).all()
+
+
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.float16, 1e-3)])
 def test_edge_alpha(dtype, atol):
     """STM's least-squares pair weights: one kernel against merge_ref.edge_alpha_ref (which
@@ -84,6 +107,7 @@ MERGE_CASES = [
     ("stm", {"r": [4, 0]}, TINY, True),
     ("stm", {"r": [16, 12, 6], "protect": 0}, MID, False),
     ("stm", {"r": [14, 10, 0], "protect": 3, "fading": "gamma"}, MID, False),
+    ("stm", {"r": [12, 8, 4], "similarity": "delta"}, MID, False),
     ("random", {"r": [16, 8, 0], "seed": 1}, MID, False),
 ]
 

@@ -11,6 +11,7 @@ from conftest import TINY
 from vimstm.errors import ConfigError
 from vimstm.models.vim import PatchEmbed, patch_grid
 from vimstm.ops import causal_conv1d_ref, selective_scan_ref
+from vimstm.ops.merge_ref import delta_from_inputs
 
 OFFICIAL_BLOCK_KEYS = {
     "mixer.A_log",
@@ -248,12 +249,12 @@ def test_ssm_stats_from_the_scan_equal_the_direct_computation():
     Δ·mean_n(A), computed here from the recorded per-channel Δ."""
     m = vimstm.create_model("vim_tiny", **TINY).eval()
     mixer = m.layers[1].mixer
-    mixer.record = ("decay", "delta_full")
+    mixer.record = ("decay", "delta")
     with torch.no_grad():
         m(torch.randn(2, 3, 32, 32))
     ssm = mixer.last_ssm
     d = mixer.d_inner
-    full = ssm.delta_full  # (b, l, 2 d): forward then backward direction
+    full = delta_from_inputs(ssm.dt_low, ssm.dt_weight, ssm.dt_bias)  # (b, l, 2 d), fwd first
     a_mean = -torch.exp(torch.stack((mixer.A_log, mixer.A_b_log))).mean(-1)  # (2, d)
     ts = ssm.token_stats
     for k in range(2):

@@ -149,7 +149,7 @@ class Merger:
     name = "base"
     needs_ssm = False  # record the previous block's SSM statistics
     ssm_parts: tuple[str, ...] = ("B", "decay", "importance")  # what of them (SSM_PARTS)
-    needs_delta_full = False
+    needs_delta = False
     backend = "reference"  # merge kernels: "triton" where the model's scan runs Triton (begin)
     sorted_dest = False  # a PairPlan's dest is non-decreasing (no sort needed in pair_plan)
     option_defaults: ClassVar[dict[str, Any]] = {}
@@ -230,7 +230,7 @@ class Merger:
             step_follows = i < len(self.schedule) and self.schedule[i] > 0
             if self.needs_ssm and step_follows:
                 mixer.record = tuple(self.ssm_parts) + (
-                    ("delta_full",) if self.needs_delta_full else ())
+                    ("delta",) if self.needs_delta else ())
         model.merger = self
         model.merge_info = {}
 

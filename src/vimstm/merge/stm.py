@@ -310,7 +310,7 @@ class STMMerger(AdjacentMerger):
                               "(0: no fade, 1: the full fade)")
         self.needs_ssm = (o["fading"] == "ssm" or o["weights"] == "b"
                           or o["similarity"] in ("b", "delta"))
-        self.needs_delta_full = o["similarity"] == "delta"
+        self.needs_delta = o["similarity"] == "delta"
         self.fading_kind = o["fading"]
         parts = set()
         if o["weights"] == "b" or o["similarity"] == "b":
@@ -326,11 +326,12 @@ class STMMerger(AdjacentMerger):
             return dispatch.adjacent_dissimilarity(hidden, residual, self.backend)
         if sim == "b":
             return adjacent_dissimilarity_of(torch.cat((ssm.B_fwd, ssm.B_bwd), -1))
-        if ssm.delta_full is None:
+        if ssm.dt_low is None:
             raise ConfigError(
-                "similarity='delta' needs the mixers to record 'delta_full' (set by patch)"
+                "similarity='delta' needs the mixers to record 'delta' (set by patch)"
             )
-        return adjacent_dissimilarity_of(ssm.delta_full)
+        return dispatch.delta_dissimilarity(ssm.dt_low, ssm.dt_weight, ssm.dt_bias,
+                                            self.backend)
 
     def _fade_matrix(self, t: int, c: int, a_tok: Tensor, e_l: Tensor, e_r: Tensor):
         """Map from the log-decays to each A token's (log fade, pair fades relative to it).

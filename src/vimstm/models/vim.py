@@ -164,13 +164,18 @@ class SSMStats:
     delta_fwd: Tensor | None  # (batch, length): Δ averaged over channels
     delta_bwd: Tensor | None
     importance: Tensor | None = None  # (batch, length): mean_d relu(y_fwd + y_bwd), as ToP-ViM
-    delta_full: Tensor | None = None  # (batch, length, 2*d_inner) Δ of both directions, on request
     token_stats: Tensor | None = None  # (batch, 4, length): delta_fwd/bwd, log_decay_fwd/bwd
+    # what per-channel Δ is made of (``merge_ref.delta_from_inputs``), on request: the low-rank
+    # x_proj part (2, batch, length, rank), dt_proj's weights (2, d_inner, rank) and biases
+    dt_low: Tensor | None = None
+    dt_weight: Tensor | None = None
+    dt_bias: Tensor | None = None
 
 
-SSM_PARTS = ("B", "decay", "importance", "delta_full")
+SSM_PARTS = ("B", "decay", "importance", "delta")
 """What a mixer can record: B of both directions; the per-token Δ statistics (``decay``: mean
-Δ and Δ·mean(A), from the scan kernel); the output ``importance``; the per-channel Δ."""
+Δ and Δ·mean(A), from the scan kernel); the output ``importance``; the inputs of the
+per-channel Δ (``delta``)."""
 
 
 class Mamba(nn.Module):
@@ -250,21 +255,21 @@ class Mamba(nn.Module):
         """What merging reads, from the op's by-products: x_dbl (2, b, l, r + 2n), Δ stats."""
         parts = self.record or ()
         r, n = self.dt_rank, self.d_state
-        B_fwd = B_bwd = ts = imp = full = None
+        B_fwd = B_bwd = ts = imp = None
+        dt = {}
         if "B" in parts:
             B_fwd, B_bwd = x_dbl[0, ..., r:r + n].float(), x_dbl[1, ..., r:r + n].float()
         if stats is not None:  # (b, 2, 2, l) -> (b, 4, l): delta_fwd, delta_bwd,
             ts = stats.flatten(1, 2)  # log_decay_fwd, log_decay_bwd
-        if "delta_full" in parts:  # per-channel Δ of both directions, (b, l, 2 * d_inner)
-            full = torch.cat([
-                F.softplus(x_dbl[k, ..., :r] @ proj.weight.t().to(x_dbl.dtype)
-                           + proj.bias.to(x_dbl.dtype)).float()
-                for k, proj in ((0, self.dt_proj), (1, self.dt_proj_b))], -1)
+        if "delta" in parts:  # per-channel Δ is formed where it is used (merge_ref)
+            dt = {"dt_low": x_dbl[..., :r],
+                  "dt_weight": torch.stack((self.dt_proj.weight, self.dt_proj_b.weight)),
+                  "dt_bias": torch.stack((self.dt_proj.bias, self.dt_proj_b.bias))}
         if "importance" in parts:  # mean_d relu(y_fwd + y_bwd)
             imp = torch.mean(y.clamp_min(0), -1, dtype=torch.float32) / scale
         if ts is None:
-            return SSMStats(B_fwd, B_bwd, None, None, None, None, imp, full)
-        return SSMStats(B_fwd, B_bwd, ts[:, 2], ts[:, 3], ts[:, 0], ts[:, 1], imp, full, ts)
+            return SSMStats(B_fwd, B_bwd, None, None, None, None, imp, **dt)
+        return SSMStats(B_fwd, B_bwd, ts[:, 2], ts[:, 3], ts[:, 0], ts[:, 1], imp, ts, **dt)
 
 
 class Block(nn.Module):

@@ -24,7 +24,12 @@ import torch
 from torch import Tensor
 
 from vimstm.errors import ConfigError
-from vimstm.ops.merge_ref import adjacent_dissimilarity_ref, apply_pairs, edge_alpha_ref
+from vimstm.ops.merge_ref import (
+    adjacent_dissimilarity_ref,
+    apply_pairs,
+    delta_dissimilarity_ref,
+    edge_alpha_ref,
+)
 from vimstm.ops.mixer import MixerParams, bimamba_composed, bimamba_reference, bimamba_triton
 from vimstm.ops.norm import add_rmsnorm_ref, add_rmsnorm_triton
 from vimstm.ops.scan_ref import causal_conv1d_ref, scan_token_stats, selective_scan_ref
@@ -169,6 +174,18 @@ def adjacent_dissimilarity(
 
         return adjacent_dissimilarity_triton(hidden, residual)
     return adjacent_dissimilarity_ref(hidden, residual)
+
+
+def delta_dissimilarity(dt_low: Tensor, weight: Tensor, bias: Tensor,
+                        backend: str = "reference") -> Tensor:
+    """``1 - cos`` of scan-adjacent tokens' per-channel Δ of both directions, (batch, tokens - 1)
+    fp32, from the ``dt_proj`` inputs (:func:`merge_ref.delta_from_inputs`); Triton forms Δ in
+    registers and never writes it."""
+    if backend == "triton":
+        from vimstm.ops.triton_merge import delta_dissimilarity_triton
+
+        return delta_dissimilarity_triton(dt_low, weight, bias)
+    return delta_dissimilarity_ref(dt_low, weight, bias)
 
 
 def edge_alpha(B_fwd: Tensor, B_bwd: Tensor, stats: Tensor, size: Tensor,

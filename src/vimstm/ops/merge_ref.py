@@ -20,6 +20,22 @@ def adjacent_dissimilarity_of(f: Tensor) -> Tensor:
     return (1.0 - dot / (norm[:, :-1] * norm[:, 1:])).clamp_min(0.0)
 
 
+def delta_from_inputs(dt_low: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Per-channel Δ of both directions, (batch, tokens, 2 * d_inner) fp32, forward first.
+
+    ``dt_low`` (2, batch, tokens, rank) is the low-rank part of each direction's ``x_proj``
+    output, ``weight`` (2, d_inner, rank) and ``bias`` (2, d_inner) the ``dt_proj`` layers:
+    ``Δ = softplus(dt_low @ weight^T + bias)``, in fp32.
+    """
+    z = torch.einsum("kblr,kdr->kbld", dt_low.float(), weight.float()) + bias.float()[:, None, None]
+    return torch.cat(tuple(torch.nn.functional.softplus(z)), -1)
+
+
+def delta_dissimilarity_ref(dt_low: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """:func:`adjacent_dissimilarity_of` the per-channel Δ of :func:`delta_from_inputs`."""
+    return adjacent_dissimilarity_of(delta_from_inputs(dt_low, weight, bias))
+
+
 def adjacent_dissimilarity_ref(hidden: Tensor, residual: Tensor | None) -> Tensor:
     """:func:`adjacent_dissimilarity_of` the block input ``residual + hidden`` (fp32)."""
     return adjacent_dissimilarity_of(hidden.float() if residual is None

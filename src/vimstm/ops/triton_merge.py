@@ -4,6 +4,10 @@
 input ``residual + hidden`` in one pass over both tensors, with no fp32 copy of the sum and no
 (batch, tokens, channels) temporaries; :func:`vimstm.ops.merge_ref.adjacent_dissimilarity_ref`
 is the PyTorch definition it is tested against.
+
+:func:`delta_dissimilarity_triton`: the same ``1 - cos`` on the per-channel Δ of both scan
+directions (STM's ``similarity="delta"``), formed in registers from the low-rank ``dt_proj``
+inputs and never written (:func:`vimstm.ops.merge_ref.delta_dissimilarity_ref`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,73 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from vimstm.ops.triton_scan import _softplus
+
+
+@triton.jit
+def _delta_rows(dt_p, w_p, b_p, rows, mrow, cols, mcol, offs_r, mr, s_dt_t, s_dt_r, s_w_d,
+                s_w_r):
+    """softplus(dt_low[rows] @ W[cols]^T + bias[cols]) of one direction: (BLOCK_T, BLOCK_C)."""
+    x = tl.load(dt_p + rows[:, None] * s_dt_t + offs_r[None, :] * s_dt_r,
+                mask=mrow[:, None] & mr[None, :], other=0.0).to(tl.float32)
+    w = tl.load(w_p + cols[:, None] * s_w_d + offs_r[None, :] * s_w_r,
+                mask=mcol[:, None] & mr[None, :], other=0.0).to(tl.float32)
+    z = tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+    z += tl.load(b_p + cols, mask=mcol, other=0.0).to(tl.float32)[None, :]
+    return tl.where(mrow[:, None] & mcol[None, :], _softplus(z), 0.0)
+
+
+@triton.jit
+def _delta_dis_kernel(
+    dt_ptr, w_ptr, b_ptr, out_ptr, T, DIM, R,
+    s_dt_k, s_dt_b, s_dt_t, s_dt_r, s_w_k, s_w_d, s_w_r, s_b_k,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    pid_b = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    m0 = rows < T
+    m1 = (rows + 1) < T
+    offs_r = tl.arange(0, BLOCK_R)
+    mr = offs_r < R
+    nn0 = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    nn1 = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    dot = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    for k in tl.static_range(2):
+        dt_p = dt_ptr + k * s_dt_k + pid_b * s_dt_b
+        w_p = w_ptr + k * s_w_k
+        b_p = b_ptr + k * s_b_k
+        for c0 in range(0, DIM, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            mc = cols < DIM
+            f0 = _delta_rows(dt_p, w_p, b_p, rows, m0, cols, mc, offs_r, mr, s_dt_t, s_dt_r,
+                             s_w_d, s_w_r)
+            f1 = _delta_rows(dt_p, w_p, b_p, rows + 1, m1, cols, mc, offs_r, mr, s_dt_t,
+                             s_dt_r, s_w_d, s_w_r)
+            nn0 += tl.sum(f0 * f0, axis=1)
+            nn1 += tl.sum(f1 * f1, axis=1)
+            dot += tl.sum(f0 * f1, axis=1)
+    n0 = tl.maximum(tl.sqrt(nn0), 1e-6)
+    n1 = tl.maximum(tl.sqrt(nn1), 1e-6)
+    dis = tl.maximum(1.0 - dot / (n0 * n1), 0.0)
+    tl.store(out_ptr + pid_b * (T - 1) + rows, dis, mask=m1)
+
+
+def delta_dissimilarity_triton(dt_low: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """(batch, tokens - 1) fp32: ``1 - cos`` of adjacent tokens' Δ of both directions, with
+    ``Δ_k = softplus(dt_low[k] @ weight[k]^T + bias[k])``: ``dt_low`` (2, batch, tokens, rank),
+    ``weight`` (2, d_inner, rank), ``bias`` (2, d_inner), any strides."""
+    _, b, t, r = dt_low.shape
+    d = weight.shape[1]
+    out = torch.empty(b, max(t - 1, 0), device=dt_low.device, dtype=torch.float32)
+    if t < 2:
+        return out
+    block_t, block_c = 16, 32
+    _delta_dis_kernel[(b, triton.cdiv(t - 1, block_t))](
+        dt_low, weight, bias, out, t, d, r, *dt_low.stride(), *weight.stride(), bias.stride(0),
+        BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_R=triton.next_power_of_2(r), num_warps=4,
+    )
+    return out
 
 
 @triton.jit
