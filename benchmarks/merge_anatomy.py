@@ -58,6 +58,7 @@ folders instead (the training split chose STM's ``fade_power`` default; the JSON
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -422,11 +423,21 @@ def part_window(model: Any, x: Tensor, **opts: Any) -> dict[str, Any]:
     return res
 
 
+def weights_fingerprint(model: Any) -> str:
+    """sha256 of the model's parameters and buffers (a cache of other weights is not used)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def dense_logits(model: Any, x: Tensor, data: str | None, idx: np.ndarray,
                  cache: str | None) -> Tensor:
-    """The dense model's logits of ``x``, through ``cache`` when given (keyed by the data and
-    the image indices; a cache of other images is recomputed and overwritten)."""
-    key = {"data": data, "indices": idx.tolist()}
+    """The dense model's logits of ``x``, through ``cache`` when given (keyed by the weights,
+    the data and the image indices; a cache of other weights or images is recomputed and
+    overwritten)."""
+    key = {"weights": weights_fingerprint(model), "data": data, "indices": idx.tolist()}
     if cache and os.path.exists(cache):
         saved = torch.load(cache, weights_only=True)
         if saved.get("key") == json.dumps(key):
@@ -485,6 +496,7 @@ def main() -> None:
                            "shift": args.shift,
                            "data": args.data or "embedded test images (demo_cifar10)",
                            "indices": idx.tolist(),
+                           "weights_fingerprint": weights_fingerprint(model),
                            "stm_defaults": STMMerger.option_defaults}  # what the row "stm" is
     if "outcome" in parts:
         res["outcome"] = part_outcome(model, x, y, dense, args.outcome_methods.split(","))
