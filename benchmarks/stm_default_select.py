@@ -14,6 +14,10 @@ shape=even) and does not lie above 0 at either default-schedule point (ratio 0.4
 
     python benchmarks/stm_default_select.py results/cifar10/stm_defaults_train_*.json \\
         --out results/cifar10/stm_defaults_train_summary.json
+    # again on the 91.91% weights, against the default of then (fade_power=0.25)
+    python benchmarks/stm_default_select.py results/cifar10/stm_defaults91_train_*.json \\
+        --reference "stm max_size=none fade_power=0.25" \\
+        --out results/cifar10/stm_defaults91_train_summary.json
 """
 
 from __future__ import annotations
@@ -72,7 +76,10 @@ def summarize(points: dict[str, dict[str, tuple[np.ndarray, ...]]],
               ref_names: tuple[str, ...] = REFS) -> dict[str, Any]:
     out: dict[str, Any] = {"points": {}, "qualifies": {}}
     for point, rows in points.items():
-        ref = next(n for n in ref_names if n in rows)
+        ref = next((n for n in ref_names if n in rows), None)
+        if ref is None:
+            raise SystemExit(f"{point}: no reference row ({', '.join(ref_names)}) among "
+                             f"{', '.join(rows)}")
         c0, k0, a0 = rows[ref]
         res = {"reference": ref, "rows": {}}
         for name, (c, k, a) in rows.items():
@@ -104,10 +111,14 @@ def main() -> None:
     ap.add_argument("--pair", action="append", default=[], metavar="A:B",
                     help="also print row A against row B at every point (e.g. a combination "
                          "against its best single option)")
+    ap.add_argument("--reference", default=REFS[0],
+                    help="the row every candidate is compared with (default: STM before the "
+                         "first choice; the second choice, on the 91.91%% weights, used "
+                         "'stm max_size=none fade_power=0.25')")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     points = load(args.files)
-    out = summarize(points)
+    out = summarize(points, (args.reference,))
     out["pairs"] = {}
     for spec in args.pair:
         a, b = spec.split(":")

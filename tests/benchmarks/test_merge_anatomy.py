@@ -92,3 +92,16 @@ def test_dense_cache_is_reused_only_for_the_same_images(tmp_path: Path, model):
     again = ma.dense_logits(model, x, "train", np.array([0, 5, 8]), str(cache))
     assert torch.equal(again, first)
     assert torch.equal(ma.dense_logits(model, x, "test", np.array([0, 5, 8]), str(cache)), first)
+
+
+def test_dense_cache_of_other_weights_is_recomputed(tmp_path: Path, model):
+    torch.set_num_threads(1)
+    x = torch.randn(2, 3, 32, 32)
+    cache, idx = str(tmp_path / "dense.pt"), np.array([1, 2])
+    first = ma.dense_logits(model, x, "train", idx, cache)
+    torch.manual_seed(1)
+    other = vimstm.create_model("vim_tiny_cifar10", depth=2, embed_dim=16, patch_size=2,
+                                stride=2, d_state=4).eval()
+    assert ma.weights_fingerprint(other) != ma.weights_fingerprint(model)
+    got = ma.dense_logits(other, x, "train", idx, cache)
+    assert torch.equal(got, ma.logits_of(other, x)) and not torch.equal(got, first)

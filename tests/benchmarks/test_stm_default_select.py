@@ -58,3 +58,17 @@ def test_files_of_other_images_are_refused(tmp_path):
     b = _write(tmp_path / "b.json", {"reduction": 0.4}, k, indices=list(range(1, N + 1)))
     with pytest.raises(SystemExit, match="same images"):
         sel.load([a, b])
+
+
+def test_reference_can_be_another_row(tmp_path):
+    rng = np.random.default_rng(1)
+    base = rng.exponential(0.05, N)
+    files = [_write(tmp_path / f"r{i}.json", {"reduction": red, "every": 2},
+                    {"stm": base, "stm fade_power=0.25": base * 0.7, "stm x": base * 0.8})
+             for i, red in enumerate((0.36, 0.4))]
+    out = sel.summarize(sel.load(files), ("stm fade_power=0.25",))
+    rows = out["points"]["reduction=0.4"]["rows"]
+    assert out["points"]["reduction=0.4"]["reference"] == "stm fade_power=0.25"
+    assert rows["stm x"]["kl_vs_ref"][1] > 0  # higher than the new reference
+    with pytest.raises(SystemExit, match="no reference row"):
+        sel.summarize(sel.load(files), ("stm nothing",))
