@@ -145,7 +145,9 @@ def main() -> None:
         alone = [0] * (depth - 1)
         alone[i] = st["removed"]
         st["measured_kl_alone"] = float(measure(alone)[1].mean())
-        st["measured_kl_through"] = float(measure(cal3[:i + 1] + [0] * (depth - 2 - i))[1].mean())
+        if any(cal3[i + 1:]):  # the schedule cut after this step (the last: the whole one)
+            cut = cal3[:i + 1] + [0] * (depth - 2 - i)
+            st["measured_kl_through"] = float(measure(cut)[1].mean())
         print(st, flush=True)
     if args.out:
         atomic_write(args.out, json.dumps(res, indent=1))
