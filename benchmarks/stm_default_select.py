@@ -15,10 +15,10 @@ shape=even) and does not lie above 0 at either default-schedule point (ratio 0.4
     python benchmarks/stm_default_select.py results/cifar10/stm_defaults_train_*.json \\
         --out results/cifar10/stm_defaults_train_summary.json
     # again on the 91.91% weights, against the default of then (fade_power=0.25)
-    python benchmarks/stm_default_select.py \\
-        results/cifar10/stm_defaults91_train_{r036,r040,r036_combo,r040_combo,ratio04,flops06}.json \\
+    cd results/cifar10 && python ../../benchmarks/stm_default_select.py \\
+        stm_defaults91_train_{r036,r040,r036_combo,r040_combo,ratio04,flops06}.json \\
         --reference "stm max_size=none fade_power=0.25" \\
-        --out results/cifar10/stm_defaults91_train_summary.json
+        --out stm_defaults91_train_summary.json
 """
 
 from __future__ import annotations
