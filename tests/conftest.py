@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -17,6 +21,17 @@ torch.set_num_threads(2)
 # on from the start (TRITON_INTERPRET=1); otherwise test_triton_interpreter.py runs them in a
 # fresh process with the interpreter on, and they are deselected here.
 GPU_CASES_HERE = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: str) -> ModuleType:
+    """A script of the repository (``"benchmarks/merge_anatomy.py"``) imported as a module and
+    registered in ``sys.modules`` under its stem (dataclasses look their module up there)."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -3,21 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 import vimstm
+from conftest import load_script
 from vimstm.merge import build_merger
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("calibrate_anatomy",
-                                              ROOT / "benchmarks" / "calibrate_anatomy.py")
-ca = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = ca
-spec.loader.exec_module(ca)
+ca = load_script("benchmarks/calibrate_anatomy.py")
 
 
 def test_steps_follow_the_shrinking_sequence_and_the_cap():

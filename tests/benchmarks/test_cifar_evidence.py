@@ -8,9 +8,7 @@ the rows, statistics and files are what is checked.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,25 +16,16 @@ import pytest
 import torch
 
 import vimstm
+from conftest import load_script
 from vimstm.data import demo_cifar10
 from vimstm.engine.stats import compare
 from vimstm.merge import METHODS
 
-ROOT = Path(__file__).resolve().parents[2]
 ARCH = ["--depth", "4", "--embed-dim", "32", "--patch-size", "2", "--stride", "2",
         "--d-state", "4"]
 
 
-def _load() -> object:
-    spec = importlib.util.spec_from_file_location("cifar_evidence",
-                                                  ROOT / "benchmarks" / "cifar_evidence.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ev = _load()
+ev = load_script("benchmarks/cifar_evidence.py")
 
 
 @pytest.fixture(autouse=True)

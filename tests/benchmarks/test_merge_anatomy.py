@@ -4,8 +4,6 @@ meaningless; which images, which labels and what is reused are checked)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +11,11 @@ import pytest
 import torch
 
 import vimstm
+from conftest import load_script
 from vimstm.data import demo_cifar10
 from vimstm.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load() -> object:
-    spec = importlib.util.spec_from_file_location("merge_anatomy",
-                                                  ROOT / "benchmarks" / "merge_anatomy.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ma = _load()
+ma = load_script("benchmarks/merge_anatomy.py")
 
 
 def _folders(root: Path, picks: list[int], classes: list[str] | None = None) -> Path:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("stm_default_select",
-                                              ROOT / "benchmarks" / "stm_default_select.py")
-sel = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = sel
-spec.loader.exec_module(sel)
+from conftest import load_script
+
+sel = load_script("benchmarks/stm_default_select.py")
 
 OLD = {"max_size": None, "fade_power": 1.0}
 N = 200

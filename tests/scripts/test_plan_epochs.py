@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "plan_epochs.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def plan():
-    spec = importlib.util.spec_from_file_location("plan_epochs", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.plan
+    return load_script("scripts/plan_epochs.py").plan
 
 
 # seconds per image of one GPU at 16 / 24 / 32 px (the H200 probes of the bundled model's run)
