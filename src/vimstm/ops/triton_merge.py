@@ -21,6 +21,22 @@ from vimstm.ops.triton_scan import _softplus
 
 
 @triton.jit
+def _add_cos_terms(f0, f1, nn0, nn1, dot):
+    """The squared norms of two (BLOCK_T, BLOCK) row tiles and their row dots, added on."""
+    return (nn0 + tl.sum(f0 * f0, axis=1), nn1 + tl.sum(f1 * f1, axis=1),
+            dot + tl.sum(f0 * f1, axis=1))
+
+
+@triton.jit
+def _store_dissimilarity(out_ptr, pid_b, T, rows, m1, nn0, nn1, dot):
+    """``1 - cos`` from the summed terms, clamped at 0, for the edges (row, row + 1)."""
+    n0 = tl.maximum(tl.sqrt(nn0), 1e-6)
+    n1 = tl.maximum(tl.sqrt(nn1), 1e-6)
+    dis = tl.maximum(1.0 - dot / (n0 * n1), 0.0)
+    tl.store(out_ptr + pid_b * (T - 1) + rows, dis, mask=m1)
+
+
+@triton.jit
 def _delta_rows(dt_p, w_p, b_p, rows, mrow, cols, mcol, offs_r, mr, s_dt_t, s_dt_r, s_w_d,
                 s_w_r):
     """softplus(dt_low[rows] @ W[cols]^T + bias[cols]) of one direction: (BLOCK_T, BLOCK_C)."""
@@ -59,13 +75,8 @@ def _delta_dis_kernel(
                              s_w_d, s_w_r)
             f1 = _delta_rows(dt_p, w_p, b_p, rows + 1, m1, cols, mc, offs_r, mr, s_dt_t,
                              s_dt_r, s_w_d, s_w_r)
-            nn0 += tl.sum(f0 * f0, axis=1)
-            nn1 += tl.sum(f1 * f1, axis=1)
-            dot += tl.sum(f0 * f1, axis=1)
-    n0 = tl.maximum(tl.sqrt(nn0), 1e-6)
-    n1 = tl.maximum(tl.sqrt(nn1), 1e-6)
-    dis = tl.maximum(1.0 - dot / (n0 * n1), 0.0)
-    tl.store(out_ptr + pid_b * (T - 1) + rows, dis, mask=m1)
+            nn0, nn1, dot = _add_cos_terms(f0, f1, nn0, nn1, dot)
+    _store_dissimilarity(out_ptr, pid_b, T, rows, m1, nn0, nn1, dot)
 
 
 def delta_dissimilarity_triton(dt_low: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -110,13 +121,8 @@ def _adjacent_dis_kernel(
             f0 += tl.load(r_base + cols[None, :], mask=m0[:, None] & mc, other=0.0).to(tl.float32)
             f1 += tl.load(r_base + s_r_t + cols[None, :], mask=m1[:, None] & mc,
                           other=0.0).to(tl.float32)
-        nn0 += tl.sum(f0 * f0, axis=1)
-        nn1 += tl.sum(f1 * f1, axis=1)
-        dot += tl.sum(f0 * f1, axis=1)
-    n0 = tl.maximum(tl.sqrt(nn0), 1e-6)
-    n1 = tl.maximum(tl.sqrt(nn1), 1e-6)
-    dis = tl.maximum(1.0 - dot / (n0 * n1), 0.0)
-    tl.store(out_ptr + pid_b * (T - 1) + rows, dis, mask=m1)
+        nn0, nn1, dot = _add_cos_terms(f0, f1, nn0, nn1, dot)
+    _store_dissimilarity(out_ptr, pid_b, T, rows, m1, nn0, nn1, dot)
 
 
 def adjacent_dissimilarity_triton(hidden: Tensor, residual: Tensor | None) -> Tensor:
