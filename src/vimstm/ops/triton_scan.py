@@ -308,7 +308,7 @@ def _scan_bwd_kernel(
     s_ys_b, s_ys_d, s_ys_l,
     N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, NDIR: tl.constexpr,
     REV0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, A_LOG: tl.constexpr, SAVE_T: tl.constexpr,
+    SOFTPLUS: tl.constexpr, A_LOG: tl.constexpr, SAVE_T: tl.constexpr, EVEN: tl.constexpr,
 ):
     """Gradients of ``out = scale * silu(z) * sum_k y_k`` for every input of every direction.
 
@@ -332,6 +332,9 @@ def _scan_bwd_kernel(
     mask_d = offs_d < DIM
     offs_n = tl.arange(0, N)
     mask_n = offs_n < NSTATE
+    if EVEN:  # constant masks: no predicates, no zero fills, no selects
+        mask_d = tl.full((BLOCK_D,), 1, tl.int1)
+        mask_n = tl.full((N,), 1, tl.int1)
     mdn = mask_d[:, None] & mask_n[None, :]
     z_p = z_ptr + pid_b * s_z_b
     g_p = g_ptr + pid_b * s_g_b
@@ -652,7 +655,7 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
         N=n2, BLOCK_D=bd, T=cfg.chunk, NDIR=ndir, REV0=bool(reverse),
         HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
         SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t,
-        num_warps=cfg.scan_warps,
+        EVEN=d % bd == 0 and n == n2, num_warps=cfg.scan_warps,
     )
     return ScanGrads(du=du, ddelta=ddt, dz=dz, dBC=dbc.sum(1), dA=dA.sum(1), dD=dD.sum(1),
                      dbias=dbias.sum(1))
