@@ -178,7 +178,7 @@ def _scan_fwd_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     A_LOG: tl.constexpr, SAVE_T: tl.constexpr, STATS: tl.constexpr, YSAVE: tl.constexpr,
-    BCV: tl.constexpr, BOFF: tl.constexpr, COFF: tl.constexpr,
+    BCV: tl.constexpr, BOFF: tl.constexpr, COFF: tl.constexpr, EVEN: tl.constexpr,
 ):
     """``out = scale * silu(z) * sum_k y_k``; with SAVE_T, the state after every SAVE_T tokens
     to st; with YSAVE, ``sum_k y_k`` (before the gate and the scale) to ``ys_ptr``.
@@ -193,6 +193,9 @@ def _scan_fwd_kernel(
     mask_d = offs_d < DIM
     offs_n = tl.arange(0, N)
     mask_n = offs_n < NSTATE
+    if EVEN:  # constant masks: no predicates, no zero fills, no selects
+        mask_d = tl.full((BLOCK_D,), 1, tl.int1)
+        mask_n = tl.full((N,), 1, tl.int1)
     mdn = mask_d[:, None] & mask_n[None, :]
     o_z = pid_b * s_z_b + offs_d * s_z_d
     o_o = pid_b * s_o_b + offs_d * s_o_d
@@ -593,7 +596,9 @@ def scan_fwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
         N=triton.next_power_of_2(n), BLOCK_D=cfg.scan_block_d, NDIR=ndir, REV0=bool(reverse),
         HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
         SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t, STATS=stats is not None,
-        YSAVE=ys is not None, BCV=bcv, BOFF=boff, COFF=coff, num_warps=cfg.scan_warps,
+        YSAVE=ys is not None, BCV=bcv, BOFF=boff, COFF=coff,
+        EVEN=d % cfg.scan_block_d == 0 and n == triton.next_power_of_2(n),
+        num_warps=cfg.scan_warps,
     )
     if stats is not None:
         torch.sum(partial, 1, out=stats)
