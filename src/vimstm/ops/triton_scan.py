@@ -101,6 +101,15 @@ def _softplus(x):
 
 
 @triton.jit
+def _softplus_sigmoid(x):
+    """softplus(x) as :func:`_softplus` and sigmoid(x), sharing exp(x)."""
+    e = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    lp = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+    return tl.where(x > 20.0, x, lp), tl.where(x > 20.0, 1.0, e / w)
+
+
+@triton.jit
 def _token(i, L, K: tl.constexpr, REV0: tl.constexpr):
     """Token index of step ``i`` of direction ``K`` (1: reverse; REV0 reverses direction 0)."""
     if K == 1:  # noqa: SIM114 (constexpr branches: kept apart for Triton's code generator)
@@ -296,7 +305,7 @@ def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
                                "s_du_k", "s_du_b", "s_ddt_k", "s_ddt_b", "s_dz_b", "s_ys_b"])
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A0, A1, B_ptr, C_ptr, D0, D1, z_ptr, bias0, bias1, g_ptr, st_ptr,
-    ck_ptr, hs_ptr, du_ptr, ddt_ptr, dz_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr, ys_ptr,
+    ck_ptr, hs_ptr, ds_ptr, du_ptr, ddt_ptr, dz_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr, ys_ptr,
     L, DIM, NSTATE, NBLK, NB, CK_SLAB, scale,
     s_u_k, s_u_b, s_u_d, s_u_l,
     s_dt_k, s_dt_b, s_dt_d, s_dt_l,
@@ -351,6 +360,8 @@ def _scan_bwd_kernel(
     slab = (pid_b * NBLK + pid_d)
     ck_p = ck_ptr + slab * CK_SLAB
     hs_p = hs_ptr + slab * (T * BLOCK_D * N)
+    ds_p = ds_ptr + slab * (T * 2 * BLOCK_D)  # per token of the chunk: Δ | sigmoid(raw Δ)
+    o_ds = tl.arange(0, BLOCK_D)
     if SAVE_T > 0:
         seg_len = SAVE_T
     else:
@@ -407,7 +418,15 @@ def _scan_bwd_kernel(
                                             s_B_l, mask_d, mask_n)
                 for j in range(0, nt):
                     u = u_n.to(tl.float32)
-                    dt = _delta(dt_n, bias, HAS_BIAS, SOFTPLUS)
+                    raw = dt_n.to(tl.float32)
+                    if HAS_BIAS:
+                        raw = raw + bias
+                    if SOFTPLUS:
+                        dt, sg = _softplus_sigmoid(raw)
+                        tl.store(ds_p + (j * (2 * BLOCK_D) + BLOCK_D) + o_ds, sg)
+                    else:
+                        dt = raw
+                    tl.store(ds_p + j * (2 * BLOCK_D) + o_ds, dt)
                     Bt = B_n.to(tl.float32)
                     t2 = _token(c0 + tl.minimum(j + 1, nt - 1), L, K, REV0)
                     u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t2, s_u_l,
@@ -418,8 +437,12 @@ def _scan_bwd_kernel(
                 tl.debug_barrier()  # the slab is read back below, maybe by other threads
                 # (2) adjoint, token by token backwards; h is the state after the token
                 t = _token(c0 + nt - 1, L, K, REV0)
-                u_n, raw_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l,
-                                             s_B_l, mask_d, mask_n)
+                u_n = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
+                B_n = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0)
+                dl_n = tl.load(ds_p + (nt - 1) * (2 * BLOCK_D) + o_ds)
+                sg_n = dl_n
+                if SOFTPLUS:
+                    sg_n = tl.load(ds_p + ((nt - 1) * (2 * BLOCK_D) + BLOCK_D) + o_ds)
                 C_n = tl.load(C_p + (o_C + t * s_C_l), mask=mask_n, other=0.0)
                 g_n = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0)
                 z_n = g_n
@@ -433,7 +456,8 @@ def _scan_bwd_kernel(
                     j = nt - 1 - jj
                     t = _token(c0 + j, L, K, REV0)
                     u = u_n.to(tl.float32)
-                    raw = raw_n.to(tl.float32)
+                    dt = dl_n
+                    sg = sg_n
                     Bt = B_n.to(tl.float32)
                     Ct = C_n.to(tl.float32)
                     g = g_n.to(tl.float32) * scale
@@ -442,8 +466,11 @@ def _scan_bwd_kernel(
                     h_prev = hp_n
                     j2 = tl.maximum(j - 1, 0)
                     t2 = _token(c0 + j2, L, K, REV0)
-                    u_n, raw_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t2, s_u_l,
-                                                 s_dt_l, s_B_l, mask_d, mask_n)
+                    u_n = tl.load(u_p + (o_u + t2 * s_u_l), mask=mask_d, other=0.0)
+                    B_n = tl.load(B_p + (o_B + t2 * s_B_l), mask=mask_n, other=0.0)
+                    dl_n = tl.load(ds_p + j2 * (2 * BLOCK_D) + o_ds)
+                    if SOFTPLUS:
+                        sg_n = tl.load(ds_p + (j2 * (2 * BLOCK_D) + BLOCK_D) + o_ds)
                     C_n = tl.load(C_p + (o_C + t2 * s_C_l), mask=mask_n, other=0.0)
                     g_n = tl.load(g_p + (o_g + t2 * s_g_l), mask=mask_d, other=0.0)
                     if HAS_Z:
@@ -451,13 +478,6 @@ def _scan_bwd_kernel(
                     if HAS_Z and K == 0:
                         y_n = tl.load(ys_p + (o_ys + t2 * s_ys_l), mask=mask_d, other=0.0)
                     hp_n = tl.load(hs_p + j2 * (BLOCK_D * N) + o_tile)
-                    if HAS_BIAS:
-                        raw = raw + bias
-                    if SOFTPLUS:
-                        dt = _softplus(raw)
-                        sg = tl.sigmoid(raw)
-                    else:
-                        dt = raw
                     dt = tl.where(mask_d, dt, 0.0)
                     if HAS_Z:
                         sz = tl.sigmoid(z)
@@ -646,12 +666,13 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     ck = torch.empty(b, nblk, triton.cdiv(save_t or length, cfg.chunk), bd, n2, device=dev,
                      dtype=torch.float32)
     hs = torch.empty(b, nblk, cfg.chunk, bd, n2, device=dev, dtype=torch.float32)
+    ds = torch.empty(b, nblk, cfg.chunk, 2, bd, device=dev, dtype=torch.float32)
     D0, D1 = p.D if p.D is not None else (u, u)
     b0, b1 = p.bias if p.bias is not None else (u, u)
     st = states if states is not None else ck
     _scan_bwd_kernel[(b, nblk)](
         u, delta, p.A[0], p.A[1], B, C, D0, D1, z if z is not None else u, b0, b1, gout, st,
-        ck, hs, du, ddt, dz if dz is not None else du, dbc, dA, dD, dbias,
+        ck, hs, ds, du, ddt, dz if dz is not None else du, dbc, dA, dD, dbias,
         ys if ys is not None else du,
         length, d, n, nblk, b, ck.stride(1), float(scale),
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z, 3),
