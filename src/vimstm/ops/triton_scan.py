@@ -285,7 +285,7 @@ def _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l, s_B_l, mask_d, 
     """u, the raw Δ and B of token t, in their stored dtype."""
     u = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
     dt = tl.load(dt_p + (o_dt + t * s_dt_l), mask=mask_d, other=0.0)
-    Bt = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0)
+    Bt = tl.load((B_p + t * s_B_l) + o_B, mask=mask_n, other=0.0)
     return u, dt, Bt
 
 
@@ -438,12 +438,12 @@ def _scan_bwd_kernel(
                 # (2) adjoint, token by token backwards; h is the state after the token
                 t = _token(c0 + nt - 1, L, K, REV0)
                 u_n = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
-                B_n = tl.load(B_p + (o_B + t * s_B_l), mask=mask_n, other=0.0)
+                B_n = tl.load((B_p + t * s_B_l) + o_B, mask=mask_n, other=0.0)
                 dl_n = tl.load(ds_p + (nt - 1) * (2 * BLOCK_D) + o_ds)
                 sg_n = dl_n
                 if SOFTPLUS:
                     sg_n = tl.load(ds_p + ((nt - 1) * (2 * BLOCK_D) + BLOCK_D) + o_ds)
-                C_n = tl.load(C_p + (o_C + t * s_C_l), mask=mask_n, other=0.0)
+                C_n = tl.load((C_p + t * s_C_l) + o_C, mask=mask_n, other=0.0)
                 g_n = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0)
                 z_n = g_n
                 if HAS_Z:
@@ -467,11 +467,11 @@ def _scan_bwd_kernel(
                     j2 = tl.maximum(j - 1, 0)
                     t2 = _token(c0 + j2, L, K, REV0)
                     u_n = tl.load(u_p + (o_u + t2 * s_u_l), mask=mask_d, other=0.0)
-                    B_n = tl.load(B_p + (o_B + t2 * s_B_l), mask=mask_n, other=0.0)
+                    B_n = tl.load((B_p + t2 * s_B_l) + o_B, mask=mask_n, other=0.0)
                     dl_n = tl.load(ds_p + j2 * (2 * BLOCK_D) + o_ds)
                     if SOFTPLUS:
                         sg_n = tl.load(ds_p + (j2 * (2 * BLOCK_D) + BLOCK_D) + o_ds)
-                    C_n = tl.load(C_p + (o_C + t2 * s_C_l), mask=mask_n, other=0.0)
+                    C_n = tl.load((C_p + t2 * s_C_l) + o_C, mask=mask_n, other=0.0)
                     g_n = tl.load(g_p + (o_g + t2 * s_g_l), mask=mask_d, other=0.0)
                     if HAS_Z:
                         z_n = tl.load(z_p + (o_z + t2 * s_z_l), mask=mask_d, other=0.0)
