@@ -290,13 +290,17 @@ def _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l, s_B_l, mask_d, 
 
 
 @triton.jit
-def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Δ from the stored value: + bias, softplus, in fp32."""
+def _delta_store(raw, bias, p, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 SOFTPLUS: tl.constexpr):
+    """Δ from the stored value (+ bias, softplus, in fp32), written to ``p`` and, with
+    SOFTPLUS, sigmoid(raw + bias) to ``p + BLOCK_D``; returns Δ."""
     dt = raw.to(tl.float32)
     if HAS_BIAS:
         dt = dt + bias
     if SOFTPLUS:
-        dt = _softplus(dt)
+        dt, sg = _softplus_sigmoid(dt)
+        tl.store(p + BLOCK_D, sg)
+    tl.store(p, dt)
     return dt
 
 
@@ -306,7 +310,7 @@ def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A0, A1, B_ptr, C_ptr, D0, D1, z_ptr, bias0, bias1, g_ptr, st_ptr,
     ck_ptr, hs_ptr, ds_ptr, du_ptr, ddt_ptr, dz_ptr, dbc_ptr, dA_ptr, dD_ptr, dbias_ptr, ys_ptr,
-    L, DIM, NSTATE, NBLK, NB, CK_SLAB, scale,
+    L, DIM, NSTATE, NBLK, NB, CK_SLAB, DS_SLAB, scale,
     s_u_k, s_u_b, s_u_d, s_u_l,
     s_dt_k, s_dt_b, s_dt_d, s_dt_l,
     s_B_k, s_B_b, s_B_n, s_B_l,
@@ -360,7 +364,7 @@ def _scan_bwd_kernel(
     slab = (pid_b * NBLK + pid_d)
     ck_p = ck_ptr + slab * CK_SLAB
     hs_p = hs_ptr + slab * (T * BLOCK_D * N)
-    ds_p = ds_ptr + slab * (T * 2 * BLOCK_D)  # per token of the chunk: Δ | sigmoid(raw Δ)
+    ds_p = ds_ptr + slab * DS_SLAB  # per token of the segment: Δ | sigmoid(raw Δ)
     o_ds = tl.arange(0, BLOCK_D)
     if SAVE_T > 0:
         seg_len = SAVE_T
@@ -399,13 +403,21 @@ def _scan_bwd_kernel(
                 if j % T == 0:
                     tl.store(ck_p + (j // T) * (BLOCK_D * N) + o_tile, h)
                 u = u_n.to(tl.float32)
-                dt = _delta(dt_n, bias, HAS_BIAS, SOFTPLUS)
+                dt = _delta_store(dt_n, bias, ds_p + j * (2 * BLOCK_D) + o_ds, BLOCK_D, HAS_BIAS,
+                                  SOFTPLUS)
                 Bt = B_n.to(tl.float32)
                 t2 = _token(s0 + tl.minimum(j + 1, nrep - 1), L, K, REV0)
                 u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t2, s_u_l, s_dt_l,
                                             s_B_l, mask_d, mask_n)
                 h = tl.exp2((dt * LOG2E)[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(ck_p + (nch - 1) * (BLOCK_D * N) + o_tile, h)
+            # Δ of the last chunk, which the replay does not walk: all its tokens at once
+            jl = nrep + tl.arange(0, T)
+            tl_ = _token(s0 + jl, L, K, REV0)
+            raw = tl.load(dt_p + (o_dt[None, :] + tl_[:, None] * s_dt_l),
+                          mask=(jl < s_n)[:, None] & mask_d[None, :], other=0.0)
+            _delta_store(raw, bias[None, :], ds_p + jl[:, None] * (2 * BLOCK_D) + o_ds[None, :],
+                         BLOCK_D, HAS_BIAS, SOFTPLUS)
             tl.debug_barrier()
             for cc in range(0, nch):
                 c = nch - 1 - cc
@@ -413,24 +425,20 @@ def _scan_bwd_kernel(
                 nt = tl.minimum(s0 + s_n - c0, T)
                 # (1) states of the chunk; slot j holds the state before token j
                 h = tl.load(ck_p + c * (BLOCK_D * N) + o_tile)
+                dc_p = ds_p + (c * T) * (2 * BLOCK_D)  # this chunk's Δ | sigmoid
                 t = _token(c0, L, K, REV0)
-                u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l,
-                                            s_B_l, mask_d, mask_n)
+                u_n = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
+                B_n = tl.load((B_p + t * s_B_l) + o_B, mask=mask_n, other=0.0)
+                dl_n = tl.load(dc_p + o_ds)
                 for j in range(0, nt):
                     u = u_n.to(tl.float32)
-                    raw = dt_n.to(tl.float32)
-                    if HAS_BIAS:
-                        raw = raw + bias
-                    if SOFTPLUS:
-                        dt, sg = _softplus_sigmoid(raw)
-                        tl.store(ds_p + (j * (2 * BLOCK_D) + BLOCK_D) + o_ds, sg)
-                    else:
-                        dt = raw
-                    tl.store(ds_p + j * (2 * BLOCK_D) + o_ds, dt)
+                    dt = dl_n
                     Bt = B_n.to(tl.float32)
-                    t2 = _token(c0 + tl.minimum(j + 1, nt - 1), L, K, REV0)
-                    u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t2, s_u_l,
-                                                s_dt_l, s_B_l, mask_d, mask_n)
+                    j2 = tl.minimum(j + 1, nt - 1)
+                    t2 = _token(c0 + j2, L, K, REV0)
+                    u_n = tl.load(u_p + (o_u + t2 * s_u_l), mask=mask_d, other=0.0)
+                    B_n = tl.load((B_p + t2 * s_B_l) + o_B, mask=mask_n, other=0.0)
+                    dl_n = tl.load(dc_p + j2 * (2 * BLOCK_D) + o_ds)
                     tl.store(hs_p + j * (BLOCK_D * N) + o_tile, h)
                     h = (tl.exp2((dt * LOG2E)[:, None] * A) * h
                          + (dt * u)[:, None] * Bt[None, :])
@@ -439,10 +447,10 @@ def _scan_bwd_kernel(
                 t = _token(c0 + nt - 1, L, K, REV0)
                 u_n = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
                 B_n = tl.load((B_p + t * s_B_l) + o_B, mask=mask_n, other=0.0)
-                dl_n = tl.load(ds_p + (nt - 1) * (2 * BLOCK_D) + o_ds)
+                dl_n = tl.load(dc_p + (nt - 1) * (2 * BLOCK_D) + o_ds)
                 sg_n = dl_n
                 if SOFTPLUS:
-                    sg_n = tl.load(ds_p + ((nt - 1) * (2 * BLOCK_D) + BLOCK_D) + o_ds)
+                    sg_n = tl.load(dc_p + ((nt - 1) * (2 * BLOCK_D) + BLOCK_D) + o_ds)
                 C_n = tl.load((C_p + t * s_C_l) + o_C, mask=mask_n, other=0.0)
                 g_n = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0)
                 z_n = g_n
@@ -468,9 +476,9 @@ def _scan_bwd_kernel(
                     t2 = _token(c0 + j2, L, K, REV0)
                     u_n = tl.load(u_p + (o_u + t2 * s_u_l), mask=mask_d, other=0.0)
                     B_n = tl.load((B_p + t2 * s_B_l) + o_B, mask=mask_n, other=0.0)
-                    dl_n = tl.load(ds_p + j2 * (2 * BLOCK_D) + o_ds)
+                    dl_n = tl.load(dc_p + j2 * (2 * BLOCK_D) + o_ds)
                     if SOFTPLUS:
-                        sg_n = tl.load(ds_p + (j2 * (2 * BLOCK_D) + BLOCK_D) + o_ds)
+                        sg_n = tl.load(dc_p + (j2 * (2 * BLOCK_D) + BLOCK_D) + o_ds)
                     C_n = tl.load((C_p + t2 * s_C_l) + o_C, mask=mask_n, other=0.0)
                     g_n = tl.load(g_p + (o_g + t2 * s_g_l), mask=mask_d, other=0.0)
                     if HAS_Z:
@@ -666,7 +674,8 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     ck = torch.empty(b, nblk, triton.cdiv(save_t or length, cfg.chunk), bd, n2, device=dev,
                      dtype=torch.float32)
     hs = torch.empty(b, nblk, cfg.chunk, bd, n2, device=dev, dtype=torch.float32)
-    ds = torch.empty(b, nblk, cfg.chunk, 2, bd, device=dev, dtype=torch.float32)
+    ds = torch.empty(b, nblk, triton.cdiv(save_t or length, cfg.chunk) * cfg.chunk, 2, bd,
+                     device=dev, dtype=torch.float32)
     D0, D1 = p.D if p.D is not None else (u, u)
     b0, b1 = p.bias if p.bias is not None else (u, u)
     st = states if states is not None else ck
@@ -674,7 +683,7 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
         u, delta, p.A[0], p.A[1], B, C, D0, D1, z if z is not None else u, b0, b1, gout, st,
         ck, hs, ds, du, ddt, dz if dz is not None else du, dbc, dA, dD, dbias,
         ys if ys is not None else du,
-        length, d, n, nblk, b, ck.stride(1), float(scale),
+        length, d, n, nblk, b, ck.stride(1), ds.stride(1), float(scale),
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z, 3),
         *gout.stride(), st.stride(0), st.stride(1), *du.stride(), *ddt.stride(),
         *_strides(dz, 3), *_strides(ys, 3),
