@@ -364,7 +364,7 @@ def _scan_bwd_kernel(
     slab = (pid_b * NBLK + pid_d)
     ck_p = ck_ptr + slab * CK_SLAB
     hs_p = hs_ptr + slab * (T * BLOCK_D * N)
-    ds_p = ds_ptr + slab * DS_SLAB  # per token of the segment: Δ | sigmoid(raw Δ)
+    ds_p = ds_ptr + slab * DS_SLAB  # per token of the segment: Δ | sigmoid(raw Δ) | dy
     o_ds = tl.arange(0, BLOCK_D)
     if SAVE_T > 0:
         seg_len = SAVE_T
@@ -403,7 +403,7 @@ def _scan_bwd_kernel(
                 if j % T == 0:
                     tl.store(ck_p + (j // T) * (BLOCK_D * N) + o_tile, h)
                 u = u_n.to(tl.float32)
-                dt = _delta_store(dt_n, bias, ds_p + j * (2 * BLOCK_D) + o_ds, BLOCK_D, HAS_BIAS,
+                dt = _delta_store(dt_n, bias, ds_p + j * (3 * BLOCK_D) + o_ds, BLOCK_D, HAS_BIAS,
                                   SOFTPLUS)
                 Bt = B_n.to(tl.float32)
                 t2 = _token(s0 + tl.minimum(j + 1, nrep - 1), L, K, REV0)
@@ -416,7 +416,7 @@ def _scan_bwd_kernel(
             tl_ = _token(s0 + jl, L, K, REV0)
             raw = tl.load(dt_p + (o_dt[None, :] + tl_[:, None] * s_dt_l),
                           mask=(jl < s_n)[:, None] & mask_d[None, :], other=0.0)
-            _delta_store(raw, bias[None, :], ds_p + jl[:, None] * (2 * BLOCK_D) + o_ds[None, :],
+            _delta_store(raw, bias[None, :], ds_p + jl[:, None] * (3 * BLOCK_D) + o_ds[None, :],
                          BLOCK_D, HAS_BIAS, SOFTPLUS)
             tl.debug_barrier()
             for cc in range(0, nch):
@@ -425,33 +425,11 @@ def _scan_bwd_kernel(
                 nt = tl.minimum(s0 + s_n - c0, T)
                 # (1) states of the chunk; slot j holds the state before token j
                 h = tl.load(ck_p + c * (BLOCK_D * N) + o_tile)
-                dc_p = ds_p + (c * T) * (2 * BLOCK_D)  # this chunk's Δ | sigmoid
+                dc_p = ds_p + (c * T) * (3 * BLOCK_D)  # this chunk's Δ | sigmoid | dy
                 t = _token(c0, L, K, REV0)
                 u_n = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
                 B_n = tl.load((B_p + t * s_B_l) + o_B, mask=mask_n, other=0.0)
                 dl_n = tl.load(dc_p + o_ds)
-                for j in range(0, nt):
-                    u = u_n.to(tl.float32)
-                    dt = dl_n
-                    Bt = B_n.to(tl.float32)
-                    j2 = tl.minimum(j + 1, nt - 1)
-                    t2 = _token(c0 + j2, L, K, REV0)
-                    u_n = tl.load(u_p + (o_u + t2 * s_u_l), mask=mask_d, other=0.0)
-                    B_n = tl.load((B_p + t2 * s_B_l) + o_B, mask=mask_n, other=0.0)
-                    dl_n = tl.load(dc_p + j2 * (2 * BLOCK_D) + o_ds)
-                    tl.store(hs_p + j * (BLOCK_D * N) + o_tile, h)
-                    h = (tl.exp2((dt * LOG2E)[:, None] * A) * h
-                         + (dt * u)[:, None] * Bt[None, :])
-                tl.debug_barrier()  # the slab is read back below, maybe by other threads
-                # (2) adjoint, token by token backwards; h is the state after the token
-                t = _token(c0 + nt - 1, L, K, REV0)
-                u_n = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
-                B_n = tl.load((B_p + t * s_B_l) + o_B, mask=mask_n, other=0.0)
-                dl_n = tl.load(dc_p + (nt - 1) * (2 * BLOCK_D) + o_ds)
-                sg_n = dl_n
-                if SOFTPLUS:
-                    sg_n = tl.load(dc_p + ((nt - 1) * (2 * BLOCK_D) + BLOCK_D) + o_ds)
-                C_n = tl.load((C_p + t * s_C_l) + o_C, mask=mask_n, other=0.0)
                 g_n = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0)
                 z_n = g_n
                 if HAS_Z:
@@ -459,34 +437,28 @@ def _scan_bwd_kernel(
                 y_n = g_n
                 if HAS_Z and K == 0:
                     y_n = tl.load(ys_p + (o_ys + t * s_ys_l), mask=mask_d, other=0.0)
-                hp_n = tl.load(hs_p + (nt - 1) * (BLOCK_D * N) + o_tile)
-                for jj in range(0, nt):
-                    j = nt - 1 - jj
+                for j in range(0, nt):
                     t = _token(c0 + j, L, K, REV0)
                     u = u_n.to(tl.float32)
                     dt = dl_n
-                    sg = sg_n
                     Bt = B_n.to(tl.float32)
-                    Ct = C_n.to(tl.float32)
                     g = g_n.to(tl.float32) * scale
                     z = z_n.to(tl.float32)
                     yt = y_n.to(tl.float32)
-                    h_prev = hp_n
-                    j2 = tl.maximum(j - 1, 0)
+                    j2 = tl.minimum(j + 1, nt - 1)
                     t2 = _token(c0 + j2, L, K, REV0)
                     u_n = tl.load(u_p + (o_u + t2 * s_u_l), mask=mask_d, other=0.0)
                     B_n = tl.load((B_p + t2 * s_B_l) + o_B, mask=mask_n, other=0.0)
-                    dl_n = tl.load(dc_p + j2 * (2 * BLOCK_D) + o_ds)
-                    if SOFTPLUS:
-                        sg_n = tl.load(dc_p + (j2 * (2 * BLOCK_D) + BLOCK_D) + o_ds)
-                    C_n = tl.load((C_p + t2 * s_C_l) + o_C, mask=mask_n, other=0.0)
+                    dl_n = tl.load(dc_p + j2 * (3 * BLOCK_D) + o_ds)
                     g_n = tl.load(g_p + (o_g + t2 * s_g_l), mask=mask_d, other=0.0)
                     if HAS_Z:
                         z_n = tl.load(z_p + (o_z + t2 * s_z_l), mask=mask_d, other=0.0)
                     if HAS_Z and K == 0:
                         y_n = tl.load(ys_p + (o_ys + t2 * s_ys_l), mask=mask_d, other=0.0)
-                    hp_n = tl.load(hs_p + j2 * (BLOCK_D * N) + o_tile)
-                    dt = tl.where(mask_d, dt, 0.0)
+                    tl.store(hs_p + j * (BLOCK_D * N) + o_tile, h)
+                    h = (tl.exp2((dt * LOG2E)[:, None] * A) * h
+                         + (dt * u)[:, None] * Bt[None, :])
+                    # the output side of the token needs no adjoint: dz, dy and the dC row
                     if HAS_Z:
                         sz = tl.sigmoid(z)
                         if K == 0:  # dz of both directions, from their saved sum
@@ -496,6 +468,42 @@ def _scan_bwd_kernel(
                         dy = g * z * sz
                     else:
                         dy = g
+                    tl.store(dc_p + (j * (3 * BLOCK_D) + 2 * BLOCK_D) + o_ds, dy)
+                    tl.store(dbc_p + (t * (2 * NSTATE) + NSTATE + offs_n),
+                             tl.sum(h * dy[:, None], axis=0), mask=mask_n)
+                tl.debug_barrier()  # the slabs are read back below, maybe by other threads
+                # (2) adjoint, token by token backwards
+                t = _token(c0 + nt - 1, L, K, REV0)
+                u_n = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
+                B_n = tl.load((B_p + t * s_B_l) + o_B, mask=mask_n, other=0.0)
+                dl_n = tl.load(dc_p + (nt - 1) * (3 * BLOCK_D) + o_ds)
+                sg_n = dl_n
+                if SOFTPLUS:
+                    sg_n = tl.load(dc_p + ((nt - 1) * (3 * BLOCK_D) + BLOCK_D) + o_ds)
+                C_n = tl.load((C_p + t * s_C_l) + o_C, mask=mask_n, other=0.0)
+                dy_n = tl.load(dc_p + ((nt - 1) * (3 * BLOCK_D) + 2 * BLOCK_D) + o_ds)
+                hp_n = tl.load(hs_p + (nt - 1) * (BLOCK_D * N) + o_tile)
+                for jj in range(0, nt):
+                    j = nt - 1 - jj
+                    t = _token(c0 + j, L, K, REV0)
+                    u = u_n.to(tl.float32)
+                    dt = dl_n
+                    sg = sg_n
+                    Bt = B_n.to(tl.float32)
+                    Ct = C_n.to(tl.float32)
+                    dy = dy_n
+                    h_prev = hp_n
+                    j2 = tl.maximum(j - 1, 0)
+                    t2 = _token(c0 + j2, L, K, REV0)
+                    u_n = tl.load(u_p + (o_u + t2 * s_u_l), mask=mask_d, other=0.0)
+                    B_n = tl.load((B_p + t2 * s_B_l) + o_B, mask=mask_n, other=0.0)
+                    dl_n = tl.load(dc_p + j2 * (3 * BLOCK_D) + o_ds)
+                    if SOFTPLUS:
+                        sg_n = tl.load(dc_p + (j2 * (3 * BLOCK_D) + BLOCK_D) + o_ds)
+                    C_n = tl.load((C_p + t2 * s_C_l) + o_C, mask=mask_n, other=0.0)
+                    dy_n = tl.load(dc_p + (j2 * (3 * BLOCK_D) + 2 * BLOCK_D) + o_ds)
+                    hp_n = tl.load(hs_p + j2 * (BLOCK_D * N) + o_tile)
+                    dt = tl.where(mask_d, dt, 0.0)
                     # gh_t = C_t dy_t + exp(Δ_{t+1} A) gh_{t+1}, the second term carried in gh
                     gh = dy[:, None] * Ct[None, :] + gh
                     dtl = dt * LOG2E
@@ -519,9 +527,7 @@ def _scan_bwd_kernel(
                              mask=mask_d)
                     row = dbc_p + (t * (2 * NSTATE) + offs_n)
                     tl.store(row, tl.sum(gh * (dt * u)[:, None], axis=0), mask=mask_n)
-                    tl.store(row + NSTATE, tl.sum(h * dy[:, None], axis=0), mask=mask_n)
                     gh = gh_a
-                    h = h_prev
                 tl.debug_barrier()  # the next chunk overwrites the slab
         dA_acc = dA_acc * LN2
         if A_LOG:  # d A_log = dA * A
@@ -674,7 +680,7 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     ck = torch.empty(b, nblk, triton.cdiv(save_t or length, cfg.chunk), bd, n2, device=dev,
                      dtype=torch.float32)
     hs = torch.empty(b, nblk, cfg.chunk, bd, n2, device=dev, dtype=torch.float32)
-    ds = torch.empty(b, nblk, triton.cdiv(save_t or length, cfg.chunk) * cfg.chunk, 2, bd,
+    ds = torch.empty(b, nblk, triton.cdiv(save_t or length, cfg.chunk) * cfg.chunk, 3, bd,
                      device=dev, dtype=torch.float32)
     D0, D1 = p.D if p.D is not None else (u, u)
     b0, b1 = p.bias if p.bias is not None else (u, u)
