@@ -19,11 +19,13 @@ emit the per-token channel sums of Δ and Δ·mean(A) that token merging reads.
 Scan backward: per direction and per segment of ``save_every`` tokens (from the state the
 forward kept at its start; the whole sequence from zero when it kept none), the program
 replays the forward recurrence and keeps the state at the start of every chunk of ``chunk``
-tokens in a per-program scratch, then walks the chunks from last to first: it recomputes a
-chunk's states into a second small scratch (meant to stay in L2) and steps back through it with
-the adjoint state in registers, loading each step's inputs one step ahead. Reductions over
-channels (dB, dC) and over the batch (dA, dD, d bias) are written as per-program partials and
-summed by PyTorch: deterministic, no atomics.
+tokens in a per-program scratch, and each token's Δ and sigmoid(raw Δ) in another (softplus
+runs once per token). Then it walks the chunks from last to first: it recomputes a chunk's
+states into a small scratch (meant to stay in L2), with the parts of the gradient that need no
+adjoint (dz, dy, the dC row), and steps back through the chunk with the adjoint state in
+registers, loading each step's inputs one step ahead. Reductions over channels (dB, dC) and over
+the batch (dA, dD, d bias) are written as per-program partials and summed by PyTorch:
+deterministic, no atomics.
 
 Conv1d backward: one program owns a segment of tokens of ``conv_bwd_block_d`` channels and
 walks it with sliding windows of the input and of the pre-activation gradients of both
@@ -76,7 +78,9 @@ class KernelConfig:
             nothing (least memory, one whole extra forward in the backward). 24 with the saved
             ``sum_k y_k`` is faster and leaner than 16 without it (vim_tiny/256 training on an
             H200: 109.0 against 117.8 ms of CUDA time per step, 8.36 against 8.62 GiB); 16
-            with it is 1.7% faster again but 1.2 GiB larger (BENCHMARKS.md).
+            with it is 1.7% faster again but 1.2 GiB larger (BENCHMARKS.md). The backward
+            also keeps, while it runs, Δ, sigmoid(raw Δ) and dy of a segment's tokens:
+            ``b * d * 12 * save_every`` bytes (of the whole sequence with 0).
         conv_block_d, conv_block_l: tile of the conv1d forward (channels, tokens).
         conv_bwd_block_d, conv_bwd_segment: channels and tokens walked by one program of the
             conv1d backward (a segment re-reads 6 tokens of halo). 128 channels (one per
@@ -338,12 +342,17 @@ def _scan_bwd_kernel(
     Per direction, the tokens split into segments (SAVE_T tokens, or all of them when the
     forward saved nothing). For each segment, last first: (0) replay the forward from the
     segment's first state, writing the state at the start of each chunk of T tokens to this
-    program's ``ck_ptr`` slab; then for each chunk, last first: (1) recompute its states token
+    program's ``ck_ptr`` slab and each token's Δ and sigmoid(raw Δ) to its ``ds_ptr`` slab
+    (segment tokens, 3, BLOCK_D); the last chunk, which the replay does not walk, gets them
+    as one (T, BLOCK_D) tile. Then for each chunk, last first: (1) recompute its states token
     by token into this program's ``hs_ptr`` slab (T, BLOCK_D, N), slot j holding the state
-    before token j; (2) walk its tokens backwards with the adjoint state in registers.
-    ``dbc_ptr`` receives per-program dB | dC partials (NDIR, NBLK, b, L, 2 * NSTATE).
-    With ``HAS_Z``, ``ys_ptr`` holds ``sum_k y_k`` before the gate, as the forward saved it:
-    direction 0 writes the whole dz from it, so no direction reduces ``h C`` over the states.
+    before token j, and with the state after each token its dC row, dz and dy (dy to the
+    third row of ``ds_ptr``); (2) walk its tokens backwards with the adjoint state in
+    registers. ``dbc_ptr`` receives per-program dB | dC partials (NDIR, NBLK, b, L,
+    2 * NSTATE). With ``HAS_Z``, ``ys_ptr`` holds ``sum_k y_k`` before the gate, as the forward
+    saved it: direction 0 writes the whole dz from it, so no direction reduces ``h C`` over
+    the states. ``EVEN`` (the channels fill whole blocks, N == NSTATE) drops the masks;
+    ``UNROLL`` unrolls the adjoint walk.
     The adjoint walk carries ``exp(Δ_{t+1} A) gh_{t+1}`` from step to step, not gh and the
     next step's ``exp(Δ A)``, and forms ``exp(Δ A)`` as ``2^((Δ log2 e) A)``: one state tile
     and one product per state less, and no ``A log2 e`` tile. B and C are read one state per
