@@ -300,7 +300,7 @@ def _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l, s_B_l, mask_d, 
 
 
 @triton.jit
-def _delta_store(raw, bias, p, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _delta_store(raw, bias, p, mask, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                  SOFTPLUS: tl.constexpr):
     """Δ from the stored value (+ bias, softplus, in fp32), written to ``p`` and, with
     SOFTPLUS, sigmoid(raw + bias) to ``p + BLOCK_D``; returns Δ."""
@@ -309,8 +309,8 @@ def _delta_store(raw, bias, p, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
         dt = dt + bias
     if SOFTPLUS:
         dt, sg = _softplus_sigmoid(dt)
-        tl.store(p + BLOCK_D, sg)
-    tl.store(p, dt)
+        tl.store(p + BLOCK_D, sg, mask=mask)
+    tl.store(p, dt, mask=mask)
     return dt
 
 
@@ -332,9 +332,10 @@ def _scan_bwd_kernel(
     s_ddt_k, s_ddt_b, s_ddt_d, s_ddt_l,
     s_dz_b, s_dz_d, s_dz_l,
     s_ys_b, s_ys_d, s_ys_l,
-    N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, NDIR: tl.constexpr,
-    REV0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, A_LOG: tl.constexpr, SAVE_T: tl.constexpr, EVEN: tl.constexpr,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, TP: tl.constexpr,
+    NDIR: tl.constexpr, REV0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, A_LOG: tl.constexpr, SAVE_T: tl.constexpr,
+    EVEN: tl.constexpr,
     UNROLL: tl.constexpr,
 ):
     """Gradients of ``out = scale * silu(z) * sum_k y_k`` for every input of every direction.
@@ -419,8 +420,8 @@ def _scan_bwd_kernel(
                 if j % T == 0:
                     tl.store(ck_p + (j // T) * (BLOCK_D * N) + o_tile, h)
                 u = u_n.to(tl.float32)
-                dt = _delta_store(dt_n, bias, ds_p + j * (3 * BLOCK_D) + o_ds, BLOCK_D, HAS_BIAS,
-                                  SOFTPLUS)
+                dt = _delta_store(dt_n, bias, ds_p + j * (3 * BLOCK_D) + o_ds, None, BLOCK_D,
+                                  HAS_BIAS, SOFTPLUS)
                 Bt = B_n.to(tl.float32)
                 t2 = _token(s0 + tl.minimum(j + 1, nrep - 1), L, K, REV0)
                 u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t2, s_u_l, s_dt_l,
@@ -428,12 +429,12 @@ def _scan_bwd_kernel(
                 h = tl.exp2((dt * LOG2E)[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(ck_p + (nch - 1) * (BLOCK_D * N) + o_tile, h)
             # Δ of the last chunk, which the replay does not walk: all its tokens at once
-            jl = nrep + tl.arange(0, T)
+            jl = nrep + tl.arange(0, TP)
             tl_ = _token(s0 + jl, L, K, REV0)
             raw = tl.load(dt_p + (o_dt[None, :] + tl_[:, None] * s_dt_l),
                           mask=(jl < s_n)[:, None] & mask_d[None, :], other=0.0)
             _delta_store(raw, bias[None, :], ds_p + jl[:, None] * (3 * BLOCK_D) + o_ds[None, :],
-                         BLOCK_D, HAS_BIAS, SOFTPLUS)
+                         (jl < nrep + T)[:, None], BLOCK_D, HAS_BIAS, SOFTPLUS)
             tl.debug_barrier()
             for cc in range(0, nch):
                 c = nch - 1 - cc
@@ -709,7 +710,8 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides(z, 3),
         *gout.stride(), st.stride(0), st.stride(1), *du.stride(), *ddt.stride(),
         *_strides(dz, 3), *_strides(ys, 3),
-        N=n2, BLOCK_D=bd, T=cfg.chunk, NDIR=ndir, REV0=bool(reverse),
+        N=n2, BLOCK_D=bd, T=cfg.chunk, TP=triton.next_power_of_2(cfg.chunk), NDIR=ndir,
+        REV0=bool(reverse),
         HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
         SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t,
         EVEN=d % bd == 0 and n == n2, UNROLL=cfg.scan_bwd_unroll, num_warps=cfg.scan_warps,
