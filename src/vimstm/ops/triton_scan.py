@@ -66,9 +66,9 @@ class KernelConfig:
         scan_warps: warps per scan program.
         scan_bwd_unroll: tokens per iteration of the scan backward's adjoint walk (Triton's
             ``loop_unroll_factor``). 2 saves the per-token register copies of the prefetched
-            state (issued instructions per token and direction, ``benchmarks/kernel_sass.py``:
-            711 -> 697 with Triton 3.6, 710 -> 690 with 3.8; 239 -> 255 registers, no
-            spills); not timed yet.
+            state; issued instructions per token and direction (``benchmarks/kernel_sass.py``)
+            683 -> 666 with Triton 3.8 but 685 -> 689 with 3.6 (the other loops lose), 255
+            registers, no spills; not timed yet.
         chunk: tokens per backward chunk. The chunk's recomputed states live in a per-program
             scratch of ``chunk * scan_block_d * d_state`` fp32 values, which should stay in L2
             (8 against 16 / 4 on the H100: scan backward 76.2 against 83.6 / 78.7 ms).
