@@ -524,7 +524,6 @@ def _scan_bwd_kernel(
                         sg_n = tl.load(rp + BLOCK_D)
                     C_n = tl.load((C_p + t2 * s_C_l) + o_C, mask=mask_n, other=0.0)
                     dy_n = tl.load(rp + 2 * BLOCK_D)
-                    hp_n = tl.load(hs_p + j2 * (BLOCK_D * N) + o_tile)
                     dt = tl.where(mask_d, dt, 0.0)
                     # gh_t = C_t dy_t + exp(Δ_{t+1} A) gh_{t+1}, the second term carried in gh
                     gh = dy[:, None] * Ct[None, :] + gh
@@ -532,6 +531,8 @@ def _scan_bwd_kernel(
                     a = tl.exp2(dtl[:, None] * A)
                     gh_a = a * gh  # carried to the step before
                     gha = gh_a * h_prev
+                    # the next state is loaded once this one is used: into the same registers
+                    hp_n = tl.load(hs_p + j2 * (BLOCK_D * N) + o_tile)
                     gB = tl.sum(gh * Bt[None, :], axis=1)
                     du = gB * dt
                     if HAS_D:
