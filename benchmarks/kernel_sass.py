@@ -135,23 +135,16 @@ def inner_loops(ins: list[str], labels: dict[str, int]) -> list[tuple[int, int, 
 
 
 def per_token(name: str, loops: list[tuple[int, list[int]]]) -> str:
-    """Issued instructions per token and direction (direction 0's loops, weighted). With
-    ``scan_bwd_unroll`` u > 1 the adjoint walk is a loop of u tokens and a remainder loop (left
-    out: it runs for the last nt % u tokens of a chunk only)."""
+    """Issued instructions per token and direction (direction 0's loops, weighted)."""
     first = loops[:len(loops) // 2] if name == "_scan_bwd_kernel" else loops[:1]
     if name == "_scan_fwd_kernel":
         n, skips = first[0]
         return f"{n - sum(skips) * 23 / 24:.0f} (direction 0)"
-    unroll = ts.CONFIG.scan_bwd_unroll
-    if unroll > 1:
-        first = first[:-1]
     names = ["replay", "recompute", "adjoint"][-len(first):]
     weight = {"replay": 16 / 24, "recompute": 1.0, "adjoint": 1.0}
     total, parts = 0.0, []
     for nm, (n, skips) in zip(names, first):
         eff = n - sum(skips) * (7 / 8 if nm == "replay" else 1.0)
-        if nm == "adjoint":
-            eff /= unroll
         total += weight[nm] * eff
         parts.append(f"{nm} {eff:.0f}")
     return f"{total:.0f} ({', '.join(parts)})"

@@ -64,11 +64,6 @@ class KernelConfig:
             the H100: scan backward 76.2 against 136.9 ms; on an H200, 2,014 training img/s
             against 1,533 with 8 and 1,200 with 64).
         scan_warps: warps per scan program.
-        scan_bwd_unroll: tokens per iteration of the scan backward's adjoint walk (Triton's
-            ``loop_unroll_factor``). 2 saves the per-token register copies of the prefetched
-            state; issued instructions per token and direction (``benchmarks/kernel_sass.py``)
-            683 -> 666 with Triton 3.8 but 685 -> 689 with 3.6 (the other loops lose), 255
-            registers, no spills; not timed yet.
         chunk: tokens per backward chunk. The chunk's recomputed states live in a per-program
             scratch of ``chunk * scan_block_d * d_state`` fp32 values, which should stay in L2
             (8 against 16 / 4 on the H100: scan backward 76.2 against 83.6 / 78.7 ms).
@@ -89,7 +84,6 @@ class KernelConfig:
 
     scan_block_d: int = 32
     scan_warps: int = 1
-    scan_bwd_unroll: int = 1
     chunk: int = 8
     save_every: int = 24
     conv_block_d: int = 64
@@ -336,7 +330,6 @@ def _scan_bwd_kernel(
     NDIR: tl.constexpr, REV0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, A_LOG: tl.constexpr, SAVE_T: tl.constexpr,
     EVEN: tl.constexpr,
-    UNROLL: tl.constexpr,
 ):
     """Gradients of ``out = scale * silu(z) * sum_k y_k`` for every input of every direction.
 
@@ -352,8 +345,7 @@ def _scan_bwd_kernel(
     registers. ``dbc_ptr`` receives per-program dB | dC partials (NDIR, NBLK, b, L,
     2 * NSTATE). With ``HAS_Z``, ``ys_ptr`` holds ``sum_k y_k`` before the gate, as the forward
     saved it: direction 0 writes the whole dz from it, so no direction reduces ``h C`` over
-    the states. ``EVEN`` (the channels fill whole blocks, N == NSTATE) drops the masks;
-    ``UNROLL`` unrolls the adjoint walk.
+    the states. ``EVEN`` (the channels fill whole blocks, N == NSTATE) drops the masks.
     The adjoint walk carries ``exp(Δ_{t+1} A) gh_{t+1}`` from step to step, not gh and the
     next step's ``exp(Δ A)``, and forms ``exp(Δ A)`` as ``2^((Δ log2 e) A)``: one state tile
     and one product per state less, and no ``A log2 e`` tile. B and C are read one state per
@@ -504,7 +496,7 @@ def _scan_bwd_kernel(
                 C_n = tl.load((C_p + t * s_C_l) + o_C, mask=mask_n, other=0.0)
                 dy_n = tl.load(rp + 2 * BLOCK_D)
                 hp_n = tl.load(hs_p + (nt - 1) * (BLOCK_D * N) + o_tile)
-                for jj in tl.range(0, nt, loop_unroll_factor=UNROLL):
+                for jj in range(0, nt):
                     j = nt - 1 - jj
                     t = _token(c0 + j, L, K, REV0)
                     u = u_n.to(tl.float32)
@@ -720,7 +712,7 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
         REV0=bool(reverse),
         HAS_D=p.D is not None, HAS_Z=z is not None, HAS_BIAS=p.bias is not None,
         SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t,
-        EVEN=d % bd == 0 and n == n2, UNROLL=cfg.scan_bwd_unroll, num_warps=cfg.scan_warps,
+        EVEN=d % bd == 0 and n == n2, num_warps=cfg.scan_warps,
     )
     return ScanGrads(du=du, ddelta=ddt, dz=dz, dBC=dbc.sum(1), dA=dA.sum(1), dD=dD.sum(1),
                      dbias=dbias.sum(1))
