@@ -213,6 +213,11 @@ def _scan_fwd_kernel(
     o_z = pid_b * s_z_b + offs_d * s_z_d
     o_o = pid_b * s_o_b + offs_d * s_o_d
     o_ys = pid_b * s_ys_b + offs_d * s_ys_d
+    if SAVE_T > 0:
+        seg_len = SAVE_T
+    else:
+        seg_len = L
+    nseg = tl.cdiv(L, seg_len)
     for K in tl.static_range(NDIR):
         A, Dv, bias = _dir_params(A0, A1, D0, D1, bias0, bias1, K, offs_d, mask_d, offs_n, mdn,
                                   NSTATE, HAS_D, HAS_BIAS, A_LOG)
@@ -238,49 +243,50 @@ def _scan_fwd_kernel(
         z_n = u_n
         if HAS_Z:
             z_n = tl.load(z_ptr + o_z + t * s_z_l, mask=mask_d, other=0.0)
-        for i in range(0, L):
-            t = _token(i, L, K, REV0)
-            u = u_n.to(tl.float32)
-            dt = dt_n.to(tl.float32)
-            Bt = B_n.to(tl.float32)
-            Ct = C_n.to(tl.float32)
-            z = z_n.to(tl.float32)
-            # the next token's inputs are loaded while this one is computed
-            t2 = _token(tl.minimum(i + 1, L - 1), L, K, REV0)
-            u_n = tl.load(u_p + t2 * s_u_l, mask=mask_d, other=0.0)
-            dt_n = tl.load(dt_p + t2 * s_dt_l, mask=mask_d, other=0.0)
-            B_n = _fwd_row(B_p, offs_n, t2, s_B_l, mask_n, BCV)
-            C_n = _fwd_row(C_p, offs_n, t2, s_C_l, mask_n, BCV)
-            if HAS_Z:
-                z_n = tl.load(z_ptr + o_z + t2 * s_z_l, mask=mask_d, other=0.0)
-            if HAS_BIAS:
-                dt = dt + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            if STATS:
-                dm = tl.where(mask_d, dt, 0.0)
-                tl.store(sp + t, tl.sum(dm, axis=0))
-                tl.store(sp + NDIR * L + t, tl.sum(dm * a_mean, axis=0))
-            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
-            y = tl.sum(h * Ct[None, :], axis=1)
-            if HAS_D:
-                y = y + u * Dv
-            if K == NDIR - 1:
-                if K == 1:  # direction 0's y, left in out
-                    y = y + tl.load(out_ptr + o_o + t * s_o_l, mask=mask_d,
-                                    other=0.0).to(tl.float32)
-                if YSAVE:
-                    tl.store(ys_ptr + o_ys + t * s_ys_l, y.to(ys_ptr.dtype.element_ty),
-                             mask=mask_d)
+        # segments of SAVE_T tokens (one of all when nothing is saved): the state after each
+        # but the last is saved between them, so the token loop carries no test for it
+        for s in range(0, nseg):
+            for i in range(s * seg_len, tl.minimum(L, (s + 1) * seg_len)):
+                t = _token(i, L, K, REV0)
+                u = u_n.to(tl.float32)
+                dt = dt_n.to(tl.float32)
+                Bt = B_n.to(tl.float32)
+                Ct = C_n.to(tl.float32)
+                z = z_n.to(tl.float32)
+                # the next token's inputs are loaded while this one is computed
+                t2 = _token(tl.minimum(i + 1, L - 1), L, K, REV0)
+                u_n = tl.load(u_p + t2 * s_u_l, mask=mask_d, other=0.0)
+                dt_n = tl.load(dt_p + t2 * s_dt_l, mask=mask_d, other=0.0)
+                B_n = _fwd_row(B_p, offs_n, t2, s_B_l, mask_n, BCV)
+                C_n = _fwd_row(C_p, offs_n, t2, s_C_l, mask_n, BCV)
                 if HAS_Z:
-                    y = y * z * tl.sigmoid(z)
-                y = y * scale
-            tl.store(out_ptr + o_o + t * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+                    z_n = tl.load(z_ptr + o_z + t2 * s_z_l, mask=mask_d, other=0.0)
+                if HAS_BIAS:
+                    dt = dt + bias
+                if SOFTPLUS:
+                    dt = _softplus(dt)
+                if STATS:
+                    dm = tl.where(mask_d, dt, 0.0)
+                    tl.store(sp + t, tl.sum(dm, axis=0))
+                    tl.store(sp + NDIR * L + t, tl.sum(dm * a_mean, axis=0))
+                h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+                y = tl.sum(h * Ct[None, :], axis=1)
+                if HAS_D:
+                    y = y + u * Dv
+                if K == NDIR - 1:
+                    if K == 1:  # direction 0's y, left in out
+                        y = y + tl.load(out_ptr + o_o + t * s_o_l, mask=mask_d,
+                                        other=0.0).to(tl.float32)
+                    if YSAVE:
+                        tl.store(ys_ptr + o_ys + t * s_ys_l, y.to(ys_ptr.dtype.element_ty),
+                                 mask=mask_d)
+                    if HAS_Z:
+                        y = y * z * tl.sigmoid(z)
+                    y = y * scale
+                tl.store(out_ptr + o_o + t * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_d)
             if SAVE_T > 0:  # noqa: SIM102 (a constexpr branch around a run-time one)
-                # under a branch, not a store masked off at the other tokens (whose layout
-                # conversion and predicated stores would run at every token)
-                if ((i + 1) % SAVE_T == 0) & (i + 1 < L):
-                    tl.store(st_p + (i // SAVE_T) * (DIM * NSTATE), h, mask=mdn)
+                if s < nseg - 1:
+                    tl.store(st_p + s * (DIM * NSTATE), h, mask=mdn)
         tl.debug_barrier()  # direction 1 reads back what direction 0 wrote
 
 
