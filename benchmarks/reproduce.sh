@@ -19,8 +19,8 @@
 #   merge           the merging speed target (STM at 60% of the GFLOPs, 3 models), then the
 #                   schedule sweeps of merge_overhead.py      -> $GPU_OUT/bench_MODEL_stm.json,
 #                                                                $GPU_OUT/merge_speed_*.json
-#   cifar-train     train vim_tiny_cifar10 as bundled, both stages (scripts/train_cifar10.sh), and
-#                   export its EMA weights      -> $CIFAR_OUT/train_log.jsonl, train_log_stage2.jsonl
+#   cifar-train     train vim_tiny_cifar10 as bundled, its three stages (scripts/train_cifar10.sh),
+#                   and export its EMA weights  -> $CIFAR_OUT/train_log.jsonl, train_log_stage{2,3}.jsonl
 #   cifar-evidence  training-free, the whole test split (benchmarks/cifar_evidence.py): dense and
 #                   every method at mean token reduction 0.17/0.27/0.36/0.46, ratio 0.2/0.4 and
 #                   flops 0.8/0.6; STM ablations and the calibrated schedule (256 training
@@ -125,11 +125,13 @@ part_merge() {
 
 part_cifar_train() {
   need CIFAR10 "cifar-train needs the CIFAR-10 data"
-  # the bundled model (src/vimstm/weights/MODEL_CARD.md), two stages: 136 epochs from scratch
-  # on 4 GPUs with progressive resizing from 16 px (4 x H200: ~22 min), then 55 epochs of
-  # distillation from two ResNet-18 teachers (trained first, one per GPU) on 2 GPUs, from
-  # stage 1's weights (2 x H200: ~18 min). S1_NGPU / S2_NGPU change the GPUs (and so the total
-  # batch and the learning rate) of each stage, S1_EPOCHS / S2_EPOCHS its length.
+  # the bundled model (src/vimstm/weights/MODEL_CARD.md), three stages: 136 epochs from scratch
+  # on 4 GPUs with progressive resizing from 16 px (4 x H200: ~22 min); 55 epochs of
+  # distillation from two ResNet-18 teachers (trained first, one per GPU) on 2 GPUs, from stage
+  # 1's weights (2 x H200: ~18 min); 90 epochs of distillation from four ResNet-18 teachers
+  # trained with cutout 16 on 4 GPUs, from stage 2's weights (4 x H200: ~20 min).
+  # S1_NGPU / S2_NGPU / S3_NGPU change the GPUs (and so the total batch and the learning rate)
+  # of each stage, S1_EPOCHS / S2_EPOCHS / S3_EPOCHS its length.
   run env NGPU="${S1_NGPU:-4}" EPOCHS="${S1_EPOCHS:-136}" BLR=7.5e-4 WARMUP=5 MIN_RES=16 \
     RES_RAMP="0.2 0.5" \
     WEIGHTS="$RUN-stage1/vim_tiny_cifar10.safetensors" \
@@ -137,10 +139,17 @@ part_cifar_train() {
   run env NGPU="${S2_NGPU:-2}" EPOCHS="${S2_EPOCHS:-55}" BLR=5e-4 WARMUP=2 EVAL_EVERY=5 \
     INIT="$RUN-stage1/vim_tiny_cifar10.safetensors" \
     TEACHER="$RUN-teachers/t0.safetensors $RUN-teachers/t1.safetensors" \
+    WEIGHTS="$RUN-stage2/vim_tiny_cifar10.safetensors" \
+    bash scripts/train_cifar10.sh "$CIFAR10" "$RUN-stage2"
+  local c="$RUN-teachers/cutout"
+  run env NGPU="${S3_NGPU:-4}" EPOCHS="${S3_EPOCHS:-90}" BLR=5e-4 WARMUP=2 EVAL_EVERY=5 \
+    INIT="$RUN-stage2/vim_tiny_cifar10.safetensors" TEACHER_ARGS="--cutout 16" \
+    TEACHER="$c-0.safetensors $c-1.safetensors $c-2.safetensors $c-3.safetensors" \
     WEIGHTS="$RUN/vim_tiny_cifar10.safetensors" bash scripts/train_cifar10.sh "$CIFAR10" "$RUN"
   mkdir -p "$CIFAR_OUT"
   run cp "$RUN-stage1/log.jsonl" "$CIFAR_OUT/train_log.jsonl"
-  run cp "$RUN/log.jsonl" "$CIFAR_OUT/train_log_stage2.jsonl"
+  run cp "$RUN-stage2/log.jsonl" "$CIFAR_OUT/train_log_stage2.jsonl"
+  run cp "$RUN/log.jsonl" "$CIFAR_OUT/train_log_stage3.jsonl"
 }
 
 split() {  # the train and test splits under $CIFAR10: archives or folders

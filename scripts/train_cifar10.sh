@@ -36,9 +36,11 @@
 #   images; the bidirectional scans keep vim_tiny far from the GEMM peak. Measured with this
 #   recipe (BENCHMARKS.md): ~1,600 images/s on one H100/H200 (31 s per epoch plus ~2 s of test
 #   evaluation), 3,100 on two H200s, 5,600-5,900 on four H200s (8.3-8.9 s per epoch). The
-#   bundled model, two runs of this script (its model card): NGPU=4 EPOCHS=136 BLR=7.5e-4
-#   WARMUP=5 MIN_RES=16, then NGPU=2 EPOCHS=55 BLR=5e-4 WARMUP=2 INIT=<the first run's export>
-#   TEACHER="t0 t1" (`benchmarks/reproduce.sh cifar-train` runs both).
+#   bundled model, three runs of this script (its model card): NGPU=4 EPOCHS=136 BLR=7.5e-4
+#   WARMUP=5 MIN_RES=16; NGPU=2 EPOCHS=55 BLR=5e-4 WARMUP=2 INIT=<the first run's export>
+#   TEACHER="t0 t1"; NGPU=4 EPOCHS=90 BLR=5e-4 WARMUP=2 INIT=<the second run's export>
+#   TEACHER="c0 c1 c2 c3" TEACHER_ARGS="--cutout 16" (`benchmarks/reproduce.sh cifar-train`
+#   runs all three).
 #   scripts/plan_epochs.py turns `vimstm bench --train` probes and a time budget into EPOCHS.
 #   Set EPOCHS = time budget / epoch time
 #   *before* the cosine schedule gets far (PROBE=1 measures the epoch time in about a minute):
