@@ -553,6 +553,49 @@ def spread_subset(dataset: Dataset, n: int) -> Dataset:
     return Subset(dataset, [i * total // n for i in range(n)])
 
 
+def holdout_split(targets: Sequence[int], n: int,
+                  classes: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
+    """Hold out ``n`` images class-balanced: returns ``(kept, held_out)`` indices, each sorted.
+
+    Each class with images gets ``n // C`` held-out images, the first ``n % C`` of them (in
+    class-index order) one more. Within a class the images are ranked by a hash of their place
+    in the class (the data's sorted order), so the split depends only on the data and ``n``:
+    never on a seed, the number of processes or loader workers, or the Python/torch version.
+
+    Raises:
+        ConfigError: ``n`` out of ``[C, len(targets) - 1]``, or a class too small to keep an
+            image for training after its share.
+    """
+    total = len(targets)
+    if not 1 <= n < total:
+        raise ConfigError(f"--holdout {n} must be between 1 and {total - 1} (the training data "
+                          f"has {total} images and some must remain to train on)")
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(int(t), []).append(i)
+    labels = sorted(by_class)
+    k = len(labels)
+    if n < k:
+        raise ConfigError(f"--holdout {n} is fewer than the {k} classes of the training data: a "
+                          f"class-balanced held-out set needs at least one image per class; use "
+                          f"--holdout {k} or more")
+    held: list[int] = []
+    for rank, c in enumerate(labels):
+        members = by_class[c]
+        share = n // k + (rank < n % k)
+        if share >= len(members):
+            name = classes[c] if classes is not None and c < len(classes) else str(c)
+            raise ConfigError(f"--holdout {n} takes {share} images of class {name!r}, which has "
+                              f"only {len(members)}: none would be left to train on; use a "
+                              "smaller --holdout")
+        order = sorted(range(len(members)), key=lambda j, c=c: hashlib.blake2b(
+            f"holdout:{c}:{j}".encode(), digest_size=8).digest())
+        held += [members[j] for j in order[:share]]
+    held.sort()
+    out = set(held)
+    return [i for i in range(total) if i not in out], held
+
+
 def build_eval_loader(
     root: str | Path,
     model: torch.nn.Module,

@@ -19,6 +19,7 @@ from vimstm.data import (
     ShardSampler,
     build_eval_loader,
     eval_transform,
+    holdout_split,
     imagenet_synsets,
     model_transform,
     open_dataset,
@@ -238,3 +239,30 @@ def test_limit_keeps_evenly_spread_images(tmp_path):
     loader = build_eval_loader(tmp_path, _tiny_model(3), batch_size=5, workers=0, limit=6)
     labels = torch.cat([b[1] for b in loader])
     assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_holdout_split_is_class_balanced_and_fixed() -> None:
+    targets = [0] * 10 + [1] * 12 + [2] * 9  # class-sorted, as open_dataset lists them
+    kept, held = holdout_split(targets, 7)
+    assert sorted(kept + held) == list(range(len(targets))) and not set(kept) & set(held)
+    counts = [sum(targets[i] == c for i in held) for c in range(3)]
+    assert counts == [3, 2, 2]  # 7 // 3 each, the remainder to the first class
+    assert holdout_split(targets, 7) == (kept, held)  # no seed: the same images every time
+    assert held != list(range(3)) + list(range(10, 12)) + list(range(22, 24))  # not the first
+    # a larger holdout keeps the smaller one's images of each class (a prefix of one ranking)
+    assert set(held) <= set(holdout_split(targets, 13)[1])
+    # the classes need not be contiguous: the split follows the labels, not the positions
+    mixed = [i % 3 for i in range(30)]
+    _, h = holdout_split(mixed, 6)
+    assert [sum(mixed[i] == c for i in h) for c in range(3)] == [2, 2, 2]
+
+
+@pytest.mark.parametrize(("n", "match"), [(0, "between 1 and 29"), (30, "between 1 and 29"),
+                                          (2, "fewer than the 3 classes"),
+                                          (28, "10 images of class 'a', which has only 10")])
+def test_holdout_split_refuses_what_cannot_work(n: int, match: str) -> None:
+    from vimstm.errors import ConfigError
+
+    targets = [0] * 10 + [1] * 9 + [2] * 11
+    with pytest.raises(ConfigError, match=match):
+        holdout_split(targets, n, ["a", "b", "c"])

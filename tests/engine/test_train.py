@@ -241,7 +241,7 @@ def test_limit_val_keeps_every_class(data: dict[str, Path], tmp_path: Path) -> N
 
     args = args_for("train", data, tmp_path / "out", "--limit-val", "3")
     spec = get_spec(args.model)
-    _, val, _ = T._open_data(args, {"mean": spec.mean, "std": spec.std}, 32)
+    _, val, _, _ = T._open_data(args, {"mean": spec.mean, "std": spec.std}, 32)
     assert len(val) == 3
     assert sorted(val.dataset.targets[i] for i in val.indices) == [0, 1, 2]
 
@@ -356,3 +356,85 @@ def test_train_starts_from_given_weights(trained: Path, data: dict[str, Path],
                              str(tmp_path / "missing.pth")))
     with pytest.raises(ConfigError, match="--use-ema without --checkpoint"):
         T._validate(args_for("train", data, tmp_path / "y", "--use-ema"))
+
+
+def test_holdout_is_trained_without_and_evaluated(data: dict[str, Path], tmp_path: Path) -> None:
+    """--holdout 6 of 24 images: 2 per class, never in the training subset (with --limit-train
+    either), the same whatever the seed; logged as holdout_top1 beside --val-data's val_top1,
+    best.pth follows the held-out score; --eval-start scores the starting weights."""
+    from vimstm.models.registry import get_spec
+
+    spec = get_spec("vim_tiny")
+    cfg = {"mean": spec.mean, "std": spec.std}
+    sets = {}
+    for seed, extra in ((0, []), (1, ["--limit-train", "10"])):
+        a = args_for("train", data, tmp_path / "x", "--holdout", "6", "--seed", str(seed), *extra)
+        train, _, held, _ = T._open_data(a, cfg, 32)
+        sets[seed] = (set(train.indices), list(held.indices))
+        assert held.dataset.transform is not train.dataset.transform  # no augmentation
+        labels = [held.dataset.targets[i] for i in held.indices]
+        assert sorted(labels) == [0, 0, 1, 1, 2, 2]
+        assert not sets[seed][0] & set(held.indices)
+    assert sets[0][1] == sets[1][1] and len(sets[0][0]) == 18 and len(sets[1][0]) == 10
+
+    out = tmp_path / "run"
+    T.fit(args_for("train", data, out, "--epochs", "1", "--holdout", "6", "--model-ema",
+                   "--eval-start"))
+    (e,) = list(iter_history(out))
+    for key in ("holdout_top1", "holdout_ema_top1", "val_top1", "ema_top1"):
+        assert 0 <= e[key] <= 100
+    assert e["best_on"] == "holdout"
+    assert e["best_top1"] == max(e["holdout_top1"], e["holdout_ema_top1"])
+    assert read_checkpoint(out / "last.pth")["step"] == 2  # 18 images / batch 8
+    start = json.loads((out / "start_eval.json").read_text())
+    assert {"holdout_top1", "val_top1"} <= set(start) and start["weights"] == "start"
+
+
+def test_eval_start_of_finetune_scores_the_given_weights(data: dict[str, Path], trained: Path,
+                                                          tmp_path: Path) -> None:
+    """The dense fine-tune's start score is the checkpoint's own top-1 on the held-out images,
+    measured independently here."""
+    from vimstm import create_model
+    from vimstm.data import holdout_split, open_dataset
+    from vimstm.engine.evaluate import evaluate
+
+    out = tmp_path / "ft"
+    T.fit(build_parser().parse_args(
+        ["finetune", *TINY, "--data", str(data["train"]), "--holdout", "9", "--eval-start",
+         "--checkpoint", str(trained / "last.pth"), "--method", "dense", "--epochs", "1",
+         "--batch-size", "8", "--workers", "0", "--output", str(out), "--no-progress"]))
+    start = json.loads((out / "start_eval.json").read_text())
+    assert "val_top1" not in start and "val_top1" not in next(iter_history(out))
+
+    model = create_model("vim_tiny", checkpoint=trained / "last.pth", depth=2, embed_dim=32,
+                         img_size=32, patch_size=8, stride=8, d_state=4, num_classes=3).eval()
+    ds = open_dataset(data["train"], transform=T.eval_transform(32, crop_pct=1.0,
+                                                                mean=model.default_cfg["mean"],
+                                                                std=model.default_cfg["std"]))
+    _, held = holdout_split(ds.targets, 9)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, held), batch_size=64,
+                                         collate_fn=T.collate_skip)
+    top1 = evaluate(model, loader, device=torch.device("cpu"), amp=None, progress=False)["top1"]
+    assert start["holdout_top1"] == pytest.approx(float(top1))
+
+
+@pytest.mark.parametrize(("flags", "match"), [
+    (["--holdout", "0"], "--holdout must be at least 1"),
+    (["--holdout", "24"], "between 1 and 23"),
+    (["--holdout", "2"], "fewer than the 3 classes"),
+])
+def test_bad_holdout_is_refused(flags: list[str], match: str, data: dict[str, Path],
+                                tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=match):
+        T.fit(args_for("train", data, tmp_path / "out", *flags))
+
+
+def test_eval_start_and_limit_val_need_images(data: dict[str, Path], tmp_path: Path) -> None:
+    for flag, match in (("--eval-start", "--eval-start without"),
+                        ("--limit-val", "--limit-val without")):
+        a = args_for("train", data, tmp_path / "out", flag, *(["3"] if flag == "--limit-val"
+                                                               else []))
+        a.val_data = None
+        with pytest.raises(ConfigError, match=match):
+            T.fit(a)
+        assert not (tmp_path / "out").exists()

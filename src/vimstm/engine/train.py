@@ -19,8 +19,12 @@
 * ``export``: the (EMA) weights of a run as a half-precision safetensors file, e.g. the bundled
   ``vimstm/weights/vim_tiny_cifar10.safetensors`` (:func:`vimstm.models.checkpoint.export_weights`).
 
+``--holdout N`` keeps N class-balanced training images out of training
+(:func:`vimstm.data.holdout_split`: fixed by the data and N alone) and evaluates them as a
+validation set (``holdout_top1``), so a recipe or epoch can be chosen without the test split.
+
 Every epoch writes ``OUTPUT/last.pth`` atomically and ``best.pth`` when the validation top-1
-improves (:mod:`vimstm.engine.train_state`); ``--resume auto`` continues from ``last.pth`` at the
+(the held-out one when ``--holdout`` is given) improves (:mod:`vimstm.engine.train_state`); ``--resume auto`` continues from ``last.pth`` at the
 next epoch. Each epoch re-seeds every RNG from (seed, epoch, rank), so a resumed run repeats an
 uninterrupted one. The training transforms are :func:`vimstm.data.train_transform`.
 """
@@ -54,6 +58,7 @@ from vimstm.data import (
     check_classes,
     collate_skip,
     eval_transform,
+    holdout_split,
     open_dataset,
     spread_subset,
     train_transform,
@@ -62,10 +67,19 @@ from vimstm.engine import distributed
 from vimstm.engine.evaluate import evaluate
 from vimstm.engine.model_args import add_model_args, arch_overrides, weights_source
 from vimstm.engine.paths import check_output_dir
-from vimstm.engine.train_state import LAST, TrainState, plain, resume_path, seed_all, write_log
+from vimstm.engine.train_state import (
+    LAST,
+    START_EVAL,
+    TrainState,
+    plain,
+    resume_path,
+    seed_all,
+    write_log,
+)
 from vimstm.errors import ConfigError, DataError, VimstmError
 from vimstm.merge import add_merge_args, merge_method, patch_from_args
 from vimstm.models.checkpoint import (
+    atomic_write,
     export_weights,
     extract_state_dict,
     load_checkpoint,
@@ -160,6 +174,11 @@ def _add_common_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="training data: class folders or .tar/.tar.xz")
     g.add_argument("--val-data", default=None, help="validation data, evaluated every epoch")
+    g.add_argument("--holdout", type=int, default=None, metavar="N",
+                   help="hold out N images of --data (class-balanced, the same N for the same "
+                        "data and N) as a validation set: train on the rest, evaluate these "
+                        "(logged as holdout_top1; with --val-data both are evaluated and "
+                        "best.pth follows the held-out top-1)")
     g.add_argument("--workers", type=int, default=8, help="data-loading processes per GPU")
     g.add_argument("--limit-train", type=int, default=None, help="use only N training images")
     g.add_argument("--limit-val", type=int, default=None, help="use only N validation images")
@@ -213,7 +232,11 @@ def _add_common_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
                         "this process (continue later with --resume auto)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--eval-every", type=int, default=1, metavar="K",
-                   help="evaluate --val-data every K epochs and after the last one (default 1)")
+                   help="evaluate --val-data / --holdout every K epochs and after the last "
+                        "one (default 1)")
+    g.add_argument("--eval-start", action="store_true",
+                   help="also evaluate the starting weights (merged, for finetune) before the "
+                        "first epoch; written to OUTPUT/start_eval.json")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -342,7 +365,7 @@ def _validate(args: argparse.Namespace) -> None:
         checks += [(min_res >= 1, "--min-res must be at least 1"),
                    (0 <= lo <= hi <= 1, "--res-ramp START END must satisfy 0 <= START <= END "
                                         f"<= 1 (fractions of --epochs), got {lo:g} {hi:g}")]
-    for flag in ("limit_train", "limit_val"):
+    for flag in ("limit_train", "limit_val", "holdout"):
         n = getattr(args, flag)
         if n is not None and n < 1:
             checks.append((False, f"--{flag.replace('_', '-')} must be at least 1 (leave it out "
@@ -364,6 +387,12 @@ def _validate(args: argparse.Namespace) -> None:
             if args.distill_type == "hard" and "distill_temp" in given:
                 raise ConfigError("--distill-temp is for --distill-type soft; hard "
                                   "distillation uses the teacher's top class only")
+    if args.eval_start and not (args.val_data or args.holdout):
+        checks.append((False, "--eval-start without --val-data or --holdout would be ignored: "
+                              "give the images to evaluate"))
+    if args.limit_val is not None and not args.val_data:
+        checks.append((False, "--limit-val without --val-data would be ignored (--holdout N "
+                              "sets the number of held-out images itself)"))
     if getattr(args, "finetune", False) or getattr(args, "teacher", None) is not None:
         checks += [(0 <= args.distill_alpha <= 1, "--distill-alpha must be in [0, 1]"),
                    (args.distill_temp > 0, "--distill-temp must be positive")]
@@ -415,26 +444,39 @@ def _resolve_amp(amp: str, device: torch.device) -> str | None:
 
 
 def _open_data(args: argparse.Namespace, model_cfg: dict[str, Any], img_size: int) -> tuple:
+    """``(train, val, holdout, classes)``: the training set (less the held-out images, then
+    ``--limit-train`` of the rest), ``--val-data`` and the ``--holdout`` images (eval transform),
+    each ``None`` when not asked for."""
     mean, std = model_cfg["mean"], model_cfg["std"]
     train_tf = train_transform(img_size, mean, std, args.aa, args.reprob)
-    train = open_dataset(args.data, transform=train_tf)
-    if len(train) == 0:
+    crop = 1.0 if img_size <= SMALL_IMAGE else model_cfg.get("crop_pct", 0.875)
+    eval_tf = eval_transform(img_size, crop_pct=crop, mean=mean, std=std)
+    full = open_dataset(args.data, transform=train_tf)
+    if len(full) == 0:
         raise DataError(f"no training images in {args.data}")
-    classes = list(train.classes)
+    classes = list(full.classes)
+    train: Any = full
+    pool: list[int] | None = None  # the images left to train on (None: all)
+    holdout = None
+    if args.holdout:
+        pool, held = holdout_split(full.targets, args.holdout, classes)
+        shown = copy.copy(full)  # same files, evaluation transform
+        shown.transform = eval_tf
+        holdout = torch.utils.data.Subset(shown, held)
+        train = torch.utils.data.Subset(full, pool)
     if args.limit_train:
         g = torch.Generator().manual_seed(args.seed)
-        idx = torch.randperm(len(train), generator=g)[: args.limit_train].tolist()
-        train = torch.utils.data.Subset(train, idx)
+        n = len(pool) if pool is not None else len(full)
+        idx = torch.randperm(n, generator=g)[: args.limit_train].tolist()
+        train = torch.utils.data.Subset(full, [pool[i] for i in idx] if pool is not None else idx)
     val = None
     if args.val_data:
-        crop = 1.0 if img_size <= SMALL_IMAGE else model_cfg.get("crop_pct", 0.875)
-        val = open_dataset(args.val_data, transform=eval_transform(
-            img_size, crop_pct=crop, mean=mean, std=std))
+        val = open_dataset(args.val_data, transform=eval_tf)
         check_classes(val.classes, f"the training data ({args.data})", expected=classes,
                       data=f"the validation data ({args.val_data})")
         if args.limit_val:
             val = spread_subset(val, args.limit_val)
-    return train, val, classes
+    return train, val, holdout, classes
 
 
 def _build_model(args: argparse.Namespace, num_classes: int | None) -> nn.Module:
@@ -508,7 +550,7 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
     spec = get_spec(args.model)
     img_size = args.img_size or spec.kwargs.get("img_size", 224)
     model_cfg = {"mean": spec.mean, "std": spec.std, "crop_pct": spec.crop_pct}
-    train_set, val_set, classes = _open_data(args, model_cfg, img_size)
+    train_set, val_set, holdout_set, classes = _open_data(args, model_cfg, img_size)
     num_classes, _ = _class_contract(args, classes)
     if ckpt is not None:
         check_classes(classes, f"checkpoint {resume}", expected=ckpt.get("classes"),
@@ -558,11 +600,17 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
         raise ConfigError(
             f"--batch-size {args.batch_size} × {world} GPU(s) is larger than the training data "
             f"({len(train_set)} images): lower the batch size")
-    val_loader = None
+    val_loader = holdout_loader = None
     if val_set is not None:
         val_loader = torch.utils.data.DataLoader(
             val_set, batch_size=max(args.batch_size, 64),
             sampler=ShardSampler(len(val_set), rank, world), **loader_kw)
+    if holdout_set is not None:
+        holdout_loader = torch.utils.data.DataLoader(
+            holdout_set, batch_size=max(args.batch_size, 64),
+            sampler=ShardSampler(len(holdout_set), rank, world), **loader_kw)
+    # the set best.pth follows: the held-out images when given (never the test split by choice)
+    select = "holdout" if holdout_loader is not None else "val" if val_loader is not None else None
 
     # -- optimisation ----------------------------------------------------------------------
     no_wd = set(getattr(model, "no_weight_decay", lambda: set())())
@@ -615,7 +663,20 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
               f"images, {len(classes)} classes, {world} process(es) on {device}, "
               f"total batch {args.batch_size * world}, {steps_per_epoch} steps/epoch, "
               f"amp {amp or 'none'}, output {out}")
+        if holdout_set is not None:
+            print(f"held out {len(holdout_set)} images of {args.data} (class-balanced, "
+                  "--holdout): evaluated as holdout_top1, not trained on; best.pth follows them",
+                  flush=True)
         write_log(out, history)
+
+    if args.eval_start and start_epoch == 0:
+        t0 = time.perf_counter()
+        start = {"weights": "start", "epoch": None,
+                 **_evaluate_sets(model, None, val_loader, holdout_loader, device, amp)}
+        start["eval_seconds"] = time.perf_counter() - t0
+        if main:
+            atomic_write(out / START_EVAL, json.dumps(start, indent=1) + "\n")
+            print("before training: " + _format_scores(start), flush=True)
 
     last: dict[str, Any] = history[-1] if history else {}
     if start_epoch >= args.epochs and main:
@@ -660,16 +721,18 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
         if getattr(model, "merger", None) is not None:
             entry["tokens_per_block"] = plain(model.merge_info.get("tokens_per_block"))
         evaluate_now = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs
-        if val_loader is not None and evaluate_now:
+        if select is not None and evaluate_now:
             t0 = time.perf_counter()
-            entry["val_top1"] = _evaluate(model, val_loader, device, amp)
-            if ema is not None:
-                entry["ema_top1"] = _evaluate(ema.module, val_loader, device, amp)
+            entry.update(_evaluate_sets(model, ema, val_loader, holdout_loader, device, amp))
             entry["eval_seconds"] = time.perf_counter() - t0
-        score = max(entry.get("val_top1", -1.0), entry.get("ema_top1", -1.0))
-        is_best = val_loader is not None and score > best
+        keys = ("holdout_top1", "holdout_ema_top1") if select == "holdout" else ("val_top1",
+                                                                               "ema_top1")
+        score = max(entry.get(keys[0], -1.0), entry.get(keys[1], -1.0))
+        is_best = select is not None and score > best
         best = max(best, score)
-        entry["best_top1"] = best if val_loader is not None and best >= 0 else None
+        entry["best_top1"] = best if select is not None and best >= 0 else None
+        if select is not None:
+            entry["best_on"] = select
         history.append(entry)
         last = entry
         if main:
@@ -782,13 +845,31 @@ def _evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str | No
     return float(evaluate(model, loader, device=device, amp=amp, progress=False)["top1"])
 
 
+def _evaluate_sets(model: nn.Module, ema: Any, val: Any, holdout: Any, device: torch.device,
+                   amp: str | None) -> dict[str, float]:
+    """Top-1 of the weights (and their EMA) on ``--val-data`` (``val_top1``, ``ema_top1``)
+    and on the held-out training images (``holdout_top1``, ``holdout_ema_top1``)."""
+    scores: dict[str, float] = {}
+    for loader, prefix in ((holdout, "holdout_"), (val, "")):
+        if loader is None:
+            continue
+        scores[f"{prefix}top1" if prefix else "val_top1"] = _evaluate(model, loader, device, amp)
+        if ema is not None:
+            scores[f"{prefix}ema_top1"] = _evaluate(ema.module, loader, device, amp)
+    return scores
+
+
+def _format_scores(e: dict[str, Any]) -> str:
+    names = (("holdout_top1", "holdout top-1"), ("holdout_ema_top1", "holdout EMA top-1"),
+             ("val_top1", "val top-1"), ("ema_top1", "EMA top-1"))
+    return " | ".join(f"{label} {e[k]:.2f}" for k, label in names if k in e)
+
+
 def _format_entry(e: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {e['epoch'] + 1}/{epochs}", f"loss {e['train_loss']:.4f}",
              f"lr {e['lr']:.2e}", f"train top-1 {e['train_top1']:.2f}"]
-    if "val_top1" in e:
-        parts.append(f"val top-1 {e['val_top1']:.2f}")
-    if "ema_top1" in e:
-        parts.append(f"EMA top-1 {e['ema_top1']:.2f}")
+    if any(k in e for k in ("holdout_top1", "val_top1")):
+        parts.append(_format_scores(e))
     if "train_img_size" in e:
         parts.append(f"{e['train_img_size']} px")
     parts += [f"{e['images_per_s']:.0f} img/s", f"{e['epoch_seconds']:.1f} s"]

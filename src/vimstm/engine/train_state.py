@@ -25,6 +25,7 @@ from vimstm.errors import CheckpointError
 from vimstm.models.checkpoint import atomic_save, atomic_write, load_state_dict_checked
 
 LAST, BEST, LOG = "last.pth", "best.pth", "log.jsonl"
+START_EVAL = "start_eval.json"  # --eval-start: the starting weights' scores
 
 
 def seed_all(seed: int) -> None:
