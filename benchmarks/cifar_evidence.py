@@ -32,7 +32,8 @@ vector per row and the SHA-256 of the label vector, never the labels or the pred
 part of the data set is stored) so every comparison can be recomputed.
 
 ``--finetuned DIR`` evaluates the runs of ``vimstm finetune`` under DIR instead (each
-subfolder with a ``last.pth``; its merging options are read from the checkpoint): the
+subfolder with a ``last.pth``; its merging options are read from the checkpoint; its EMA
+weights when the run kept them, ``--model-ema``, as ``vimstm export`` would write): the
 fine-tuned model, and the original weights with the same merging, with differences against the
 original dense model, the dense fine-tune (``--method dense``: the control), the STM fine-tune
 at the same point and the same configuration training-free.
@@ -525,6 +526,13 @@ def calibrate_rows(cfgs: list[Config], model: torch.nn.Module, args: argparse.Na
     return out
 
 
+def kept_ema(path: str | Path, args: argparse.Namespace) -> bool:
+    """Whether the fine-tune run's checkpoint holds EMA weights (``--model-ema``)."""
+    from vimstm.models.checkpoint import read_checkpoint
+
+    return read_checkpoint(path, trust=args.trust_checkpoint).get("model_ema") is not None
+
+
 def finetune_configs(root: Path, trust: bool,
                      reduction_kw: dict[str, Any] | None = None) -> list[Config]:
     """One config per fine-tune run under ``root``: its merging read from the checkpoint.
@@ -760,7 +768,8 @@ def run(args: argparse.Namespace) -> int:
             if c.method != "dense":
                 k += 1
                 record(free[c.label], model, k, total)
-            load_checkpoint(ft_model, c.checkpoint, trust=args.trust_checkpoint)
+            load_checkpoint(ft_model, c.checkpoint, use_ema=kept_ema(c.checkpoint, args),
+                            trust=args.trust_checkpoint)
             k += 1
             record(c, ft_model.eval(), k, total)
     else:

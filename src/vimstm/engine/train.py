@@ -24,9 +24,10 @@
 validation set (``holdout_top1``), so a recipe or epoch can be chosen without the test split.
 
 Every epoch writes ``OUTPUT/last.pth`` atomically and ``best.pth`` when the validation top-1
-(the held-out one when ``--holdout`` is given) improves (:mod:`vimstm.engine.train_state`); ``--resume auto`` continues from ``last.pth`` at the
-next epoch. Each epoch re-seeds every RNG from (seed, epoch, rank), so a resumed run repeats an
-uninterrupted one. The training transforms are :func:`vimstm.data.train_transform`.
+(the held-out one when ``--holdout`` is given) improves (:mod:`vimstm.engine.train_state`);
+``--resume auto`` continues from ``last.pth`` at the next epoch. Each epoch re-seeds every RNG
+from (seed, epoch, rank), so a resumed run repeats an uninterrupted one. The training
+transforms are :func:`vimstm.data.train_transform`.
 """
 
 from __future__ import annotations
