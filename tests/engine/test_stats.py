@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vimstm.engine.stats import compare, discordant, mcnemar, paired_bootstrap
+from vimstm.engine.stats import compare, discordant, mcnemar, paired_bootstrap, splitmix64
 from vimstm.errors import ConfigError
 
 
@@ -74,3 +74,28 @@ def test_a_small_difference_is_not_distinct():
 def test_mismatched_vectors_are_refused():
     with pytest.raises(ConfigError, match="same images"):
         compare(np.ones(3, bool), np.ones(4, bool))
+
+
+def test_splitmix64_matches_the_reference_generator():
+    """The published SplitMix64 outputs (Steele, Lea and Flood's generator as in the xoshiro
+    reference code), seeds 0 and 1234567."""
+    assert [int(v) for v in splitmix64(0, 0, 2)] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
+    assert [int(v) for v in splitmix64(1234567, 0, 2)] == [6457827717110365317,
+                                                           3203168211198807973]
+    assert np.array_equal(splitmix64(7, 5, 3), splitmix64(7, 0, 8)[5:])  # counter-based
+
+
+def test_bootstrap_depends_only_on_the_counts():
+    """The same discordant counts give the same interval whatever the images' order, the other
+    rows compared before, or the machine: the stream is integer arithmetic on a counter, not
+    NumPy's samplers (whose multinomial changed between NumPy 2.4 and 2.5)."""
+    a, b = _vectors(8000, 121, 193, 5000)
+    r = paired_bootstrap(a, b, resamples=2000, seed=0)
+    perm = np.random.default_rng(2).permutation(a.size)
+    assert paired_bootstrap(a[perm], b[perm], resamples=2000, seed=0) == r
+    paired_bootstrap(*_vectors(500, 40, 7, 300), seed=0)  # another comparison in between
+    a2, b2 = _vectors(8000, 121, 193, 100)  # other concordant images, same counts
+    assert paired_bootstrap(a2, b2, resamples=2000, seed=0) == r
+    # this interval was computed on NumPy 2.4.6 (x86-64); any NumPy or machine must agree
+    assert (r["diff"], r["lo"], r["hi"]) == (-0.9, -1.35, -0.475)
+    assert paired_bootstrap(a, b, resamples=2000, seed=1) != r

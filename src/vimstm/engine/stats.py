@@ -5,9 +5,11 @@ same order) of a model ``a`` and a model ``b``:
 
 * :func:`paired_bootstrap`: the difference in top-1 (``a - b``, percentage points) with a
   percentile interval from resampling the images with replacement. Per image the difference
-  is +1, 0 or -1, so a resample is fully described by how many +1 and -1 images it drew: the
-  resampled counts are drawn from the multinomial of the observed shares, which is exactly the
-  bootstrap over images and costs no (resamples x images) index array.
+  is +1, 0 or -1, so a resample is fully described by how many +1 and -1 images it drew; the
+  draws come from a counter-based SplitMix64 stream in integer arithmetic, so the interval
+  depends only on the image count, the two discordant counts, ``resamples`` and ``seed``: the
+  same on every machine and NumPy version (NumPy's own samplers are not: its binomial, and
+  with it ``Generator.multinomial``, changed its stream in NumPy 2.5).
 * :func:`mcnemar`: McNemar's test on the discordant images (``a`` right and ``b`` wrong, and
   the reverse): the exact two-sided binomial p-value and the chi-square one with continuity
   correction.
@@ -37,21 +39,49 @@ def discordant(a: Any, b: Any) -> tuple[int, int]:
     return int(np.count_nonzero(a & ~b)), int(np.count_nonzero(~a & b))
 
 
+_GAMMA, _MIX1, _MIX2 = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9),
+                        np.uint64(0x94D049BB133111EB))
+
+
+def splitmix64(seed: int, start: int, count: int) -> np.ndarray:
+    """Outputs ``start .. start + count - 1`` of the SplitMix64 stream seeded with ``seed``
+    (uint64; wrapping integer arithmetic only, so every platform gets the same numbers)."""
+    z = np.arange(start + 1, start + count + 1, dtype=np.uint64)
+    z *= _GAMMA
+    z += np.uint64(seed % 2**64)
+    z ^= z >> np.uint64(30)
+    z *= _MIX1
+    z ^= z >> np.uint64(27)
+    z *= _MIX2
+    z ^= z >> np.uint64(31)
+    return z
+
+
 def paired_bootstrap(a: Any, b: Any, resamples: int = 2000, seed: int = 0,
                      level: float = 0.95) -> dict[str, float]:
     """Top-1 difference ``a - b`` in points and its bootstrap percentile interval.
 
     Returns ``diff``, ``lo``, ``hi`` (the ``level`` interval) and ``se`` (the bootstrap
-    standard deviation), all in percentage points.
+    standard deviation), all in percentage points. Resample ``r`` draws image
+    ``floor(u * n / 2**64)`` for each of its ``n`` SplitMix64 outputs ``u``; with the +1 images
+    first and the -1 images next (the order does not change the distribution), only two
+    integer comparisons per draw are needed.
     """
     if resamples < 1 or not 0.0 < level < 1.0:
         raise ConfigError(f"resamples={resamples} must be >= 1 and level={level} in (0, 1)")
     a, b = _pair(a, b)
     n = a.size
     plus, minus = discordant(a, b)
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, [plus / n, minus / n, (n - plus - minus) / n], size=resamples)
-    diffs = 100.0 * (counts[:, 0] - counts[:, 1]) / n
+    # u < t1: a +1 image; t1 <= u < t2: a -1 image (t = ceil(k * 2**64 / n), exact integers)
+    t1, t2 = -(-(plus << 64) // n), -(-((plus + minus) << 64) // n)
+    k_plus, k_disc = np.zeros(resamples, np.int64), np.zeros(resamples, np.int64)
+    chunk = max(1, (1 << 21) // n)  # resamples per block: about 16 MB of draws
+    for r0 in range(0, resamples if plus + minus else 0, chunk):
+        c = min(chunk, resamples - r0)
+        u = splitmix64(seed, r0 * n, c * n).reshape(c, n)
+        for k, t in ((k_plus, t1), (k_disc, t2)):
+            k[r0:r0 + c] = n if t >= 2**64 else np.count_nonzero(u < np.uint64(t), axis=1)
+    diffs = 100.0 * (2 * k_plus - k_disc) / n
     tail = 100.0 * (1.0 - level) / 2.0
     lo, hi = np.percentile(diffs, [tail, 100.0 - tail])
     return {"diff": 100.0 * (plus - minus) / n, "lo": float(lo), "hi": float(hi),
