@@ -23,13 +23,15 @@ One process, one pass per configuration over the test split (kept on the device)
 Each row: top-1 on the images given, agreement with the dense predictions and KL from the dense
 logits, the operating point (mean token reduction, ratio, tokens in the last block, GMACs in
 the literature convention and with both scan directions), images/s (CUDA: fp16, batch 256,
-CUDA-graph replay as ``vimstm bench`` does by default; dense measured first and again last,
-in the same process), and the difference in top-1 against dense and against STM (default
-options) at the same point, each with a 95% paired-bootstrap interval over the images and
-McNemar's p-value (:mod:`vimstm.engine.stats`); ``distinct`` says whether the interval
-excludes 0. Whether each row got each image right is saved (``*_correct.npz``: one packed bit
-vector per row and the SHA-256 of the label vector, never the labels or the predictions, so no
-part of the data set is stored) so every comparison can be recomputed.
+CUDA-graph replay as ``vimstm bench`` does by default) and the speed-up over dense
+(measured first and again last in the same process, on the same GPU: the faster of the two;
+with shards, each row against its own GPU's dense), and the difference in top-1 against dense
+and against STM (default options) at the same point, each with a 95% paired-bootstrap interval
+over the images and McNemar's p-value (:mod:`vimstm.engine.stats`); ``distinct`` says
+whether the interval excludes 0. Whether each row got each image right is saved
+(``*_correct.npz``: one packed bit vector per row and the SHA-256 of the label vector, never
+the labels or the predictions, so no part of the data set is stored) so every comparison can
+be recomputed.
 
 ``--finetuned DIR`` evaluates the runs of ``vimstm finetune`` under DIR instead (each
 subfolder with a ``last.pth``; its merging options are read from the checkpoint; its EMA
@@ -268,6 +270,23 @@ def add_stats(rows: list[dict], correct: dict[str, np.ndarray], refs: dict[str, 
                                                      else r[k]) for k in (*STATS, "b01", "b10")}}
 
 
+def dense_reference(rows: list[dict], meta: dict) -> float | None:
+    """The dense images/s that the speed-ups divide by: the faster of dense's two measurements
+    in the run (first row and ``meta['dense_images_per_s_end']``, the same GPU). Another
+    process on the machine can only slow a measurement down, so the faster one is the closer."""
+    first = next((r.get("images_per_s") for r in rows if r["group"] == "dense"), None)
+    end = (meta.get("dense_images_per_s_end") or {}).get("images_per_s")
+    return max((v for v in (first, end) if v), default=None)
+
+
+def add_speedups(rows: list[dict], ref: float | None) -> None:
+    """``speedup``: each row's images/s over ``ref`` (its own GPU's dense)."""
+    for r in rows:
+        r.pop("speedup", None)
+        if r.get("images_per_s") and ref:
+            r["speedup"] = round(r["images_per_s"] / ref, 3)
+
+
 def stm_at(row: dict) -> str | None:
     """The STM row (default options) at the row's operating point."""
     return None if row["point"] is None else f"stm {row['point']}"
@@ -364,13 +383,13 @@ def versus_stm(rows: list[dict], group: str) -> list[str]:
 def markdown(rows: list[dict], meta: dict, finetuned: bool = False) -> str:
     """RESULTS.md-ready tables: one per group, the columns the issue asks for."""
     dense = next((r for r in rows if r["group"] == "dense"), None)
-    ips0 = (dense or {}).get("images_per_s")
+    sharded = any(r.get("shard") for r in rows)
     lines = [f"<!-- {meta['command']} -->",
              f"{meta['model']}, {meta['images']} test images, {meta['device']}; top-1 in "
-             f"{meta['amp'] or 'fp32'}; images/s: {meta['speed']}. Δ: top-1 difference in "
-             f"points with its 95% paired-bootstrap interval over the same images "
-             f"({meta['resamples']} resamples); ≈: the interval contains 0 (the images cannot "
-             "tell the two apart).", ""]
+             f"{meta['amp'] or 'fp32'}; images/s: {meta['speed']}.{_speed_reference(meta)} Δ: "
+             f"top-1 difference in points with its 95% paired-bootstrap interval over the same "
+             f"images ({meta['resamples']} resamples); ≈: the interval contains 0 (the images "
+             "cannot tell the two apart).", ""]
     compare_cols = (("dense", "Δ vs dense"), ("stm", "Δ vs STM same point"))
     if finetuned:
         compare_cols = (("dense", "Δ vs dense"), ("dense_ft", "Δ vs dense fine-tuned"),
@@ -387,7 +406,8 @@ def markdown(rows: list[dict], meta: dict, finetuned: bool = False) -> str:
         if not finetuned and dense is not None:
             sel = [dense, *sel]
         head = ["configuration", "top-1", *[c for _, c in compare_cols], "GMACs (lit.)",
-                "GMACs (full)", "mean red.", "tokens last", "img/s", "speed-up", "agree %"]
+                "GMACs (full)", "mean red.", "tokens last", *(["GPU"] if sharded else []),
+                "img/s", "speed-up", "agree %"]
         lines += [f"#### {title}", "", "| " + " | ".join(head) + " |",
                   "| --- |" + " ---: |" * (len(head) - 1)]
         for r in sel:
@@ -395,8 +415,9 @@ def markdown(rows: list[dict], meta: dict, finetuned: bool = False) -> str:
             cells = [r["label"], f"{r['top1']:.2f}", *[_delta(r, k) for k, _ in compare_cols],
                      f"{r['gmacs_literature']:.3f}", f"{r['gmacs_full']:.3f}",
                      f"{r['mean_token_reduction']:.3f}", str(r["tokens_last_block"]),
+                     *([str(r.get("shard") or "–").split("/")[0]] if sharded else []),
                      f"{ips:.0f}" if ips else "–",
-                     f"{ips / ips0:.2f}x" if ips and ips0 else "–",
+                     f"{r['speedup']:.2f}x" if r.get("speedup") else "–",
                      "–" if r.get("agree_dense") is None else f"{r['agree_dense']:.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -407,12 +428,36 @@ def markdown(rows: list[dict], meta: dict, finetuned: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _speed_reference(meta: dict) -> str:
+    """The dense images/s the speed-ups divide by, per GPU, and the measurements behind it."""
+    refs = meta.get("dense_images_per_s_ref_by_shard")
+    if refs:
+        firsts = meta.get("dense_images_per_s_by_shard") or []
+        ends = meta.get("dense_images_per_s_end_by_shard") or []
+        per = "; ".join(
+            f"GPU {k}: {_ips(ref)} (first {_ips(a)}, last {_ips(b)})"
+            for k, (ref, a, b) in enumerate(zip(refs, firsts, ends)))
+        return (" Speed-up: over the dense images/s of the row's own GPU, the faster of dense's "
+                f"two measurements there (first and last in the run): {per}.")
+    ref = meta.get("dense_images_per_s_ref")
+    if not ref:
+        return ""
+    end = (meta.get("dense_images_per_s_end") or {}).get("images_per_s")
+    return (f" Speed-up: over dense's {_ips(ref)} images/s, the faster of its measurements "
+            f"first and last in the run (last: {_ips(end)}).")
+
+
+def _ips(v: float | None) -> str:
+    return "–" if not v else f"{v:,.0f}"
+
+
 COLORS = {"stm": "C3", "tome": "C0", "rmeeto": "C1", "prune-top": "C2", "prune-norm": "C4",
           "random": "C7", "mtr": "C5"}
 
 
 def plot(data: dict, path: Path) -> None:
-    """Top-1 against GMACs and against images/s, a line per method: solid through the
+    """Top-1 against GMACs and against the speed-up over dense (images/s over dense's on the
+    same GPU, so shards on several GPUs share one axis), a line per method: solid through the
     default-schedule points (ratio, flops), dashed through the reduction points (their own
     schedule); fine-tuned points as triangles when ``data['finetuned']`` holds them. The
     top-1 axis starts 15 points below dense (lower rows are marked at its foot)."""
@@ -428,7 +473,8 @@ def plot(data: dict, path: Path) -> None:
     main_rows = [r for r in rows if r["group"] == "main"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, key, xlabel in ((axes[0], "gmacs_literature", "GMACs per image (literature)"),
-                            (axes[1], "images_per_s", f"images/s ({meta['speed']})")):
+                            (axes[1], "speedup", "speed-up over dense (images/s over dense's on "
+                             f"the same GPU; {meta['speed']})")):
         if dense.get(key) is None:
             ax.text(0.5, 0.5, "not measured (CPU run)", ha="center", transform=ax.transAxes)
             ax.set_xlabel(xlabel)
@@ -788,10 +834,8 @@ def run(args: argparse.Namespace) -> int:
             meta["dense_images_per_s_end"] = runner.speed(model)
             print(f"# dense at the end: {meta['dense_images_per_s_end']}", flush=True)
     meta["seconds"] = round(time.perf_counter() - started, 1)
-    dense_ips = next((r.get("images_per_s") for r in rows if r["group"] == "dense"), None)
-    for r in rows:
-        if r.get("images_per_s") and dense_ips:
-            r["speedup"] = round(r["images_per_s"] / dense_ips, 3)
+    meta["dense_images_per_s_ref"] = dense_reference(rows, meta)
+    add_speedups(rows, meta["dense_images_per_s_ref"])
     if args.shard:  # statistics and tables once the shards are merged (--merge-shards)
         meta["shard"] = args.shard
         for r in rows:
@@ -829,7 +873,7 @@ def shard_of(cfgs: list[Config], k: int, n: int) -> list[Config]:
 def merge_shards(out: Path, n: int) -> tuple[list[dict], dict, str, dict]:
     """The rows, per-image correctness, labels' digest and meta of ``n`` shard runs, in plan
     order; dense from shard 0 (every shard evaluates it, and all must agree)."""
-    rows, correct, metas, digest, dense = [], {}, [], None, None
+    rows, correct, metas, digest, dense, refs = [], {}, [], None, None, []
     for k in range(n):
         stem = out / f"evidence_shard{k}"
         if not stem.with_suffix(".json").exists():
@@ -843,6 +887,8 @@ def merge_shards(out: Path, n: int) -> tuple[list[dict], dict, str, dict]:
             raise VimstmError(f"shard {k} evaluated other images or predicted differently with "
                               "the dense model; rerun the shards with the same arguments")
         metas.append(data["meta"])
+        refs.append(dense_reference(data["rows"], data["meta"]))
+        add_speedups(data["rows"], refs[-1])  # this shard's GPU
         for r, name in zip(data["rows"], names):
             if r["group"] == "dense" and k > 0:
                 continue
@@ -857,12 +903,18 @@ def merge_shards(out: Path, n: int) -> tuple[list[dict], dict, str, dict]:
         next((r.get("images_per_s") for r in json.loads(
             (out / f"evidence_shard{k}.json").read_text())["rows"] if r["group"] == "dense"),
             None) for k in range(n)]
+    meta["dense_images_per_s_end_by_shard"] = [
+        (m.get("dense_images_per_s_end") or {}).get("images_per_s") for m in metas]
+    meta["dense_images_per_s_ref_by_shard"] = refs
+    meta.pop("dense_images_per_s_end", None)  # shard 0's: in the list above
+    meta["dense_images_per_s_ref"] = refs[0]
     meta["calibration"] = next((m["calibration"] for m in metas if m.get("calibration")), None)
     for key in ("not_run", "failed"):
         merged = {k: v for m in metas for k, v in (m.get(key) or {}).items()}
         if merged:
             meta[key] = merged
-    meta["speed"] += f"; {n} shards, one GPU each: speed-ups against each shard's own dense"
+    meta["speed"] += (f"; {n} shards, one GPU each: a row's images/s is from its own GPU "
+                      "(column GPU)")
     return rows, correct, digest, meta
 
 

@@ -8,6 +8,7 @@ the rows, statistics and files are what is checked.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -263,3 +264,64 @@ def test_shards_merge_into_the_unsharded_run(images: Path, weights: Path, tmp_pa
             (b["top1"], b.get("vs_dense"), b.get("vs_stm"))
     assert ev.main([*common, "--out", str(tmp_path / "x"), "--shard", "2/2"]) == 2
     assert ev.main(["--out", str(tmp_path / "x"), "--merge-shards", "2"]) == 2
+
+
+def _shard(out: Path, k: int, n: int, dense_ips: tuple[float, float],
+           rows: list[tuple[str, int, float]], correct: dict[str, np.ndarray]) -> None:
+    """A synthetic shard run (no model): dense measured first and last at ``dense_ips``, then
+    ``rows`` (label, plan order, images/s), as ``--shard k/n`` writes it."""
+    def row(label: str, order: int, ips: float) -> dict:
+        method, _, point = label.partition(" ")
+        return {"label": label, "group": "dense" if method == "dense" else "main",
+                "order": order, "method": method, "point": point or None,
+                "variant": "default", "images": 64,
+                "top1": round(100.0 * float(correct[label].mean()), 3), "agree_dense": 95.0,
+                "kl_dense": 0.01, "gmacs_literature": 1.0 - 0.1 * order,
+                "gmacs_full": 1.2 - 0.1 * order, "mean_token_reduction": 0.1 * order,
+                "tokens_last_block": 257 - 10 * order, "schedule": {}, "options": {},
+                "images_per_s": ips, "shard": f"{k}/{n}"}
+
+    meta = {"command": f"python benchmarks/cifar_evidence.py --shard {k}/{n}",
+            "model": "vim_tiny_cifar10", "checkpoint": None, "device": "GPU", "images": 64,
+            "data": "test", "amp": "bf16", "speed": "fp16, batch 256", "resamples": 50,
+            "seed": 0, "seconds": 1.0, "calibration": None, "shard": f"{k}/{n}",
+            "dense_images_per_s_end": {"images_per_s": dense_ips[1]}}
+    rws = [row("dense", 0, dense_ips[0]), *(row(*r) for r in rows)]
+    ev.write_tables(rws, {r["label"]: correct[r["label"]] for r in rws}, "0" * 64, meta,
+                    out / f"evidence_shard{k}")
+
+
+def test_merged_speedups_are_against_each_rows_own_gpu(tmp_path: Path):
+    """Shard 1 ran on a slower GPU (dense 800 images/s there, 1000 on shard 0's): its rows'
+    speed-ups divide by 800 in the markdown, the JSON and the CSV alike; a dense measurement
+    slowed by the other shards (600 first, 800 last) does not count."""
+    rng = np.random.default_rng(0)
+    correct = {k: rng.random(64) < 0.8 for k in ("dense", "stm ratio=0.4", "tome ratio=0.4",
+                                                  "stm flops=0.6")}
+    _shard(tmp_path, 0, 2, (1000.0, 990.0), [("stm ratio=0.4", 1, 1300.0)], correct)
+    _shard(tmp_path, 1, 2, (600.0, 800.0), [("tome ratio=0.4", 2, 1200.0),
+                                            ("stm flops=0.6", 3, 1000.0)], correct)
+    md = tmp_path / "ev.md"
+    assert ev.main(["--out", str(tmp_path), "--merge-shards", "2", "--resamples", "50",
+                    "--markdown", str(md)]) == 0
+    data = json.loads((tmp_path / "evidence.json").read_text())
+    rows = {r["label"]: r for r in data["rows"]}
+    want = {"dense": 1.0, "stm ratio=0.4": 1.3, "tome ratio=0.4": 1.5, "stm flops=0.6": 1.25}
+    cells = {}
+    for line in md.read_text().splitlines():
+        parts = [c.strip() for c in line.strip("|").split("|")]
+        if parts[0] in want:  # ..., GPU, img/s, speed-up, agree %
+            cells[parts[0]] = (parts[-4], parts[-3], parts[-2])
+    assert cells == {"dense": ("0", "1000", "1.00x"), "stm ratio=0.4": ("0", "1300", "1.30x"),
+                     "tome ratio=0.4": ("1", "1200", "1.50x"),
+                     "stm flops=0.6": ("1", "1000", "1.25x")}
+    assert {k: r["speedup"] for k, r in rows.items()} == want
+    with open(tmp_path / "evidence.csv") as fh:
+        assert {r["label"]: float(r["speedup"]) for r in csv.DictReader(fh)} == want
+    assert "GPU 1: 800 (first 600, last 800)" in md.read_text()
+    assert data["meta"]["dense_images_per_s_ref_by_shard"] == [1000.0, 800.0]
+    # the statistics again from the merged files: the same tables
+    text = md.read_text()
+    assert ev.main(["--out", str(tmp_path), "--stats-only", "--resamples", "50",
+                    "--markdown", str(md)]) == 0
+    assert md.read_text() == text
