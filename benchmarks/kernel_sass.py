@@ -1,4 +1,5 @@
-"""SASS instruction counts of the Triton scan and conv1d kernels, compiled for sm_90 without a GPU.
+"""SASS instruction counts of the Triton scan, conv1d and merge-similarity kernels, compiled for
+sm_90 without a GPU.
 
     PYTHONPATH=src python benchmarks/kernel_sass.py                       # shipped KernelConfig
     PYTHONPATH=src python benchmarks/kernel_sass.py conv_bwd_block_d=64 chunk=16
@@ -12,8 +13,10 @@ come with Triton. Prints per kernel its registers, spills and shared memory, the
 (static instruction counts and mix, and the blocks that forward branches skip), and the issued
 instructions per token and direction of the scan kernels: the loops of direction 0 weighted by how
 often they run (the replay covers 2/3 of the tokens at save_every 24, its chunk-state store 1/8 of
-its steps; the forward's state save 1/24 of its tokens). The local Triton may differ from the GPU
-machine's; compare counts compiled by the same one.
+its steps; the forward's state save 1/24 of its tokens). The merge similarities (STM's ``x`` and
+``delta``) get the same per-kernel lines, and for the Δ kernel the issued instructions per
+adjacent pair (edge) of tokens. The local Triton may differ from the GPU machine's; compare
+counts compiled by the same one.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
 from triton.runtime.jit import JITFunction
 
+from vimstm.ops import triton_merge as tm
 from vimstm.ops import triton_scan as ts
 
 COMPILED: dict[str, object] = {}
@@ -92,6 +96,10 @@ def launch_all() -> None:
     x = xz[..., :d].transpose(1, 2)
     ts.conv_fwd(x, w, cb, torch.zeros(2, b, L, d, dtype=bf).transpose(2, 3))
     ts.conv_bwd(x, w, cb, du, dxz[..., :d].transpose(1, 2))
+    # merge similarities: the block input (dim 192, half hidden, fp32 residual) and Δ from the
+    # recorded dt_proj inputs (a view of x_dbl, fp32 weights as under autocast)
+    tm.adjacent_dissimilarity_triton(torch.zeros(b, L, d // 2, dtype=bf), torch.zeros(b, L, d // 2))
+    tm.delta_dissimilarity_triton(xd[..., :r], torch.zeros(2, d, r), torch.zeros(2, d))
 
 
 def parse_sass(text: str) -> tuple[list[str], dict[str, int]]:
@@ -150,6 +158,13 @@ def per_token(name: str, loops: list[tuple[int, list[int]]]) -> str:
     return f"{total:.0f} ({', '.join(parts)})"
 
 
+def per_edge(kernel, loop: int) -> str:
+    """Issued instructions per adjacent pair of the Δ kernel: its column loop runs
+    2 x d_inner / BLOCK_C times per program of num_warps warps and BLOCK_T - 1 edges."""
+    bt, bc, warps = tm.DELTA_BLOCK_T, tm.DELTA_BLOCK_C, kernel.metadata.num_warps
+    return f"{loop * 2 * 384 / bc * warps / (bt - 1):.0f} (BLOCK_T {bt}, BLOCK_C {bc})"
+
+
 def report(name: str, kernel) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
@@ -177,6 +192,8 @@ def report(name: str, kernel) -> None:
               + " ".join(f"{k}={mix[k]}" for k in KEYS if mix[k]))
     if name.startswith("_scan") and sized:
         print(f"  per token and direction: {per_token(name, sized)}")
+    if name == "_delta_dis_kernel" and sized:
+        print(f"  per edge: {per_edge(kernel, sized[0][0])}")
 
 
 def main() -> int:

@@ -42,10 +42,12 @@ def test_adjacent_dissimilarity(d, with_res):
 
 
 @pytest.mark.parametrize("t,d,r,dtype", [(37, 40, 3, torch.float32), (2, 64, 12, torch.float32),
-                                         (19, 33, 12, torch.bfloat16)])
+                                         (19, 33, 12, torch.bfloat16),
+                                         (63, 20, 12, torch.float16)])
 def test_delta_dissimilarity(t, d, r, dtype):
     """Δ similarity from the dt_proj inputs (strided views of x_dbl, as the mixer records them)
-    equals its PyTorch definition, which writes the (batch, tokens, 2 d) Δ out."""
+    equals its PyTorch definition, which writes the (batch, tokens, 2 d) Δ out; 37 and 63
+    tokens span two row tiles of the kernel (63: the edges fill them exactly)."""
     from vimstm.ops.triton_merge import delta_dissimilarity_triton
 
     g = torch.Generator().manual_seed(t * d)

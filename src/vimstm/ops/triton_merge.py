@@ -36,47 +36,48 @@ def _store_dissimilarity(out_ptr, pid_b, T, rows, m1, nn0, nn1, dot):
     tl.store(out_ptr + pid_b * (T - 1) + rows, dis, mask=m1)
 
 
-@triton.jit
-def _delta_rows(dt_p, w_p, b_p, rows, mrow, cols, mcol, offs_r, mr, s_dt_t, s_dt_r, s_w_d,
-                s_w_r):
-    """softplus(dt_low[rows] @ W[cols]^T + bias[cols]) of one direction: (BLOCK_T, BLOCK_C)."""
-    x = tl.load(dt_p + rows[:, None] * s_dt_t + offs_r[None, :] * s_dt_r,
-                mask=mrow[:, None] & mr[None, :], other=0.0).to(tl.float32)
-    w = tl.load(w_p + cols[:, None] * s_w_d + offs_r[None, :] * s_w_r,
-                mask=mcol[:, None] & mr[None, :], other=0.0).to(tl.float32)
-    z = tl.sum(x[:, None, :] * w[None, :, :], axis=2)
-    z += tl.load(b_p + cols, mask=mcol, other=0.0).to(tl.float32)[None, :]
-    return tl.where(mrow[:, None] & mcol[None, :], _softplus(z), 0.0)
+# Δ similarity tiles: a program forms Δ of 32 rows (31 edges; each row formed 32/31 times) in
+# column blocks of 16 (4 warps: 96 registers, no spills for sm_90; benchmarks/kernel_sass.py)
+DELTA_BLOCK_T, DELTA_BLOCK_C = 32, 16
 
 
 @triton.jit
 def _delta_dis_kernel(
-    dt_ptr, w_ptr, b_ptr, out_ptr, T, DIM, R,
+    dt_ptr, w_ptr, b_ptr, out_ptr, T, DIM,
     s_dt_k, s_dt_b, s_dt_t, s_dt_r, s_w_k, s_w_d, s_w_r, s_b_k,
-    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+    R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    # a tile of BLOCK_T rows gives the BLOCK_T - 1 edges inside it; tiles overlap by one row
     pid_b = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    rows = tl.program_id(1) * (BLOCK_T - 1) + tl.arange(0, BLOCK_T)
     m0 = rows < T
-    m1 = (rows + 1) < T
-    offs_r = tl.arange(0, BLOCK_R)
-    mr = offs_r < R
-    nn0 = tl.zeros((BLOCK_T,), dtype=tl.float32)
-    nn1 = tl.zeros((BLOCK_T,), dtype=tl.float32)
-    dot = tl.zeros((BLOCK_T,), dtype=tl.float32)
-    for k in tl.static_range(2):
-        dt_p = dt_ptr + k * s_dt_k + pid_b * s_dt_b
-        w_p = w_ptr + k * s_w_k
-        b_p = b_ptr + k * s_b_k
+    nxt = tl.minimum(tl.arange(0, BLOCK_T) + 1, BLOCK_T - 1)  # the row after, in the tile
+    # elementwise sums over the column tiles, reduced across threads once at the end
+    nn0 = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
+    nn1 = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
+    dot = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
+    for k in tl.static_range(2):  # scan directions
+        x_p = dt_ptr + k * s_dt_k + pid_b * s_dt_b + rows * s_dt_t
         for c0 in range(0, DIM, BLOCK_C):
             cols = c0 + tl.arange(0, BLOCK_C)
             mc = cols < DIM
-            f0 = _delta_rows(dt_p, w_p, b_p, rows, m0, cols, mc, offs_r, mr, s_dt_t, s_dt_r,
-                             s_w_d, s_w_r)
-            f1 = _delta_rows(dt_p, w_p, b_p, rows + 1, m1, cols, mc, offs_r, mr, s_dt_t,
-                             s_dt_r, s_w_d, s_w_r)
-            nn0, nn1, dot = _add_cos_terms(f0, f1, nn0, nn1, dot)
-    _store_dissimilarity(out_ptr, pid_b, T, rows, m1, nn0, nn1, dot)
+            w_p = w_ptr + k * s_w_k + cols * s_w_d
+            # z = dt_low[rows] @ W[cols]^T as rank-1 updates: FMAs in registers, no
+            # cross-thread reduction
+            z = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
+            for j in tl.static_range(R):
+                w = tl.load(w_p + j * s_w_r, mask=mc, other=0.0).to(tl.float32)
+                x = tl.load(x_p + j * s_dt_r, mask=m0, other=0.0).to(tl.float32)
+                z += x[:, None] * w[None, :]
+            z += tl.load(b_ptr + k * s_b_k + cols, mask=mc, other=0.0).to(tl.float32)[None, :]
+            f0 = tl.where(m0[:, None] & mc[None, :], _softplus(z), 0.0)
+            f1 = tl.gather(f0, tl.broadcast_to(nxt[:, None], (BLOCK_T, BLOCK_C)), 0)
+            nn0 += f0 * f0
+            nn1 += f1 * f1
+            dot += f0 * f1
+    m1 = (rows + 1 < T) & (tl.arange(0, BLOCK_T) < BLOCK_T - 1)
+    _store_dissimilarity(out_ptr, pid_b, T, rows, m1, tl.sum(nn0, axis=1), tl.sum(nn1, axis=1),
+                         tl.sum(dot, axis=1))
 
 
 def delta_dissimilarity_triton(dt_low: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -88,10 +89,9 @@ def delta_dissimilarity_triton(dt_low: Tensor, weight: Tensor, bias: Tensor) -> 
     out = torch.empty(b, max(t - 1, 0), device=dt_low.device, dtype=torch.float32)
     if t < 2:
         return out
-    block_t, block_c = 16, 32
-    _delta_dis_kernel[(b, triton.cdiv(t - 1, block_t))](
-        dt_low, weight, bias, out, t, d, r, *dt_low.stride(), *weight.stride(), bias.stride(0),
-        BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_R=triton.next_power_of_2(r), num_warps=4,
+    _delta_dis_kernel[(b, triton.cdiv(t - 1, DELTA_BLOCK_T - 1))](
+        dt_low, weight, bias, out, t, d, *dt_low.stride(), *weight.stride(), bias.stride(0),
+        R=r, BLOCK_T=DELTA_BLOCK_T, BLOCK_C=DELTA_BLOCK_C, num_warps=4,
     )
     return out
 
