@@ -873,7 +873,7 @@ def shard_of(cfgs: list[Config], k: int, n: int) -> list[Config]:
 def merge_shards(out: Path, n: int) -> tuple[list[dict], dict, str, dict]:
     """The rows, per-image correctness, labels' digest and meta of ``n`` shard runs, in plan
     order; dense from shard 0 (every shard evaluates it, and all must agree)."""
-    rows, correct, metas, digest, dense, refs = [], {}, [], None, None, []
+    rows, correct, metas, digest, dense, refs, firsts = [], {}, [], None, None, [], []
     for k in range(n):
         stem = out / f"evidence_shard{k}"
         if not stem.with_suffix(".json").exists():
@@ -887,6 +887,8 @@ def merge_shards(out: Path, n: int) -> tuple[list[dict], dict, str, dict]:
             raise VimstmError(f"shard {k} evaluated other images or predicted differently with "
                               "the dense model; rerun the shards with the same arguments")
         metas.append(data["meta"])
+        firsts.append(next((r.get("images_per_s") for r in data["rows"]
+                            if r["group"] == "dense"), None))
         refs.append(dense_reference(data["rows"], data["meta"]))
         add_speedups(data["rows"], refs[-1])  # this shard's GPU
         for r, name in zip(data["rows"], names):
@@ -899,10 +901,7 @@ def merge_shards(out: Path, n: int) -> tuple[list[dict], dict, str, dict]:
     meta.pop("shard", None)
     meta["command"] = " & ".join(m["command"] for m in metas)
     meta["seconds"] = max(m["seconds"] for m in metas)
-    meta["dense_images_per_s_by_shard"] = [
-        next((r.get("images_per_s") for r in json.loads(
-            (out / f"evidence_shard{k}.json").read_text())["rows"] if r["group"] == "dense"),
-            None) for k in range(n)]
+    meta["dense_images_per_s_by_shard"] = firsts
     meta["dense_images_per_s_end_by_shard"] = [
         (m.get("dense_images_per_s_end") or {}).get("images_per_s") for m in metas]
     meta["dense_images_per_s_ref_by_shard"] = refs

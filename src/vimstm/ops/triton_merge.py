@@ -21,13 +21,6 @@ from vimstm.ops.triton_scan import _softplus
 
 
 @triton.jit
-def _add_cos_terms(f0, f1, nn0, nn1, dot):
-    """The squared norms of two (BLOCK_T, BLOCK) row tiles and their row dots, added on."""
-    return (nn0 + tl.sum(f0 * f0, axis=1), nn1 + tl.sum(f1 * f1, axis=1),
-            dot + tl.sum(f0 * f1, axis=1))
-
-
-@triton.jit
 def _store_dissimilarity(out_ptr, pid_b, T, rows, m1, nn0, nn1, dot):
     """``1 - cos`` from the summed terms, clamped at 0, for the edges (row, row + 1)."""
     n0 = tl.maximum(tl.sqrt(nn0), 1e-6)
@@ -121,7 +114,9 @@ def _adjacent_dis_kernel(
             f0 += tl.load(r_base + cols[None, :], mask=m0[:, None] & mc, other=0.0).to(tl.float32)
             f1 += tl.load(r_base + s_r_t + cols[None, :], mask=m1[:, None] & mc,
                           other=0.0).to(tl.float32)
-        nn0, nn1, dot = _add_cos_terms(f0, f1, nn0, nn1, dot)
+        nn0 += tl.sum(f0 * f0, axis=1)
+        nn1 += tl.sum(f1 * f1, axis=1)
+        dot += tl.sum(f0 * f1, axis=1)
     _store_dissimilarity(out_ptr, pid_b, T, rows, m1, nn0, nn1, dot)
 
 
