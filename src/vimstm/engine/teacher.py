@@ -6,7 +6,7 @@ and kept on the device as uint8, and each batch is augmented there (random crop 
 reflect padding, horizontal flip, optionally cutout), so no data loader limits a GPU. SGD with
 Nesterov momentum, linear warm-up then cosine decay to zero, label smoothing, weight decay on
 the convolution and linear weights only, bf16 autocast on CUDA. The input normalisation is the
-training set's own per- channel mean and std, stored in the teacher file with its classes; the
+training set's own per-channel mean and std, stored in the teacher file with its classes; the
 student re-normalises its batch to it. The defaults (batch 512, lr 0.4, 120 epochs) gave a
 ResNet-18 of 91.67% on the project's CIFAR-10 test split in 165 s on one H100; 40 epochs at lr
 0.2 gave 90.84 (the data are JPEG files of quality 75, which caps every model below the usual
