@@ -413,10 +413,14 @@ def _scan_bwd_kernel(
             # (0) replay the segment: the state at the start of each chunk into ck. Every loop
             # below loads the inputs of its next step before computing the current one.
             h = tl.load(st_p + ((s - 1) * (DIM * NSTATE) + o_st), mask=mdn & (s > 0), other=0.0)
+            # The replay is the first to read these inputs (from DRAM): two steps ahead
             nrep = (nch - 1) * T
             t = _token(s0, L, K, REV0)
             u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l, s_B_l,
                                         mask_d, mask_n)
+            t = _token(s0 + tl.maximum(tl.minimum(1, nrep - 1), 0), L, K, REV0)
+            u_nn, dt_nn, B_nn = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l,
+                                           s_B_l, mask_d, mask_n)
             for j in range(0, nrep):
                 if j % T == 0:
                     tl.store(ck_p + (j // T) * (BLOCK_D * N) + o_tile, h)
@@ -424,9 +428,10 @@ def _scan_bwd_kernel(
                 dt = _delta_store(dt_n, bias, ds_p + j * (3 * BLOCK_D) + o_ds, None, BLOCK_D,
                                   HAS_BIAS, SOFTPLUS)
                 Bt = B_n.to(tl.float32)
-                t2 = _token(s0 + tl.minimum(j + 1, nrep - 1), L, K, REV0)
-                u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t2, s_u_l, s_dt_l,
-                                            s_B_l, mask_d, mask_n)
+                u_n, dt_n, B_n = u_nn, dt_nn, B_nn
+                t2 = _token(s0 + tl.minimum(j + 2, nrep - 1), L, K, REV0)
+                u_nn, dt_nn, B_nn = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t2, s_u_l, s_dt_l,
+                                               s_B_l, mask_d, mask_n)
                 h = tl.exp2((dt * LOG2E)[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(ck_p + (nch - 1) * (BLOCK_D * N) + o_tile, h)
             # Δ of the last chunk, which the replay does not walk: all its tokens at once
@@ -448,6 +453,7 @@ def _scan_bwd_kernel(
                 u_n = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
                 B_n = tl.load((B_p + t * s_B_l) + o_B, mask=mask_n, other=0.0)
                 dl_n = tl.load(dc_p + o_ds)
+                # g, z and the saved sum are read here first (from DRAM): two steps ahead
                 g_n = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0)
                 z_n = g_n
                 if HAS_Z:
@@ -455,6 +461,14 @@ def _scan_bwd_kernel(
                 y_n = g_n
                 if HAS_Z and K == 0:
                     y_n = tl.load(ys_p + (o_ys + t * s_ys_l), mask=mask_d, other=0.0)
+                t = _token(c0 + tl.minimum(1, nt - 1), L, K, REV0)
+                g_nn = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0)
+                z_nn = g_nn
+                if HAS_Z:
+                    z_nn = tl.load(z_p + (o_z + t * s_z_l), mask=mask_d, other=0.0)
+                y_nn = g_nn
+                if HAS_Z and K == 0:
+                    y_nn = tl.load(ys_p + (o_ys + t * s_ys_l), mask=mask_d, other=0.0)
                 for j in range(0, nt):
                     t = _token(c0 + j, L, K, REV0)
                     u = u_n.to(tl.float32)
@@ -463,16 +477,18 @@ def _scan_bwd_kernel(
                     g = g_n.to(tl.float32) * scale
                     z = z_n.to(tl.float32)
                     yt = y_n.to(tl.float32)
+                    g_n, z_n, y_n = g_nn, z_nn, y_nn
                     j2 = tl.minimum(j + 1, nt - 1)
                     t2 = _token(c0 + j2, L, K, REV0)
                     u_n = tl.load(u_p + (o_u + t2 * s_u_l), mask=mask_d, other=0.0)
                     B_n = tl.load((B_p + t2 * s_B_l) + o_B, mask=mask_n, other=0.0)
                     dl_n = tl.load(dc_p + j2 * (3 * BLOCK_D) + o_ds)
-                    g_n = tl.load(g_p + (o_g + t2 * s_g_l), mask=mask_d, other=0.0)
+                    t3 = _token(c0 + tl.minimum(j + 2, nt - 1), L, K, REV0)
+                    g_nn = tl.load(g_p + (o_g + t3 * s_g_l), mask=mask_d, other=0.0)
                     if HAS_Z:
-                        z_n = tl.load(z_p + (o_z + t2 * s_z_l), mask=mask_d, other=0.0)
+                        z_nn = tl.load(z_p + (o_z + t3 * s_z_l), mask=mask_d, other=0.0)
                     if HAS_Z and K == 0:
-                        y_n = tl.load(ys_p + (o_ys + t2 * s_ys_l), mask=mask_d, other=0.0)
+                        y_nn = tl.load(ys_p + (o_ys + t3 * s_ys_l), mask=mask_d, other=0.0)
                     tl.store(hs_p + j * (BLOCK_D * N) + o_tile, h)
                     h = (tl.exp2((dt * LOG2E)[:, None] * A) * h
                          + (dt * u)[:, None] * Bt[None, :])
