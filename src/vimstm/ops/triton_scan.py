@@ -243,6 +243,9 @@ def _scan_fwd_kernel(
         z_n = u_n
         if HAS_Z:
             z_n = tl.load(z_ptr + o_z + t * s_z_l, mask=mask_d, other=0.0)
+        y0_n = u_n
+        if K == 1:  # direction 0's y, left in out: loaded a step ahead like the inputs
+            y0_n = tl.load(out_ptr + o_o + t * s_o_l, mask=mask_d, other=0.0)
         # segments of SAVE_T tokens (one of all when nothing is saved): the state after each
         # but the last is saved between them, so the token loop carries no test for it
         for s in range(0, nseg):
@@ -253,8 +256,11 @@ def _scan_fwd_kernel(
                 Bt = B_n.to(tl.float32)
                 Ct = C_n.to(tl.float32)
                 z = z_n.to(tl.float32)
+                y0 = y0_n
                 # the next token's inputs are loaded while this one is computed
                 t2 = _token(tl.minimum(i + 1, L - 1), L, K, REV0)
+                if K == 1:
+                    y0_n = tl.load(out_ptr + o_o + t2 * s_o_l, mask=mask_d, other=0.0)
                 u_n = tl.load(u_p + t2 * s_u_l, mask=mask_d, other=0.0)
                 dt_n = tl.load(dt_p + t2 * s_dt_l, mask=mask_d, other=0.0)
                 B_n = _fwd_row(B_p, offs_n, t2, s_B_l, mask_n, BCV)
@@ -274,9 +280,8 @@ def _scan_fwd_kernel(
                 if HAS_D:
                     y = y + u * Dv
                 if K == NDIR - 1:
-                    if K == 1:  # direction 0's y, left in out
-                        y = y + tl.load(out_ptr + o_o + t * s_o_l, mask=mask_d,
-                                        other=0.0).to(tl.float32)
+                    if K == 1:
+                        y = y + y0.to(tl.float32)
                     if YSAVE:
                         tl.store(ys_ptr + o_ys + t * s_ys_l, y.to(ys_ptr.dtype.element_ty),
                                  mask=mask_d)
