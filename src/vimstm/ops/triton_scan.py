@@ -458,7 +458,8 @@ def _scan_bwd_kernel(
                 u_n = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
                 B_n = tl.load((B_p + t * s_B_l) + o_B, mask=mask_n, other=0.0)
                 dl_n = tl.load(dc_p + o_ds)
-                # g, z and the saved sum are read here first (from DRAM): two steps ahead
+                # g, z and the saved sum are read here first, and u and B of the segment's
+                # last chunk, which the replay skips: two steps ahead
                 g_n = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0)
                 z_n = g_n
                 if HAS_Z:
@@ -467,6 +468,8 @@ def _scan_bwd_kernel(
                 if HAS_Z and K == 0:
                     y_n = tl.load(ys_p + (o_ys + t * s_ys_l), mask=mask_d, other=0.0)
                 t = _token(c0 + tl.minimum(1, nt - 1), L, K, REV0)
+                u_nn = tl.load(u_p + (o_u + t * s_u_l), mask=mask_d, other=0.0)
+                B_nn = tl.load((B_p + t * s_B_l) + o_B, mask=mask_n, other=0.0)
                 g_nn = tl.load(g_p + (o_g + t * s_g_l), mask=mask_d, other=0.0)
                 z_nn = g_nn
                 if HAS_Z:
@@ -482,13 +485,12 @@ def _scan_bwd_kernel(
                     g = g_n.to(tl.float32) * scale
                     z = z_n.to(tl.float32)
                     yt = y_n.to(tl.float32)
-                    g_n, z_n, y_n = g_nn, z_nn, y_nn
+                    u_n, B_n, g_n, z_n, y_n = u_nn, B_nn, g_nn, z_nn, y_nn
                     j2 = tl.minimum(j + 1, nt - 1)
-                    t2 = _token(c0 + j2, L, K, REV0)
-                    u_n = tl.load(u_p + (o_u + t2 * s_u_l), mask=mask_d, other=0.0)
-                    B_n = tl.load((B_p + t2 * s_B_l) + o_B, mask=mask_n, other=0.0)
                     dl_n = tl.load(dc_p + j2 * (3 * BLOCK_D) + o_ds)
                     t3 = _token(c0 + tl.minimum(j + 2, nt - 1), L, K, REV0)
+                    u_nn = tl.load(u_p + (o_u + t3 * s_u_l), mask=mask_d, other=0.0)
+                    B_nn = tl.load((B_p + t3 * s_B_l) + o_B, mask=mask_n, other=0.0)
                     g_nn = tl.load(g_p + (o_g + t3 * s_g_l), mask=mask_d, other=0.0)
                     if HAS_Z:
                         z_nn = tl.load(z_p + (o_z + t3 * s_z_l), mask=mask_d, other=0.0)
