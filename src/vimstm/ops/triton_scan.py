@@ -23,7 +23,9 @@ tokens in a per-program scratch, and each token's Δ and sigmoid(raw Δ) in anot
 runs once per token). Then it walks the chunks from last to first: it recomputes a chunk's
 states into a small scratch (meant to stay in L2), with the parts of the gradient that need no
 adjoint (dz, dy, the dC row), and steps back through the chunk with the adjoint state in
-registers, loading each step's inputs one step ahead. Reductions over channels (dB, dC) and over
+registers. Each loop loads its next step's inputs while it computes the current one; the
+inputs this kernel reads first (in the replay, and in the recompute) two steps ahead, as one
+step does not cover their latency. Reductions over channels (dB, dC) and over
 the batch (dA, dD, d bias) are written as per-program partials and summed by PyTorch:
 deterministic, no atomics.
 
@@ -418,7 +420,7 @@ def _scan_bwd_kernel(
             # (0) replay the segment: the state at the start of each chunk into ck. Every loop
             # below loads the inputs of its next step before computing the current one.
             h = tl.load(st_p + ((s - 1) * (DIM * NSTATE) + o_st), mask=mdn & (s > 0), other=0.0)
-            # The replay is the first to read these inputs (from DRAM): two steps ahead
+            # the replay is this kernel's first reader of these inputs: two steps ahead
             nrep = (nch - 1) * T
             t = _token(s0, L, K, REV0)
             u_n, dt_n, B_n = _load_step(u_p, dt_p, B_p, o_u, o_dt, o_B, t, s_u_l, s_dt_l, s_B_l,
