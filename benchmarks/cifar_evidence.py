@@ -129,10 +129,10 @@ def parse_point(point: str) -> dict[str, float]:
     return {key: _floats(val)[0]}
 
 
-# One H100, results/cifar10/evidence.json (2026-11-27): 84 rows in 177 s; a row's evaluation of
-# 8,000 images took 0.84 s (median; bf16, CUDA graphs) and its speed measurement (3 warm-up +
-# 10 timed forwards of 256, CUDA-graph capture) about 0.5 s.
-H100_EVAL_IPS, H100_BENCH_S = 9500.0, 0.5
+# One H100, results/cifar10/evidence.json (2026-11-28): 120 rows in 148 s (190 s with the
+# calibration); a row's evaluation of 8,000 images took 0.73 s (median; bf16, CUDA graphs) and
+# its speed measurement (3 warm-up + 10 timed forwards of 256, CUDA-graph capture) about 0.43 s.
+H100_EVAL_IPS, H100_BENCH_S = 11000.0, 0.45
 
 
 def gpu_estimate(rows: int, images: int, bench: bool) -> str:
