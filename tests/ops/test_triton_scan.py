@@ -149,6 +149,70 @@ def test_conv1d_matches_reference(L, reverse, segment, d, vec, monkeypatch):
         assert _rel(a, b) < 1e-5
 
 
+# conv1d tilings under test, in small tiles so that tiles, segments and halos all cross
+CONV_CONFIGS = {
+    "tile": dict(conv_block_d=8, conv_block_l=4, conv_bwd_block_d=8, conv_bwd_segment=4),
+    "flat": dict(conv_block_d=8, conv_block_l=4, conv_flat=1),
+    "walk1": dict(conv_block_d=8, conv_block_l=4, conv_fwd_walk=1),
+    "walk2": dict(conv_block_d=8, conv_block_l=5, conv_fwd_walk=2),
+    "bwd_pf1": dict(conv_bwd_block_d=8, conv_bwd_segment=4, conv_bwd_prefetch=1),
+    "bwd_pf2": dict(conv_bwd_block_d=8, conv_bwd_segment=5, conv_bwd_prefetch=2),
+}
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", sorted(CONV_CONFIGS))
+def test_two_direction_conv_configs(name, dtype, monkeypatch):
+    """conv_fwd / conv_bwd of both directions, laid out as the mixer's (x a view of the
+    in_proj output, channels-last outputs), under each tiling against causal_conv1d_ref."""
+    cfg = dataclasses.replace(triton_scan.CONFIG, **CONV_CONFIGS[name])
+    monkeypatch.setattr(triton_scan, "CONFIG", cfg)
+    dt = DTYPES[dtype]
+    b, L, d = 2, 13, 16
+    g = torch.Generator().manual_seed(7)
+    xz = torch.randn(b, L, 2 * d, generator=g).to(dt).to(DEV)
+    x = xz[..., :d].transpose(1, 2)
+    w = [torch.randn(d, 4, generator=g).to(DEV) for _ in range(2)]
+    bias = [torch.randn(d, generator=g).to(DEV) for _ in range(2)]
+    gout = torch.randn(2, b, L, d, generator=g).to(dt).to(DEV).transpose(2, 3)
+    out = torch.empty(2, b, L, d, dtype=dt, device=DEV).transpose(2, 3)
+    triton_scan.conv_fwd(x, (w[0], w[1]), (bias[0], bias[1]), out)
+    dxz = torch.zeros_like(xz)
+    dw, db = triton_scan.conv_bwd(x, (w[0], w[1]), (bias[0], bias[1]), gout,
+                                  dxz[..., :d].transpose(1, 2))
+    xr = x.float().requires_grad_()
+    wr = [t.clone().requires_grad_() for t in w]
+    br = [t.clone().requires_grad_() for t in bias]
+    ref = torch.stack([causal_conv1d_ref(xr, wr[k][:, None], br[k], k == 1) for k in range(2)])
+    grads = torch.autograd.grad(ref, [xr, *wr, *br], gout.float())
+    tol = 1e-5 if dt == torch.float32 else 1e-2
+    assert _rel(out, ref) < tol
+    assert _rel(dxz[..., :d].transpose(1, 2), grads[0]) < tol
+    assert not dxz[..., d:].any()  # z's half untouched
+    for k in range(2):
+        assert _rel(dw[k], grads[1 + k]) < 1e-5
+        assert _rel(db[k], grads[3 + k]) < 1e-5
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("name", ["flat", "walk1"])
+def test_one_direction_conv_configs(name, reverse, monkeypatch):
+    """One direction (causal, or anti-causal as direction 0) under the tilings under test."""
+    monkeypatch.setattr(triton_scan, "CONFIG",
+                        dataclasses.replace(triton_scan.CONFIG, **CONV_CONFIGS[name]))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 11, 8, generator=g).transpose(1, 2).to(DEV).requires_grad_()
+    w = torch.randn(8, 1, 4, generator=g).to(DEV).requires_grad_()
+    bias = torch.randn(8, generator=g).to(DEV).requires_grad_()
+    ref = causal_conv1d_ref(x, w, bias, reverse)
+    gout = torch.randn(ref.shape, generator=g).to(DEV)
+    out = triton_scan.causal_conv1d_triton(x, w, bias, reverse)
+    assert _rel(out, ref) < 1e-5
+    for a, b in zip(torch.autograd.grad(out, [x, w, bias], gout),
+                    torch.autograd.grad(ref, [x, w, bias], gout)):
+        assert _rel(a, b) < 1e-5
+
+
 def test_conv1d_half_precision():
     x = torch.randn(1, 6, 11).to(torch.bfloat16).to(DEV)
     w, bias = torch.randn(6, 1, 4).to(DEV), torch.randn(6).to(DEV)

@@ -79,9 +79,19 @@ class KernelConfig:
             also keeps, while it runs, Δ, sigmoid(raw Δ) and dy of a segment's tokens:
             ``b * d * 12 * save_every`` bytes (of the whole sequence with 0).
         conv_block_d, conv_block_l: tile of the conv1d forward (channels, tokens).
+        conv_warps: warps per conv1d forward program.
+        conv_flat: 1 tiles the tokens of all samples as one axis (where the layout allows it):
+            no mostly empty tail tile per sample (257 tokens = 8 x 32 + 1). Under test.
+        conv_fwd_walk: 1 or 2 runs the conv1d forward as a walk over segments of about
+            ``conv_block_l`` tokens (``conv_block_d`` channels per program) that reads each
+            input row once, loading 1 or 2 rows ahead; 0 runs the tiles. Under test.
         conv_bwd_block_d, conv_bwd_segment: channels and tokens walked by one program of the
             conv1d backward (a segment re-reads 6 tokens of halo). 128 channels (one per
             thread of its 4 warps) against 64 (two threads per channel): 4.0 against 7.1 ms.
+        conv_bwd_warps: warps per conv1d backward program.
+        conv_bwd_prefetch: 1 or 2 loads the rows of x and g that the conv1d backward reads 1 or 2
+            tokens ahead (more bytes in flight per thread); 0 loads them at their step. Under
+            test.
     """
 
     scan_block_d: int = 32
@@ -90,8 +100,13 @@ class KernelConfig:
     save_every: int = 24
     conv_block_d: int = 64
     conv_block_l: int = 32
+    conv_warps: int = 4
+    conv_flat: int = 0
+    conv_fwd_walk: int = 0
     conv_bwd_block_d: int = 128
     conv_bwd_segment: int = 64
+    conv_bwd_warps: int = 4
+    conv_bwd_prefetch: int = 0
 
 
 CONFIG = KernelConfig()
@@ -814,29 +829,40 @@ def selective_scan_triton(
 # -- depthwise causal conv1d + silu ---------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["L", "s_x_b", "s_o_k", "s_o_b"])
+@triton.jit(do_not_specialize=["L", "NB", "s_x_b", "s_o_k", "s_o_b"])
 def _conv_fwd_kernel(
-    x_ptr, w0, w1, bias0, bias1, out_ptr, L, DIM,
+    x_ptr, w0, w1, bias0, bias1, out_ptr, L, DIM, NB,
     s_x_b, s_x_d, s_x_l, s_o_k, s_o_b, s_o_d, s_o_l,
     W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, NDIR: tl.constexpr,
-    REV0: tl.constexpr, HAS_BIAS: tl.constexpr, VEC: tl.constexpr,
+    REV0: tl.constexpr, HAS_BIAS: tl.constexpr, VEC: tl.constexpr, FLAT: tl.constexpr,
 ):
     """``out[k] = silu(conv_k(x))``: direction 0 causal (anti-causal with REV0), 1 anti-causal.
 
-    ``VEC`` > 1 tells the compiler that the batch and direction strides are multiples of VEC
-    (the launcher checks it), so that rows of channels are read and written in vectors.
+    The batch and direction strides ``s_x_b``, ``s_o_k``, ``s_o_b`` come in units of ``VEC``
+    elements (the launcher checks that they divide): multiplied by the constant VEC here, they
+    tell the compiler that rows of channels start 16-byte aligned, so they are read and written
+    in vectors (a ``tl.multiple_of`` hint on a kernel argument itself has no effect).
+    With ``FLAT`` the token axis is the ``NB * L`` rows of all samples (the launcher checks
+    that the batch strides are ``L`` token strides): a tile may span two samples, and no tile
+    is a mostly empty tail.
     """
-    pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_l = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_d = offs_d < DIM
-    ox = pid_b * s_x_b
-    oo = pid_b * s_o_b
-    if VEC > 1:
-        ox = tl.multiple_of(ox, VEC)
-        oo = tl.multiple_of(oo, VEC)
+    if FLAT:
+        row = tl.program_id(2).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
+        offs_l = (row % L).to(tl.int32)  # token within its sample
+        valid = row < NB.to(tl.int64) * L
+        ox = 0
+        oo = 0
+    else:
+        pid_b = tl.program_id(0).to(tl.int64)
+        offs_l = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
+        row = offs_l
+        valid = offs_l < L
+        ox = pid_b * s_x_b * VEC
+        oo = pid_b * s_o_b * VEC
     x_base = x_ptr + ox + offs_d[:, None] * s_x_d
-    m = mask_d[:, None] & (offs_l < L)[None, :]
+    m = mask_d[:, None] & valid[None, :]
     for K in tl.static_range(NDIR):
         w_ptr = w0
         b_ptr = bias0
@@ -848,16 +874,93 @@ def _conv_fwd_kernel(
             acc += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
         for j in tl.static_range(W):
             src = _conv_src(offs_l, j, W, K, REV0)
-            ms = mask_d[:, None] & ((src >= 0) & (src < L))[None, :]
-            xv = tl.load(x_base + src[None, :] * s_x_l, mask=ms, other=0.0).to(tl.float32)
+            ms = mask_d[:, None] & ((src >= 0) & (src < L) & valid)[None, :]
+            src_row = _conv_src(row, j, W, K, REV0)
+            xv = tl.load(x_base + src_row[None, :] * s_x_l, mask=ms, other=0.0).to(tl.float32)
             wj = tl.load(w_ptr + offs_d * W + j, mask=mask_d, other=0.0).to(tl.float32)
             acc += wj[:, None] * xv
         acc = acc * tl.sigmoid(acc)
-        ok_ = K * s_o_k
-        if VEC > 1:
-            ok_ = tl.multiple_of(ok_, VEC)
-        o = out_ptr + ok_ + oo + offs_d[:, None] * s_o_d + offs_l[None, :] * s_o_l
+        o = out_ptr + K * s_o_k * VEC + oo + offs_d[:, None] * s_o_d + row[None, :] * s_o_l
         tl.store(o, acc.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit(do_not_specialize=["L", "SEG", "s_x_b", "s_o_k", "s_o_b"])
+def _conv_fwd_walk_kernel(
+    x_ptr, w0, w1, bias0, bias1, out_ptr, L, DIM, SEG,
+    s_x_b, s_x_d, s_x_l, s_o_k, s_o_b, s_o_d, s_o_l,
+    BLOCK_D: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr, HAS_BIAS: tl.constexpr,
+    VEC: tl.constexpr, PF: tl.constexpr,
+):
+    """Width-4 :func:`_conv_fwd_kernel` as a walk: one program owns ``BLOCK_D`` channels of a
+    segment of ``SEG`` tokens and steps through it with the window x[t-3 .. t+3] in registers,
+    so each input row is read once and gives both directions' outputs. The row ``PF`` (1 or 2)
+    steps ahead is loaded while the current one is computed. Strides as in _conv_fwd_kernel.
+    """
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DIM
+    s0 = tl.program_id(2) * SEG
+    s1 = tl.minimum(s0 + SEG, L)
+    wa0 = tl.load(w0 + offs_d * 4, mask=mask_d, other=0.0).to(tl.float32)
+    wa1 = tl.load(w0 + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)
+    wa2 = tl.load(w0 + offs_d * 4 + 2, mask=mask_d, other=0.0).to(tl.float32)
+    wa3 = tl.load(w0 + offs_d * 4 + 3, mask=mask_d, other=0.0).to(tl.float32)
+    wb0 = tl.load(w1 + offs_d * 4, mask=mask_d, other=0.0).to(tl.float32)
+    wb1 = tl.load(w1 + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)
+    wb2 = tl.load(w1 + offs_d * 4 + 2, mask=mask_d, other=0.0).to(tl.float32)
+    wb3 = tl.load(w1 + offs_d * 4 + 3, mask=mask_d, other=0.0).to(tl.float32)
+    ba = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    bb = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        ba = tl.load(bias0 + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        bb = tl.load(bias1 + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    x_p = x_ptr + pid_b * s_x_b * VEC + offs_d * s_x_d
+    o_p = out_ptr + pid_b * s_o_b * VEC + offs_d * s_o_d
+    # window x[t-3 .. t+2] at the first step t = s0, and the rows ahead x[t+3] (x[t+4])
+    xm3 = tl.load(x_p + (s0 - 3) * s_x_l, mask=mask_d & (s0 - 3 >= 0), other=0.0).to(tl.float32)
+    xm2 = tl.load(x_p + (s0 - 2) * s_x_l, mask=mask_d & (s0 - 2 >= 0), other=0.0).to(tl.float32)
+    xm1 = tl.load(x_p + (s0 - 1) * s_x_l, mask=mask_d & (s0 - 1 >= 0), other=0.0).to(tl.float32)
+    x0 = tl.load(x_p + s0 * s_x_l, mask=mask_d & (s0 < L), other=0.0).to(tl.float32)
+    xp1 = tl.load(x_p + (s0 + 1) * s_x_l, mask=mask_d & (s0 + 1 < L), other=0.0).to(tl.float32)
+    xp2 = tl.load(x_p + (s0 + 2) * s_x_l, mask=mask_d & (s0 + 2 < L), other=0.0).to(tl.float32)
+    n1 = tl.load(x_p + (s0 + 3) * s_x_l, mask=mask_d & (s0 + 3 < L), other=0.0)
+    n2 = n1
+    if PF == 2:
+        n2 = tl.load(x_p + (s0 + 4) * s_x_l, mask=mask_d & (s0 + 4 < L), other=0.0)
+    for t in range(s0, s1):
+        xp3 = n1.to(tl.float32)
+        if PF == 2:
+            n1 = n2
+            n2 = tl.load(x_p + (t + 5) * s_x_l, mask=mask_d & (t + 5 < L), other=0.0)
+        else:
+            n1 = tl.load(x_p + (t + 4) * s_x_l, mask=mask_d & (t + 4 < L), other=0.0)
+        if REV0:  # direction 0 anti-causal: tap j reads t + 3 - j
+            a = ba + wa0 * xp3 + wa1 * xp2 + wa2 * xp1 + wa3 * x0
+        else:  # causal: tap j reads t - 3 + j
+            a = ba + wa0 * xm3 + wa1 * xm2 + wa2 * xm1 + wa3 * x0
+        a = a * tl.sigmoid(a)
+        tl.store(o_p + t * s_o_l, a.to(out_ptr.dtype.element_ty), mask=mask_d)
+        if NDIR == 2:
+            c = bb + wb0 * xp3 + wb1 * xp2 + wb2 * xp1 + wb3 * x0
+            c = c * tl.sigmoid(c)
+            tl.store(o_p + s_o_k * VEC + t * s_o_l, c.to(out_ptr.dtype.element_ty),
+                     mask=mask_d)
+        xm3 = xm2
+        xm2 = xm1
+        xm1 = x0
+        x0 = xp1
+        xp1 = xp2
+        xp2 = xp3
+
+
+@triton.jit
+def _g_row(p, t, s_l, L, mask_d, HAS: tl.constexpr):
+    """Row ``t`` of a gradient (zeros outside [0, L), or when the direction is absent)."""
+    if HAS:
+        r = tl.load(p + t * s_l, mask=mask_d & (t >= 0) & (t < L), other=0.0)
+    else:
+        r = tl.zeros(mask_d.shape, dtype=p.dtype.element_ty)
+    return r
 
 
 @triton.jit
@@ -873,7 +976,7 @@ def _conv_bwd_kernel(
     x_ptr, w0, w1, bias0, bias1, g_ptr, dx_ptr, dw_ptr, L, DIM, SEG,
     s_x_b, s_x_d, s_x_l, s_g_k, s_g_b, s_g_d, s_g_l, s_dx_b, s_dx_d, s_dx_l,
     BLOCK_D: tl.constexpr, NDIR: tl.constexpr, HAS_F: tl.constexpr, HAS_B: tl.constexpr,
-    HAS_BIAS: tl.constexpr, VEC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, VEC: tl.constexpr, PF: tl.constexpr,
 ):
     """Width-4 conv backward of both directions: dx (summed), dw and d bias partials.
 
@@ -882,6 +985,7 @@ def _conv_bwd_kernel(
     ``t = s0-3 .. s1+2`` of its segment [s0, s1): at step t it computes ``p_f[t]`` and
     ``p_b[t]`` from the window x[t-3 .. t+3] and completes ``dx[t-3]``. HAS_F / HAS_B say which
     directions are present; with NDIR = 1 the only one uses ``w0``, ``bias0`` and ``g[0]``.
+    With ``PF`` 1 or 2 the rows of x and g that step ``t + PF`` reads are loaded at step t.
     """
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -908,12 +1012,9 @@ def _conv_bwd_kernel(
             bb = tl.load(bias1 + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         else:
             bb = bf
-    og, ogk, ox, odx = pid_b * s_g_b, s_g_k, pid_b * s_x_b, pid_b * s_dx_b
-    if VEC > 1:  # as in _conv_fwd_kernel
-        og = tl.multiple_of(og, VEC)
-        ogk = tl.multiple_of(ogk, VEC)
-        ox = tl.multiple_of(ox, VEC)
-        odx = tl.multiple_of(odx, VEC)
+    # outer strides in units of VEC, as in _conv_fwd_kernel
+    og, ogk = pid_b * s_g_b * VEC, s_g_k * VEC
+    ox, odx = pid_b * s_x_b * VEC, pid_b * s_dx_b * VEC
     gf_p = g_ptr + og + offs_d * s_g_d
     gb_p = gf_p
     if NDIR == 2:
@@ -949,15 +1050,45 @@ def _conv_bwd_kernel(
     dwb3 = zero
     dbf = zero
     dbb = zero
+    # rows read ahead (PF > 0): x[t+3 .. t+2+PF] and g[t .. t+PF-1] of the next step t
+    t0 = s0 - 3
+    nx1 = tl.load(x_p + (t0 + 3) * s_x_l, mask=mask_d & (t0 + 3 < L), other=0.0)
+    nf1 = _g_row(gf_p, t0, s_g_l, L, mask_d, HAS_F)
+    nb1 = _g_row(gb_p, t0, s_g_l, L, mask_d, HAS_B)
+    nx2 = nx1
+    nf2 = nf1
+    nb2 = nb1
+    if PF == 2:
+        nx2 = tl.load(x_p + (t0 + 4) * s_x_l, mask=mask_d & (t0 + 4 < L), other=0.0)
+        nf2 = _g_row(gf_p, t0 + 1, s_g_l, L, mask_d, HAS_F)
+        nb2 = _g_row(gb_p, t0 + 1, s_g_l, L, mask_d, HAS_B)
     for t in range(s0 - 3, s1 + 3):
-        xp3 = tl.load(x_p + (t + 3) * s_x_l, mask=mask_d & (t + 3 < L), other=0.0)
+        if PF == 0:
+            xp3 = tl.load(x_p + (t + 3) * s_x_l, mask=mask_d & (t + 3 < L), other=0.0)
+            gfr = _g_row(gf_p, t, s_g_l, L, mask_d, HAS_F)
+            gbr = _g_row(gb_p, t, s_g_l, L, mask_d, HAS_B)
+        else:
+            xp3 = nx1
+            gfr = nf1
+            gbr = nb1
+            if PF == 1:
+                nx1 = tl.load(x_p + (t + 4) * s_x_l, mask=mask_d & (t + 4 < L), other=0.0)
+                nf1 = _g_row(gf_p, t + 1, s_g_l, L, mask_d, HAS_F)
+                nb1 = _g_row(gb_p, t + 1, s_g_l, L, mask_d, HAS_B)
+            else:
+                nx1 = nx2
+                nf1 = nf2
+                nb1 = nb2
+                nx2 = tl.load(x_p + (t + 5) * s_x_l, mask=mask_d & (t + 5 < L), other=0.0)
+                nf2 = _g_row(gf_p, t + 2, s_g_l, L, mask_d, HAS_F)
+                nb2 = _g_row(gb_p, t + 2, s_g_l, L, mask_d, HAS_B)
         xp3 = xp3.to(tl.float32)
         ok = mask_d & (t >= 0) & (t < L)
         own = ok & (t >= s0) & (t < s1)  # weight gradients: each token counted once
         pf = zero
         pb = zero
         if HAS_F:
-            g = tl.load(gf_p + t * s_g_l, mask=ok, other=0.0).to(tl.float32)
+            g = gfr.to(tl.float32)
             pf = _dsilu_pre(xm3, xm2, xm1, x0, wf0, wf1, wf2, wf3, bf, g, ok)
             pfo = tl.where(own, pf, 0.0)
             dwf0 += pfo * xm3
@@ -966,7 +1097,7 @@ def _conv_bwd_kernel(
             dwf3 += pfo * x0
             dbf += pfo
         if HAS_B:  # pre_b[t] = b + w[3] x[t] + w[2] x[t+1] + w[1] x[t+2] + w[0] x[t+3]
-            g = tl.load(gb_p + t * s_g_l, mask=ok, other=0.0).to(tl.float32)
+            g = gbr.to(tl.float32)
             pb = _dsilu_pre(xp3, xp2, xp1, x0, wb0, wb1, wb2, wb3, bb, g, ok)
             pbo = tl.where(own, pb, 0.0)
             dwb0 += pbo * xp3
@@ -1020,6 +1151,11 @@ def _vec(outer: tuple[int, ...], inner: tuple[int, ...]) -> int:
     return 8 if ok else 1
 
 
+def _units(strides: tuple[int, ...], vec: int) -> tuple[int, ...]:
+    """``strides`` in units of ``vec`` elements (the kernels multiply them back by VEC)."""
+    return tuple(s // vec for s in strides)
+
+
 def conv_fwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | None,
              out: Tensor, reverse: bool = False, cfg: KernelConfig | None = None) -> Tensor:
     """``out[k] = silu(conv_k(x))`` for ``x: (b, d, l)``, ``out: (k, b, d, l)``, ``w[k]: (d, W)``.
@@ -1028,13 +1164,29 @@ def conv_fwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | 
     """
     cfg = cfg or CONFIG
     ndir, b, d, length = out.shape
-    grid = (b, triton.cdiv(d, cfg.conv_block_d), triton.cdiv(length, cfg.conv_block_l))
     b0, b1 = bias if bias is not None else (w[0], w[0])
+    vec = _vec((x.stride(0), out.stride(0), out.stride(1)), (x.stride(1), out.stride(2)))
+    s_xb, s_ok, s_ob = _units((x.stride(0), out.stride(0), out.stride(1)), vec)
+    if cfg.conv_fwd_walk and w[0].shape[-1] == 4:
+        nseg = triton.cdiv(length, cfg.conv_block_l)
+        seg = triton.cdiv(length, nseg)  # equal segments: no short tail
+        _conv_fwd_walk_kernel[(b, triton.cdiv(d, cfg.conv_block_d), nseg)](
+            x, w[0], w[1], b0, b1, out, length, d, seg, s_xb, x.stride(1), x.stride(2),
+            s_ok, s_ob, out.stride(2), out.stride(3),
+            BLOCK_D=cfg.conv_block_d, NDIR=ndir, REV0=bool(reverse), HAS_BIAS=bias is not None,
+            VEC=vec, PF=cfg.conv_fwd_walk, num_warps=cfg.conv_warps,
+        )
+        return out
+    flat = bool(cfg.conv_flat) and x.stride(0) == length * x.stride(2) \
+        and out.stride(1) == length * out.stride(3)
+    rows = b * length if flat else length
+    grid = (1 if flat else b, triton.cdiv(d, cfg.conv_block_d), triton.cdiv(rows, cfg.conv_block_l))
     _conv_fwd_kernel[grid](
-        x, w[0], w[1], b0, b1, out, length, d, *x.stride(), *out.stride(),
+        x, w[0], w[1], b0, b1, out, length, d, b, s_xb, x.stride(1), x.stride(2),
+        s_ok, s_ob, out.stride(2), out.stride(3),
         W=w[0].shape[-1], BLOCK_D=cfg.conv_block_d, BLOCK_L=cfg.conv_block_l, NDIR=ndir,
-        REV0=bool(reverse), HAS_BIAS=bias is not None,
-        VEC=_vec((x.stride(0), out.stride(0), out.stride(1)), (x.stride(1), out.stride(2))),
+        REV0=bool(reverse), HAS_BIAS=bias is not None, VEC=vec, FLAT=flat,
+        num_warps=cfg.conv_warps,
     )
     return out
 
@@ -1055,13 +1207,16 @@ def conv_bwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | 
     grid = (b, triton.cdiv(d, cfg.conv_bwd_block_d), triton.cdiv(length, seg))
     part = torch.empty(b * grid[2], 2 * d * 5, device=g.device, dtype=torch.float32)
     b0, b1 = bias if bias is not None else (w[0], w[0])
+    vec = _vec((x.stride(0), g.stride(0), g.stride(1), dx.stride(0)),
+               (x.stride(1), g.stride(2), dx.stride(1)))
+    s_xb, s_gk, s_gb, s_dxb = _units((x.stride(0), g.stride(0), g.stride(1), dx.stride(0)), vec)
     _conv_bwd_kernel[grid](
         x, w[0], w[1], b0, b1, g, dx, part, length, d, seg,
-        *x.stride(), *g.stride(), *dx.stride(),
+        s_xb, x.stride(1), x.stride(2), s_gk, s_gb, g.stride(2), g.stride(3),
+        s_dxb, dx.stride(1), dx.stride(2),
         BLOCK_D=cfg.conv_bwd_block_d, NDIR=ndir, HAS_F=ndir == 2 or not reverse,
-        VEC=_vec((x.stride(0), g.stride(0), g.stride(1), dx.stride(0)),
-                 (x.stride(1), g.stride(2), dx.stride(1))),
-        HAS_B=ndir == 2 or bool(reverse), HAS_BIAS=bias is not None,
+        HAS_B=ndir == 2 or bool(reverse), HAS_BIAS=bias is not None, VEC=vec,
+        PF=cfg.conv_bwd_prefetch, num_warps=cfg.conv_bwd_warps,
     )
     tot = part.sum(0)
     dw = tot[: 2 * d * 4].view(2, d, 4)
