@@ -154,9 +154,11 @@ CONV_CONFIGS = {
     "tile": dict(conv_block_d=8, conv_block_l=4, conv_bwd_block_d=8, conv_bwd_segment=4),
     "flat": dict(conv_block_d=8, conv_block_l=4, conv_flat=1),
     "walk1": dict(conv_block_d=8, conv_block_l=4, conv_fwd_walk=1),
-    "walk2": dict(conv_block_d=8, conv_block_l=5, conv_fwd_walk=2),
-    "bwd_pf1": dict(conv_bwd_block_d=8, conv_bwd_segment=4, conv_bwd_prefetch=1),
-    "bwd_pf2": dict(conv_bwd_block_d=8, conv_bwd_segment=5, conv_bwd_prefetch=2),
+    "walk2": dict(conv_block_d=8, conv_block_l=5, conv_fwd_walk=2, conv_unroll=4),
+    "bwd_pf1": dict(conv_bwd_block_d=8, conv_bwd_segment=4, conv_bwd_prefetch=1,
+                    conv_bwd_order=1),
+    "bwd_pf2": dict(conv_bwd_block_d=8, conv_bwd_segment=5, conv_bwd_prefetch=2,
+                    conv_bwd_unroll=4),
 }
 
 

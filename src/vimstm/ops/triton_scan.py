@@ -92,6 +92,11 @@ class KernelConfig:
         conv_bwd_prefetch: 1 or 2 loads the rows of x and g that the conv1d backward reads 1 or 2
             tokens ahead (more bytes in flight per thread); 0 loads them at their step. Under
             test.
+        conv_bwd_order: 1 orders the conv1d backward's grid channel blocks first, so programs
+            that run side by side walk the same rows; 0 batch first. Under test.
+        conv_unroll, conv_bwd_unroll: unroll factors of the token loops of the walking conv1d
+            forward and of the backward (the sliding windows then move by renaming registers
+            rather than by copies). Under test.
     """
 
     scan_block_d: int = 32
@@ -107,6 +112,9 @@ class KernelConfig:
     conv_bwd_segment: int = 64
     conv_bwd_warps: int = 4
     conv_bwd_prefetch: int = 0
+    conv_bwd_order: int = 0
+    conv_unroll: int = 1
+    conv_bwd_unroll: int = 1
 
 
 CONFIG = KernelConfig()
@@ -844,23 +852,25 @@ def _conv_fwd_kernel(
     in vectors (a ``tl.multiple_of`` hint on a kernel argument itself has no effect).
     With ``FLAT`` the token axis is the ``NB * L`` rows of all samples (the launcher checks
     that the batch strides are ``L`` token strides): a tile may span two samples, and no tile
-    is a mostly empty tail.
+    is a mostly empty tail. Its grid is (channel blocks, row blocks): the programs that run
+    side by side read and write whole rows.
     """
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < DIM
     if FLAT:
-        row = tl.program_id(2).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
+        offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+        row = tl.program_id(1).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
         offs_l = (row % L).to(tl.int32)  # token within its sample
         valid = row < NB.to(tl.int64) * L
         ox = 0
         oo = 0
     else:
         pid_b = tl.program_id(0).to(tl.int64)
+        offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         offs_l = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
         row = offs_l
         valid = offs_l < L
         ox = pid_b * s_x_b * VEC
         oo = pid_b * s_o_b * VEC
+    mask_d = offs_d < DIM
     x_base = x_ptr + ox + offs_d[:, None] * s_x_d
     m = mask_d[:, None] & valid[None, :]
     for K in tl.static_range(NDIR):
@@ -889,17 +899,18 @@ def _conv_fwd_walk_kernel(
     x_ptr, w0, w1, bias0, bias1, out_ptr, L, DIM, SEG,
     s_x_b, s_x_d, s_x_l, s_o_k, s_o_b, s_o_d, s_o_l,
     BLOCK_D: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr, HAS_BIAS: tl.constexpr,
-    VEC: tl.constexpr, PF: tl.constexpr,
+    VEC: tl.constexpr, PF: tl.constexpr, UNROLL: tl.constexpr,
 ):
     """Width-4 :func:`_conv_fwd_kernel` as a walk: one program owns ``BLOCK_D`` channels of a
     segment of ``SEG`` tokens and steps through it with the window x[t-3 .. t+3] in registers,
     so each input row is read once and gives both directions' outputs. The row ``PF`` (1 or 2)
-    steps ahead is loaded while the current one is computed. Strides as in _conv_fwd_kernel.
+    steps ahead is loaded while the current one is computed. Strides as in _conv_fwd_kernel;
+    grid (channel blocks, segments, batch).
     """
-    pid_b = tl.program_id(0).to(tl.int64)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < DIM
-    s0 = tl.program_id(2) * SEG
+    s0 = tl.program_id(1) * SEG
     s1 = tl.minimum(s0 + SEG, L)
     wa0 = tl.load(w0 + offs_d * 4, mask=mask_d, other=0.0).to(tl.float32)
     wa1 = tl.load(w0 + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)
@@ -927,7 +938,7 @@ def _conv_fwd_walk_kernel(
     n2 = n1
     if PF == 2:
         n2 = tl.load(x_p + (s0 + 4) * s_x_l, mask=mask_d & (s0 + 4 < L), other=0.0)
-    for t in range(s0, s1):
+    for t in tl.range(s0, s1, loop_unroll_factor=UNROLL):
         xp3 = n1.to(tl.float32)
         if PF == 2:
             n1 = n2
@@ -976,7 +987,8 @@ def _conv_bwd_kernel(
     x_ptr, w0, w1, bias0, bias1, g_ptr, dx_ptr, dw_ptr, L, DIM, SEG,
     s_x_b, s_x_d, s_x_l, s_g_k, s_g_b, s_g_d, s_g_l, s_dx_b, s_dx_d, s_dx_l,
     BLOCK_D: tl.constexpr, NDIR: tl.constexpr, HAS_F: tl.constexpr, HAS_B: tl.constexpr,
-    HAS_BIAS: tl.constexpr, VEC: tl.constexpr, PF: tl.constexpr,
+    HAS_BIAS: tl.constexpr, VEC: tl.constexpr, PF: tl.constexpr, D_FIRST: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """Width-4 conv backward of both directions: dx (summed), dw and d bias partials.
 
@@ -986,10 +998,19 @@ def _conv_bwd_kernel(
     ``p_b[t]`` from the window x[t-3 .. t+3] and completes ``dx[t-3]``. HAS_F / HAS_B say which
     directions are present; with NDIR = 1 the only one uses ``w0``, ``bias0`` and ``g[0]``.
     With ``PF`` 1 or 2 the rows of x and g that step ``t + PF`` reads are loaded at step t.
+    The grid is (batch, channel blocks, segments), or with ``D_FIRST`` (channel blocks,
+    segments, batch): the programs that run side by side walk the same rows.
     """
-    pid_b = tl.program_id(0).to(tl.int64)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    seg = tl.program_id(2)
+    if D_FIRST:
+        pid_b = tl.program_id(2).to(tl.int64)
+        offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+        seg = tl.program_id(1)
+        nseg = tl.num_programs(1)
+    else:
+        pid_b = tl.program_id(0).to(tl.int64)
+        offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        seg = tl.program_id(2)
+        nseg = tl.num_programs(2)
     mask_d = offs_d < DIM
     s0 = seg * SEG
     s1 = tl.minimum(s0 + SEG, L)
@@ -1062,7 +1083,7 @@ def _conv_bwd_kernel(
         nx2 = tl.load(x_p + (t0 + 4) * s_x_l, mask=mask_d & (t0 + 4 < L), other=0.0)
         nf2 = _g_row(gf_p, t0 + 1, s_g_l, L, mask_d, HAS_F)
         nb2 = _g_row(gb_p, t0 + 1, s_g_l, L, mask_d, HAS_B)
-    for t in range(s0 - 3, s1 + 3):
+    for t in tl.range(s0 - 3, s1 + 3, loop_unroll_factor=UNROLL):
         if PF == 0:
             xp3 = tl.load(x_p + (t + 3) * s_x_l, mask=mask_d & (t + 3 < L), other=0.0)
             gfr = _g_row(gf_p, t, s_g_l, L, mask_d, HAS_F)
@@ -1130,7 +1151,7 @@ def _conv_bwd_kernel(
         x0 = xp1
         xp1 = xp2
         xp2 = xp3
-    part = (pid_b * tl.num_programs(2) + seg) * (2 * DIM * 4 + 2 * DIM)
+    part = (pid_b * nseg + seg) * (2 * DIM * 4 + 2 * DIM)
     dw_p = dw_ptr + part + offs_d * 4
     tl.store(dw_p, dwf0, mask=mask_d)
     tl.store(dw_p + 1, dwf1, mask=mask_d)
@@ -1170,17 +1191,20 @@ def conv_fwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | 
     if cfg.conv_fwd_walk and w[0].shape[-1] == 4:
         nseg = triton.cdiv(length, cfg.conv_block_l)
         seg = triton.cdiv(length, nseg)  # equal segments: no short tail
-        _conv_fwd_walk_kernel[(b, triton.cdiv(d, cfg.conv_block_d), nseg)](
+        _conv_fwd_walk_kernel[(triton.cdiv(d, cfg.conv_block_d), nseg, b)](
             x, w[0], w[1], b0, b1, out, length, d, seg, s_xb, x.stride(1), x.stride(2),
             s_ok, s_ob, out.stride(2), out.stride(3),
             BLOCK_D=cfg.conv_block_d, NDIR=ndir, REV0=bool(reverse), HAS_BIAS=bias is not None,
-            VEC=vec, PF=cfg.conv_fwd_walk, num_warps=cfg.conv_warps,
+            VEC=vec, PF=cfg.conv_fwd_walk, UNROLL=cfg.conv_unroll, num_warps=cfg.conv_warps,
         )
         return out
     flat = bool(cfg.conv_flat) and x.stride(0) == length * x.stride(2) \
         and out.stride(1) == length * out.stride(3)
-    rows = b * length if flat else length
-    grid = (1 if flat else b, triton.cdiv(d, cfg.conv_block_d), triton.cdiv(rows, cfg.conv_block_l))
+    nd = triton.cdiv(d, cfg.conv_block_d)
+    if flat:
+        grid = (nd, triton.cdiv(b * length, cfg.conv_block_l), 1)
+    else:
+        grid = (b, nd, triton.cdiv(length, cfg.conv_block_l))
     _conv_fwd_kernel[grid](
         x, w[0], w[1], b0, b1, out, length, d, b, s_xb, x.stride(1), x.stride(2),
         s_ok, s_ob, out.stride(2), out.stride(3),
@@ -1204,8 +1228,9 @@ def conv_bwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | 
     if w[0].shape[-1] != 4:
         raise ValueError("the Triton conv1d backward is written for width 4 (d_conv=4)")
     seg = cfg.conv_bwd_segment
-    grid = (b, triton.cdiv(d, cfg.conv_bwd_block_d), triton.cdiv(length, seg))
-    part = torch.empty(b * grid[2], 2 * d * 5, device=g.device, dtype=torch.float32)
+    nd, nseg = triton.cdiv(d, cfg.conv_bwd_block_d), triton.cdiv(length, seg)
+    grid = (nd, nseg, b) if cfg.conv_bwd_order else (b, nd, nseg)
+    part = torch.empty(b * nseg, 2 * d * 5, device=g.device, dtype=torch.float32)
     b0, b1 = bias if bias is not None else (w[0], w[0])
     vec = _vec((x.stride(0), g.stride(0), g.stride(1), dx.stride(0)),
                (x.stride(1), g.stride(2), dx.stride(1)))
@@ -1216,7 +1241,8 @@ def conv_bwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | 
         s_dxb, dx.stride(1), dx.stride(2),
         BLOCK_D=cfg.conv_bwd_block_d, NDIR=ndir, HAS_F=ndir == 2 or not reverse,
         HAS_B=ndir == 2 or bool(reverse), HAS_BIAS=bias is not None, VEC=vec,
-        PF=cfg.conv_bwd_prefetch, num_warps=cfg.conv_bwd_warps,
+        PF=cfg.conv_bwd_prefetch, D_FIRST=bool(cfg.conv_bwd_order), UNROLL=cfg.conv_bwd_unroll,
+        num_warps=cfg.conv_bwd_warps,
     )
     tot = part.sum(0)
     dw = tot[: 2 * d * 4].view(2, d, 4)
