@@ -11,7 +11,8 @@ variant: the CUDA time of one ``conv_fwd`` and one ``conv_bwd`` call (CUDA event
 partials), the kernel's own time (torch.profiler) and its effective bandwidth: the bytes of
 x read and both directions written (forward), of x and both gradients read and dx written
 (backward), over the kernel's time. Each variant's outputs are compared with the first
-variant's (largest absolute difference), so a variant that computes something else shows.
+variant's (largest absolute difference over the largest magnitude), so a variant that computes
+something else shows.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}, bf16, batch {b}, {L} tokens, d_inner {d}, "
           f"{args.iters} calls; command: {' '.join(sys.argv)}")
     print(f"{'variant':28s} {'fwd us':>8s} {'kernel':>8s} {'GB/s':>6s}   {'bwd us':>8s} "
-          f"{'kernel':>8s} {'GB/s':>6s}   max |diff| out / dx / dw")
+          f"{'kernel':>8s} {'GB/s':>6s}   max |diff| / max |first|: out / dx / dw")
     base, rows, ref = triton_scan.CONFIG, {}, None
     for name, fields in [parse_variant(v) for v in (args.variant or ["default:"])]:
         triton_scan.CONFIG = dataclasses.replace(base, **fields)
@@ -107,12 +108,12 @@ def main() -> int:
             rows[name] = {"fields": fields, "error": f"{type(e).__name__}: {e}"[:2000]}
             continue
         ref = ref or got
-        r["max_abs_diff"] = [(a.float() - c.float()).abs().max().item()
+        r["max_rel_diff"] = [((a.float() - c.float()).abs().max() / c.float().abs().max()).item()
                              for a, c in zip(got, ref)]
         r["fwd_GBps"] = 3 * elem / r["fwd_kernel_us"] / 1e3
         r["bwd_GBps"] = 4 * elem / r["bwd_kernel_us"] / 1e3
         rows[name] = r
-        diff = " / ".join(f"{v:.2g}" for v in r["max_abs_diff"])
+        diff = " / ".join(f"{v:.2g}" for v in r["max_rel_diff"])
         print(f"{name:28s} {r['fwd_us']:8.1f} {r['fwd_kernel_us']:8.1f} {r['fwd_GBps']:6.0f}   "
               f"{r['bwd_us']:8.1f} {r['bwd_kernel_us']:8.1f} {r['bwd_GBps']:6.0f}   {diff}",
               flush=True)
