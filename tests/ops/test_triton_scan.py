@@ -196,8 +196,7 @@ def test_two_direction_conv_configs(name, dtype, monkeypatch):
         assert _rel(db[k], grads[3 + k]) < 1e-5
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("name", ["flat", "walk1"])
+@pytest.mark.parametrize("name,reverse", [("flat", False), ("walk1", True)])
 def test_one_direction_conv_configs(name, reverse, monkeypatch):
     """One direction (causal, or anti-causal as direction 0) under the tilings under test."""
     monkeypatch.setattr(triton_scan, "CONFIG",
