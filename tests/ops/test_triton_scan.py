@@ -159,6 +159,9 @@ CONV_CONFIGS = {
                     conv_bwd_order=1),
     "bwd_pf2": dict(conv_bwd_block_d=8, conv_bwd_segment=5, conv_bwd_prefetch=2,
                     conv_bwd_unroll=4),
+    "bwd_split": dict(conv_bwd_block_d=8, conv_bwd_segment=6, conv_bwd_split=1),
+    "bwd_split_pf2": dict(conv_bwd_block_d=8, conv_bwd_segment=5, conv_bwd_split=1,
+                          conv_bwd_prefetch=2, conv_bwd_unroll=2),
 }
 
 

@@ -29,9 +29,11 @@ step does not cover their latency. Reductions over channels (dB, dC) and over
 the batch (dA, dD, d bias) are written as per-program partials and summed by PyTorch:
 deterministic, no atomics.
 
-Conv1d backward: one program owns a segment of tokens of ``conv_bwd_block_d`` channels and
-walks it with sliding windows of the input and of the pre-activation gradients of both
-directions in registers: each input row is read once, and ``dx`` sums both directions.
+Conv1d forward: one program computes a tile of channels x tokens of both directions, each
+tap a shifted load of the input tile (or, under test, walks a segment of tokens as the
+backward does). Conv1d backward: one program owns a segment of tokens of ``conv_bwd_block_d``
+channels and walks it with sliding windows of the input and of the pre-activation gradients
+of both directions in registers: each input row is read once, and ``dx`` sums both directions.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ class KernelConfig:
         conv_unroll, conv_bwd_unroll: unroll factors of the token loops of the walking conv1d
             forward and of the backward (the sliding windows then move by renaming registers
             rather than by copies). Under test.
+        conv_bwd_split: 1 runs the conv1d backward's steps that need no token masks (all
+            but the 6 + 3 at a segment's ends) in a loop of their own. Under test.
     """
 
     scan_block_d: int = 32
@@ -115,6 +119,7 @@ class KernelConfig:
     conv_bwd_order: int = 0
     conv_unroll: int = 1
     conv_bwd_unroll: int = 1
+    conv_bwd_split: int = 0
 
 
 CONFIG = KernelConfig()
@@ -965,10 +970,14 @@ def _conv_fwd_walk_kernel(
 
 
 @triton.jit
-def _g_row(p, t, s_l, L, mask_d, HAS: tl.constexpr):
-    """Row ``t`` of a gradient (zeros outside [0, L), or when the direction is absent)."""
+def _g_row(p, t, s_l, L, mask_d, HAS: tl.constexpr, RANGE: tl.constexpr = True):
+    """Row ``t`` of a gradient (zeros outside [0, L) unless the caller knows t is inside and
+    passes ``RANGE=False``, or when the direction is absent)."""
     if HAS:
-        r = tl.load(p + t * s_l, mask=mask_d & (t >= 0) & (t < L), other=0.0)
+        if RANGE:
+            r = tl.load(p + t * s_l, mask=mask_d & (t >= 0) & (t < L), other=0.0)
+        else:
+            r = tl.load(p + t * s_l, mask=mask_d, other=0.0)
     else:
         r = tl.zeros(mask_d.shape, dtype=p.dtype.element_ty)
     return r
@@ -982,13 +991,89 @@ def _dsilu_pre(x0, x1, x2, x3, w0, w1, w2, w3, bias, g, ok):
     return tl.where(ok, g * sg * (1.0 + pre * (1.0 - sg)), 0.0)
 
 
+@triton.jit
+def _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l, s_dx_l, mask_d,
+                   EDGE: tl.constexpr, HAS_F: tl.constexpr, HAS_B: tl.constexpr,
+                   PF: tl.constexpr):
+    """Step ``t`` of :func:`_conv_bwd_kernel` on its state ``st`` (windows, weight-gradient
+    sums, rows read ahead). Without ``EDGE`` the caller guarantees s0 + 3 <= t < s1: the token
+    is in the sequence and owned, and dx[t-3] is stored, so no token mask is built."""
+    (xm3, xm2, xm1, x0, xp1, xp2, pf1, pf2, pf3, pb1, pb2, pb3, pb4, pb5, pb6,
+     dwf0, dwf1, dwf2, dwf3, dwb0, dwb1, dwb2, dwb3, dbf, dbb, nx1, nf1, nb1, nx2, nf2, nb2) = st
+    wf0, wf1, wf2, wf3, wb0, wb1, wb2, wb3, bf, bb = wts
+    if EDGE:
+        ok = mask_d & (t >= 0) & (t < L)
+        own = ok & (t >= s0) & (t < s1)  # weight gradients: each token counted once
+    else:
+        ok = mask_d
+        own = mask_d
+    if PF == 0:
+        xp3 = tl.load(x_p + (t + 3) * s_x_l, mask=mask_d & (t + 3 < L), other=0.0)
+        gfr = _g_row(gf_p, t, s_g_l, L, mask_d, HAS_F, EDGE)
+        gbr = _g_row(gb_p, t, s_g_l, L, mask_d, HAS_B, EDGE)
+    else:
+        xp3 = nx1
+        gfr = nf1
+        gbr = nb1
+        if PF == 1:
+            nx1 = tl.load(x_p + (t + 4) * s_x_l, mask=mask_d & (t + 4 < L), other=0.0)
+            nf1 = _g_row(gf_p, t + 1, s_g_l, L, mask_d, HAS_F)
+            nb1 = _g_row(gb_p, t + 1, s_g_l, L, mask_d, HAS_B)
+        else:
+            nx1 = nx2
+            nf1 = nf2
+            nb1 = nb2
+            nx2 = tl.load(x_p + (t + 5) * s_x_l, mask=mask_d & (t + 5 < L), other=0.0)
+            nf2 = _g_row(gf_p, t + 2, s_g_l, L, mask_d, HAS_F)
+            nb2 = _g_row(gb_p, t + 2, s_g_l, L, mask_d, HAS_B)
+    xp3 = xp3.to(tl.float32)
+    zero = tl.zeros(xp3.shape, dtype=tl.float32)
+    pf = zero
+    pb = zero
+    if HAS_F:
+        g = gfr.to(tl.float32)
+        pf = _dsilu_pre(xm3, xm2, xm1, x0, wf0, wf1, wf2, wf3, bf, g, ok)
+        pfo = pf
+        if EDGE:
+            pfo = tl.where(own, pf, 0.0)
+        dwf0 += pfo * xm3
+        dwf1 += pfo * xm2
+        dwf2 += pfo * xm1
+        dwf3 += pfo * x0
+        dbf += pfo
+    if HAS_B:  # pre_b[t] = b + w[3] x[t] + w[2] x[t+1] + w[1] x[t+2] + w[0] x[t+3]
+        g = gbr.to(tl.float32)
+        pb = _dsilu_pre(xp3, xp2, xp1, x0, wb0, wb1, wb2, wb3, bb, g, ok)
+        pbo = pb
+        if EDGE:
+            pbo = tl.where(own, pb, 0.0)
+        dwb0 += pbo * xp3
+        dwb1 += pbo * xp2
+        dwb2 += pbo * xp1
+        dwb3 += pbo * x0
+        dbb += pbo
+    dx = zero
+    if HAS_F:
+        dx += wf3 * pf3 + wf2 * pf2 + wf1 * pf1 + wf0 * pf
+    if HAS_B:
+        dx += wb0 * pb6 + wb1 * pb5 + wb2 * pb4 + wb3 * pb3
+    if EDGE:
+        if t - 3 >= s0:
+            tl.store(dx_p + (t - 3) * s_dx_l, dx.to(dx_p.dtype.element_ty), mask=mask_d)
+    else:
+        tl.store(dx_p + (t - 3) * s_dx_l, dx.to(dx_p.dtype.element_ty), mask=mask_d)
+    # slide the windows by one token
+    return (xm2, xm1, x0, xp1, xp2, xp3, pf, pf1, pf2, pb, pb1, pb2, pb3, pb4, pb5,
+            dwf0, dwf1, dwf2, dwf3, dwb0, dwb1, dwb2, dwb3, dbf, dbb, nx1, nf1, nb1, nx2, nf2, nb2)
+
+
 @triton.jit(do_not_specialize=["L", "s_x_b", "s_g_k", "s_g_b", "s_dx_b"])
 def _conv_bwd_kernel(
     x_ptr, w0, w1, bias0, bias1, g_ptr, dx_ptr, dw_ptr, L, DIM, SEG,
     s_x_b, s_x_d, s_x_l, s_g_k, s_g_b, s_g_d, s_g_l, s_dx_b, s_dx_d, s_dx_l,
     BLOCK_D: tl.constexpr, NDIR: tl.constexpr, HAS_F: tl.constexpr, HAS_B: tl.constexpr,
     HAS_BIAS: tl.constexpr, VEC: tl.constexpr, PF: tl.constexpr, D_FIRST: tl.constexpr,
-    UNROLL: tl.constexpr,
+    UNROLL: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Width-4 conv backward of both directions: dx (summed), dw and d bias partials.
 
@@ -1083,74 +1168,27 @@ def _conv_bwd_kernel(
         nx2 = tl.load(x_p + (t0 + 4) * s_x_l, mask=mask_d & (t0 + 4 < L), other=0.0)
         nf2 = _g_row(gf_p, t0 + 1, s_g_l, L, mask_d, HAS_F)
         nb2 = _g_row(gb_p, t0 + 1, s_g_l, L, mask_d, HAS_B)
-    for t in tl.range(s0 - 3, s1 + 3, loop_unroll_factor=UNROLL):
-        if PF == 0:
-            xp3 = tl.load(x_p + (t + 3) * s_x_l, mask=mask_d & (t + 3 < L), other=0.0)
-            gfr = _g_row(gf_p, t, s_g_l, L, mask_d, HAS_F)
-            gbr = _g_row(gb_p, t, s_g_l, L, mask_d, HAS_B)
-        else:
-            xp3 = nx1
-            gfr = nf1
-            gbr = nb1
-            if PF == 1:
-                nx1 = tl.load(x_p + (t + 4) * s_x_l, mask=mask_d & (t + 4 < L), other=0.0)
-                nf1 = _g_row(gf_p, t + 1, s_g_l, L, mask_d, HAS_F)
-                nb1 = _g_row(gb_p, t + 1, s_g_l, L, mask_d, HAS_B)
-            else:
-                nx1 = nx2
-                nf1 = nf2
-                nb1 = nb2
-                nx2 = tl.load(x_p + (t + 5) * s_x_l, mask=mask_d & (t + 5 < L), other=0.0)
-                nf2 = _g_row(gf_p, t + 2, s_g_l, L, mask_d, HAS_F)
-                nb2 = _g_row(gb_p, t + 2, s_g_l, L, mask_d, HAS_B)
-        xp3 = xp3.to(tl.float32)
-        ok = mask_d & (t >= 0) & (t < L)
-        own = ok & (t >= s0) & (t < s1)  # weight gradients: each token counted once
-        pf = zero
-        pb = zero
-        if HAS_F:
-            g = gfr.to(tl.float32)
-            pf = _dsilu_pre(xm3, xm2, xm1, x0, wf0, wf1, wf2, wf3, bf, g, ok)
-            pfo = tl.where(own, pf, 0.0)
-            dwf0 += pfo * xm3
-            dwf1 += pfo * xm2
-            dwf2 += pfo * xm1
-            dwf3 += pfo * x0
-            dbf += pfo
-        if HAS_B:  # pre_b[t] = b + w[3] x[t] + w[2] x[t+1] + w[1] x[t+2] + w[0] x[t+3]
-            g = gbr.to(tl.float32)
-            pb = _dsilu_pre(xp3, xp2, xp1, x0, wb0, wb1, wb2, wb3, bb, g, ok)
-            pbo = tl.where(own, pb, 0.0)
-            dwb0 += pbo * xp3
-            dwb1 += pbo * xp2
-            dwb2 += pbo * xp1
-            dwb3 += pbo * x0
-            dbb += pbo
-        s = t - 3
-        if s >= s0:
-            dx = zero
-            if HAS_F:
-                dx += wf3 * pf3 + wf2 * pf2 + wf1 * pf1 + wf0 * pf
-            if HAS_B:
-                dx += wb0 * pb6 + wb1 * pb5 + wb2 * pb4 + wb3 * pb3
-            tl.store(dx_ptr + odx + offs_d * s_dx_d + s * s_dx_l,
-                     dx.to(dx_ptr.dtype.element_ty), mask=mask_d)
-        # slide the windows by one token
-        pf3 = pf2
-        pf2 = pf1
-        pf1 = pf
-        pb6 = pb5
-        pb5 = pb4
-        pb4 = pb3
-        pb3 = pb2
-        pb2 = pb1
-        pb1 = pb
-        xm3 = xm2
-        xm2 = xm1
-        xm1 = x0
-        x0 = xp1
-        xp1 = xp2
-        xp2 = xp3
+    st = (xm3, xm2, xm1, x0, xp1, xp2, pf1, pf2, pf3, pb1, pb2, pb3, pb4, pb5, pb6,
+          dwf0, dwf1, dwf2, dwf3, dwb0, dwb1, dwb2, dwb3, dbf, dbb, nx1, nf1, nb1, nx2, nf2, nb2)
+    wts = (wf0, wf1, wf2, wf3, wb0, wb1, wb2, wb3, bf, bb)
+    dx_p = dx_ptr + odx + offs_d * s_dx_d
+    if SPLIT:  # steps t in [s0 + 3, s1) need no token masks: they run apart, unrolled
+        a = tl.minimum(s0 + 3, s1)
+        for t in tl.range(s0 - 3, a):
+            st = _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l,
+                                s_dx_l, mask_d, True, HAS_F, HAS_B, PF)
+        for t in tl.range(a, s1, loop_unroll_factor=UNROLL):
+            st = _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l,
+                                s_dx_l, mask_d, False, HAS_F, HAS_B, PF)
+        for t in tl.range(s1, s1 + 3):
+            st = _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l,
+                                s_dx_l, mask_d, True, HAS_F, HAS_B, PF)
+    else:
+        for t in tl.range(s0 - 3, s1 + 3, loop_unroll_factor=UNROLL):
+            st = _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l,
+                                s_dx_l, mask_d, True, HAS_F, HAS_B, PF)
+    (_, _, _, _, _, _, _, _, _, _, _, _, _, _, _,
+     dwf0, dwf1, dwf2, dwf3, dwb0, dwb1, dwb2, dwb3, dbf, dbb, _, _, _, _, _, _) = st
     part = (pid_b * nseg + seg) * (2 * DIM * 4 + 2 * DIM)
     dw_p = dw_ptr + part + offs_d * 4
     tl.store(dw_p, dwf0, mask=mask_d)
@@ -1242,7 +1280,7 @@ def conv_bwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | 
         BLOCK_D=cfg.conv_bwd_block_d, NDIR=ndir, HAS_F=ndir == 2 or not reverse,
         HAS_B=ndir == 2 or bool(reverse), HAS_BIAS=bias is not None, VEC=vec,
         PF=cfg.conv_bwd_prefetch, D_FIRST=bool(cfg.conv_bwd_order), UNROLL=cfg.conv_bwd_unroll,
-        num_warps=cfg.conv_bwd_warps,
+        SPLIT=bool(cfg.conv_bwd_split), num_warps=cfg.conv_bwd_warps,
     )
     tot = part.sum(0)
     dw = tot[: 2 * d * 4].view(2, d, 4)
