@@ -899,15 +899,16 @@ def _conv_fwd_kernel(
         tl.store(o, acc.to(out_ptr.dtype.element_ty), mask=m)
 
 
-@triton.jit(do_not_specialize=["L", "SEG", "s_x_b", "s_o_k", "s_o_b"])
+@triton.jit(do_not_specialize=["L", "s_x_b", "s_o_k", "s_o_b"])
 def _conv_fwd_walk_kernel(
-    x_ptr, w0, w1, bias0, bias1, out_ptr, L, DIM, SEG,
+    x_ptr, w0, w1, bias0, bias1, out_ptr, L, DIM,
     s_x_b, s_x_d, s_x_l, s_o_k, s_o_b, s_o_d, s_o_l,
     BLOCK_D: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr, HAS_BIAS: tl.constexpr,
     VEC: tl.constexpr, PF: tl.constexpr, UNROLL: tl.constexpr,
 ):
     """Width-4 :func:`_conv_fwd_kernel` as a walk: one program owns ``BLOCK_D`` channels of a
-    segment of ``SEG`` tokens and steps through it with the window x[t-3 .. t+3] in registers,
+    segment of tokens (the grid's segments split the sequence into lengths that differ by at
+    most one) and steps through it with the window x[t-3 .. t+3] in registers,
     so each input row is read once and gives both directions' outputs. The row ``PF`` (1 or 2)
     steps ahead is loaded while the current one is computed. Strides as in _conv_fwd_kernel;
     grid (channel blocks, segments, batch).
@@ -915,8 +916,9 @@ def _conv_fwd_walk_kernel(
     pid_b = tl.program_id(2).to(tl.int64)
     offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < DIM
-    s0 = tl.program_id(1) * SEG
-    s1 = tl.minimum(s0 + SEG, L)
+    seg, nseg = tl.program_id(1), tl.num_programs(1)
+    s0 = seg * L // nseg
+    s1 = (seg + 1) * L // nseg
     wa0 = tl.load(w0 + offs_d * 4, mask=mask_d, other=0.0).to(tl.float32)
     wa1 = tl.load(w0 + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)
     wa2 = tl.load(w0 + offs_d * 4 + 2, mask=mask_d, other=0.0).to(tl.float32)
@@ -1228,9 +1230,8 @@ def conv_fwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | 
     s_xb, s_ok, s_ob = _units((x.stride(0), out.stride(0), out.stride(1)), vec)
     if cfg.conv_fwd_walk and w[0].shape[-1] == 4:
         nseg = triton.cdiv(length, cfg.conv_block_l)
-        seg = triton.cdiv(length, nseg)  # equal segments: no short tail
         _conv_fwd_walk_kernel[(triton.cdiv(d, cfg.conv_block_d), nseg, b)](
-            x, w[0], w[1], b0, b1, out, length, d, seg, s_xb, x.stride(1), x.stride(2),
+            x, w[0], w[1], b0, b1, out, length, d, s_xb, x.stride(1), x.stride(2),
             s_ok, s_ob, out.stride(2), out.stride(3),
             BLOCK_D=cfg.conv_block_d, NDIR=ndir, REV0=bool(reverse), HAS_BIAS=bias is not None,
             VEC=vec, PF=cfg.conv_fwd_walk, UNROLL=cfg.conv_unroll, num_warps=cfg.conv_warps,
