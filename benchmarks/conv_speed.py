@@ -1,7 +1,8 @@
-"""The conv1d kernels alone at the mixer's shapes, under each KernelConfig variant, in one process.
+"""The conv1d kernels alone at the mixer's shapes, under KernelConfig tile variants, in one process.
 
+    PYTHONPATH=src python benchmarks/conv_speed.py                  # the shipped tiles
     PYTHONPATH=src python benchmarks/conv_speed.py --variant default: \\
-        --variant flat:conv_flat=1 --variant bwd2w:conv_bwd_warps=2 --json conv_speed.json
+        --variant seg64:conv_fwd_segment=64,conv_bwd_segment=64 --json conv_speed.json
 
 x is the first half of an in_proj output ``(b, l, 2 * d_inner)`` seen as ``(b, d, l)``, the
 outputs ``(2, b, l, d)`` seen as ``(2, b, d, l)``, as :mod:`vimstm.ops.mixer` lays them out

@@ -2,7 +2,7 @@
 sm_90 without a GPU.
 
     PYTHONPATH=src python benchmarks/kernel_sass.py                       # shipped KernelConfig
-    PYTHONPATH=src python benchmarks/kernel_sass.py conv_bwd_block_d=64 chunk=16
+    PYTHONPATH=src python benchmarks/kernel_sass.py conv_fwd_segment=64 chunk=16
 
 Each ``field=value`` replaces a tile size of :data:`vimstm.ops.triton_scan.CONFIG`. The launchers of
 :mod:`vimstm.ops.triton_scan` run on CPU tensors laid out as the mixer's (vim_tiny_cifar10: d_inner
@@ -94,7 +94,7 @@ def launch_all() -> None:
             raise
     w, cb = (torch.zeros(d, 4),) * 2, (torch.zeros(d),) * 2
     x = xz[..., :d].transpose(1, 2)
-    ts.conv_fwd(x, w, cb, torch.zeros(2, b, L, d, dtype=bf).transpose(2, 3))  # tiles or walk
+    ts.conv_fwd(x, w, cb, torch.zeros(2, b, L, d, dtype=bf).transpose(2, 3))
     ts.conv_bwd(x, w, cb, du, dxz[..., :d].transpose(1, 2))
     # merge similarities: the block input (dim 192, half hidden, fp32 residual) and Δ from the
     # recorded dt_proj inputs (a view of x_dbl, fp32 weights as under autocast)
@@ -165,21 +165,16 @@ def per_edge(kernel, loop: int) -> str:
     return f"{loop * 2 * 384 / bc * warps / (bt - 1):.0f} (BLOCK_T {bt}, BLOCK_C {bc})"
 
 
-def per_conv_pair(name: str, kernel, total: int, loops: list[tuple[int, list[int]]]) -> str:
+def per_conv_pair(name: str, kernel, loops: list[tuple[int, list[int]]]) -> str:
     """Instructions a thread issues per (token, channel) it computes, both directions: the
-    tiled forward's whole program over its tile's elements per thread; a walking kernel's
     longest (unrolled) token loop over its steps and channels per thread."""
-    cfg, warps = ts.CONFIG, kernel.metadata.num_warps
-    if name == "_conv_fwd_kernel":
-        per_thread = cfg.conv_block_d * cfg.conv_block_l / (32 * warps)
-        return f"{total / per_thread:.1f} (whole program; {per_thread:g} per thread)"
-    walk = name == "_conv_fwd_walk_kernel"
-    block_d = cfg.conv_block_d if walk else cfg.conv_bwd_block_d
-    unroll = cfg.conv_unroll if walk else cfg.conv_bwd_unroll
+    fwd = name == "_conv_fwd_kernel"
+    block_d = ts.CONFIG.conv_fwd_block_d if fwd else ts.CONFIG.conv_bwd_block_d
+    unroll = ts.CONV_FWD_UNROLL if fwd else ts.CONV_BWD_UNROLL
     if not loops:
         return "no loop found"
     n, _ = max(loops)
-    ch = max(1.0, block_d / (32 * warps))
+    ch = max(1.0, block_d / (32 * kernel.metadata.num_warps))
     return f"{n / unroll / ch:.1f} (loop of {n}, unroll {unroll}, {ch:g} channels per thread)"
 
 
@@ -213,7 +208,7 @@ def report(name: str, kernel) -> None:
     if name == "_delta_dis_kernel" and sized:
         print(f"  per edge: {per_edge(kernel, sized[0][0])}")
     if name.startswith("_conv"):
-        print(f"  per token and channel: {per_conv_pair(name, kernel, len(ins), sized)}")
+        print(f"  per token and channel: {per_conv_pair(name, kernel, sized)}")
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
+from vimstm.errors import ConfigError
 from vimstm.ops import resolve_backend, triton_scan
 from vimstm.ops.scan_ref import causal_conv1d_ref, scan_token_stats, selective_scan_ref
 
@@ -126,13 +127,25 @@ def test_token_stats_from_the_scan(reverse):
     assert torch.allclose(stats, scan_token_stats(delta, A, bias), atol=1e-5)
 
 
-@pytest.mark.parametrize("L,reverse,segment,d,vec", [
-    (13, False, 64, 6, 1), (40, True, 8, 6, 8), (3, True, 8, 6, 1), (13, False, 8, 8, 8)])
-def test_conv1d_matches_reference(L, reverse, segment, d, vec, monkeypatch):
-    """Width-4 depthwise conv + silu, both directions; ``segment`` < L walks several segments
-    (their halos included) in the backward. Channels-last rows are read as vectors of ``vec``
-    channels: 8 where the batch stride ``L * d`` is a multiple of 8, else one at a time."""
-    cfg = dataclasses.replace(triton_scan.CONFIG, conv_bwd_segment=segment, conv_bwd_block_d=4)
+# the shipped tiles, and small ones so that channel blocks, segments and halos all cross:
+# forward segments of 3-4 tokens, backward segments of 4 (13 tokens: a last segment of one,
+# shorter than the 3-step halo, so its unmasked loop is empty)
+CONV_TILES = {
+    "shipped": {},
+    "small": dict(conv_fwd_block_d=8, conv_fwd_segment=4, conv_bwd_block_d=8, conv_bwd_segment=4),
+}
+
+
+@pytest.mark.parametrize("L,reverse,tiles,d,vec", [
+    (13, False, "shipped", 6, 1), (40, True, "small", 6, 8), (3, True, "small", 6, 1),
+    (13, False, "small", 8, 8), (11, True, "shipped", 8, 8)])
+def test_conv1d_matches_reference(L, reverse, tiles, d, vec, monkeypatch):
+    """One direction (causal, or anti-causal as the kernels' direction 0) of the width-4
+    depthwise conv + silu with autograd; sequences shorter than a segment (and than the halo),
+    several segments, lengths not a multiple of the segment. Channels-last rows are read as
+    vectors of ``vec`` channels: 8 where the batch stride ``L * d`` is a multiple of 8, else
+    one at a time."""
+    cfg = dataclasses.replace(triton_scan.CONFIG, **CONV_TILES[tiles])
     monkeypatch.setattr(triton_scan, "CONFIG", cfg)
     g = torch.Generator().manual_seed(L)
     x = torch.randn(2, L, d, generator=g).transpose(1, 2).to(DEV).requires_grad_()
@@ -149,28 +162,12 @@ def test_conv1d_matches_reference(L, reverse, segment, d, vec, monkeypatch):
         assert _rel(a, b) < 1e-5
 
 
-# conv1d tilings under test, in small tiles so that tiles, segments and halos all cross
-CONV_CONFIGS = {
-    "tile": dict(conv_block_d=8, conv_block_l=4, conv_bwd_block_d=8, conv_bwd_segment=4),
-    "flat": dict(conv_block_d=8, conv_block_l=4, conv_flat=1),
-    "walk1": dict(conv_block_d=8, conv_block_l=4, conv_fwd_walk=1),
-    "walk2": dict(conv_block_d=8, conv_block_l=5, conv_fwd_walk=2, conv_unroll=4),
-    "bwd_pf1": dict(conv_bwd_block_d=8, conv_bwd_segment=4, conv_bwd_prefetch=1,
-                    conv_bwd_order=1),
-    "bwd_pf2": dict(conv_bwd_block_d=8, conv_bwd_segment=5, conv_bwd_prefetch=2,
-                    conv_bwd_unroll=4),
-    "bwd_split": dict(conv_bwd_block_d=8, conv_bwd_segment=6, conv_bwd_split=1),
-    "bwd_split_pf2": dict(conv_bwd_block_d=8, conv_bwd_segment=5, conv_bwd_split=1,
-                          conv_bwd_prefetch=2, conv_bwd_unroll=2),
-}
-
-
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("name", sorted(CONV_CONFIGS))
-def test_two_direction_conv_configs(name, dtype, monkeypatch):
+@pytest.mark.parametrize("tiles", sorted(CONV_TILES))
+def test_two_direction_conv(tiles, dtype, monkeypatch):
     """conv_fwd / conv_bwd of both directions, laid out as the mixer's (x a view of the
-    in_proj output, channels-last outputs), under each tiling against causal_conv1d_ref."""
-    cfg = dataclasses.replace(triton_scan.CONFIG, **CONV_CONFIGS[name])
+    in_proj output, channels-last outputs), against causal_conv1d_ref."""
+    cfg = dataclasses.replace(triton_scan.CONFIG, **CONV_TILES[tiles])
     monkeypatch.setattr(triton_scan, "CONFIG", cfg)
     dt = DTYPES[dtype]
     b, L, d = 2, 13, 16
@@ -199,22 +196,10 @@ def test_two_direction_conv_configs(name, dtype, monkeypatch):
         assert _rel(db[k], grads[3 + k]) < 1e-5
 
 
-@pytest.mark.parametrize("name,reverse", [("flat", False), ("walk1", True)])
-def test_one_direction_conv_configs(name, reverse, monkeypatch):
-    """One direction (causal, or anti-causal as direction 0) under the tilings under test."""
-    monkeypatch.setattr(triton_scan, "CONFIG",
-                        dataclasses.replace(triton_scan.CONFIG, **CONV_CONFIGS[name]))
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 11, 8, generator=g).transpose(1, 2).to(DEV).requires_grad_()
-    w = torch.randn(8, 1, 4, generator=g).to(DEV).requires_grad_()
-    bias = torch.randn(8, generator=g).to(DEV).requires_grad_()
-    ref = causal_conv1d_ref(x, w, bias, reverse)
-    gout = torch.randn(ref.shape, generator=g).to(DEV)
-    out = triton_scan.causal_conv1d_triton(x, w, bias, reverse)
-    assert _rel(out, ref) < 1e-5
-    for a, b in zip(torch.autograd.grad(out, [x, w, bias], gout),
-                    torch.autograd.grad(ref, [x, w, bias], gout)):
-        assert _rel(a, b) < 1e-5
+def test_conv1d_refuses_other_widths():
+    x = torch.zeros(1, 4, 6)
+    with pytest.raises(ConfigError, match="width 4"):
+        triton_scan.causal_conv1d_triton(x, torch.zeros(4, 1, 3), None)
 
 
 def test_conv1d_half_precision():

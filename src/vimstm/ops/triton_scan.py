@@ -29,11 +29,16 @@ step does not cover their latency. Reductions over channels (dB, dC) and over
 the batch (dA, dD, d bias) are written as per-program partials and summed by PyTorch:
 deterministic, no atomics.
 
-Conv1d forward: one program computes a tile of channels x tokens of both directions, each
-tap a shifted load of the input tile (or, under test, walks a segment of tokens as the
-backward does). Conv1d backward: one program owns a segment of tokens of ``conv_bwd_block_d``
-channels and walks it with sliding windows of the input and of the pre-activation gradients
-of both directions in registers: each input row is read once, and ``dx`` sums both directions.
+Conv1d (width 4, silu fused): both kernels walk segments of tokens with sliding windows in
+registers (programs of 2 warps, two channels per thread), so each input row is read once.
+Forward: a program owns 128 channels of a segment of about 32 tokens (the segments' lengths
+differ by at most one) and computes both directions' outputs from the window x[t-3 .. t+3],
+loading the row two steps ahead. Backward: a program owns 128 channels of a 128-token
+segment and walks it with windows of the input and of both directions' pre-activation
+gradients; ``dx`` sums both directions, and the steps away from the segment's ends run in an
+unrolled loop without token masks. One H100, bf16, vim_tiny_cifar10's shapes at batch 256:
+forward 66 µs (2.3 TB/s), backward 116 µs, against 136 / 169 µs for the tiled forward and the
+masked walk they replaced (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from vimstm.errors import ConfigError
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * LOG2E): exp2 is the hardware op
 LN2 = tl.constexpr(0.6931471805599453)
@@ -59,8 +66,10 @@ class KernelConfig:
     vectors where the rows allow it (-> 17.9 ms); the scan backward carries
     ``exp(ΔA)·gh`` (78.9 -> 76.1 ms) and reads B and C one state per load (vectors: 77.5-78.1
     against 76.2 ms); the conv1d kernels claim 8-channel alignment where the strides allow it
-    (forward 7.86 -> 6.9 ms). A Δ pre-pass in the scan backward (89.1 ms) and register caps
-    (scan backward 200 / 168: 96.5 / 92.6 ms; scan forward 136: no change) lost.
+    (forward 7.86 -> 6.9 ms) and walk segments of tokens (forward 6.62 -> 3.22 ms, backward
+    4.10 -> 2.82 ms, all kernels 134.2 -> 129.8 ms). A Δ pre-pass in the scan backward
+    (89.1 ms) and register caps (scan backward 200 / 168: 96.5 / 92.6 ms; scan forward 136: no
+    change) lost.
 
     Attributes:
         scan_block_d: channels per scan program. More channels give each thread more
@@ -80,46 +89,25 @@ class KernelConfig:
             with it is 1.7% faster again but 1.2 GiB larger (BENCHMARKS.md). The backward
             also keeps, while it runs, Δ, sigmoid(raw Δ) and dy of a segment's tokens:
             ``b * d * 12 * save_every`` bytes (of the whole sequence with 0).
-        conv_block_d, conv_block_l: tile of the conv1d forward (channels, tokens).
-        conv_warps: warps per conv1d forward program.
-        conv_flat: 1 tiles the tokens of all samples as one axis (where the layout allows it):
-            no mostly empty tail tile per sample (257 tokens = 8 x 32 + 1). Under test.
-        conv_fwd_walk: 1 or 2 runs the conv1d forward as a walk over segments of about
-            ``conv_block_l`` tokens (``conv_block_d`` channels per program) that reads each
-            input row once, loading 1 or 2 rows ahead; 0 runs the tiles. Under test.
+        conv_fwd_block_d, conv_fwd_segment: channels and tokens walked by one program of the
+            conv1d forward (a segment reads 6 tokens of halo; the sequence is split into
+            ``ceil(L / conv_fwd_segment)`` segments of lengths that differ by at most one).
         conv_bwd_block_d, conv_bwd_segment: channels and tokens walked by one program of the
-            conv1d backward (a segment re-reads 6 tokens of halo). 128 channels (one per
-            thread of its 4 warps) against 64 (two threads per channel): 4.0 against 7.1 ms.
-        conv_bwd_warps: warps per conv1d backward program.
-        conv_bwd_prefetch: 1 or 2 loads the rows of x and g that the conv1d backward reads 1 or 2
-            tokens ahead (more bytes in flight per thread); 0 loads them at their step. Under
-            test.
-        conv_bwd_order: 1 orders the conv1d backward's grid channel blocks first, so programs
-            that run side by side walk the same rows; 0 batch first. Under test.
-        conv_unroll, conv_bwd_unroll: unroll factors of the token loops of the walking conv1d
-            forward and of the backward (the sliding windows then move by renaming registers
-            rather than by copies). Under test.
-        conv_bwd_split: 1 runs the conv1d backward's steps that need no token masks (all
-            but the 6 + 3 at a segment's ends) in a loop of their own. Under test.
+            conv1d backward (a segment re-reads 6 tokens of halo).
+            Both run 2 warps per program (``CONV_FWD_WARPS``, ``CONV_BWD_WARPS``). The
+            conv1d alone at vim_tiny_cifar10's shapes (H100, bf16, batch 256,
+            ``benchmarks/conv_speed.py``): forward 128 x 32 66.2 µs, 128 x 64 with one warp
+            70.9, 256 x 32 with one warp 100.0; backward segment 128 115.7 µs against 126.6 at 64.
     """
 
     scan_block_d: int = 32
     scan_warps: int = 1
     chunk: int = 8
     save_every: int = 24
-    conv_block_d: int = 64
-    conv_block_l: int = 32
-    conv_warps: int = 4
-    conv_flat: int = 0
-    conv_fwd_walk: int = 0
+    conv_fwd_block_d: int = 128
+    conv_fwd_segment: int = 32
     conv_bwd_block_d: int = 128
-    conv_bwd_segment: int = 64
-    conv_bwd_warps: int = 4
-    conv_bwd_prefetch: int = 0
-    conv_bwd_order: int = 0
-    conv_unroll: int = 1
-    conv_bwd_unroll: int = 1
-    conv_bwd_split: int = 0
+    conv_bwd_segment: int = 128
 
 
 CONFIG = KernelConfig()
@@ -153,18 +141,6 @@ def _token(i, L, K: tl.constexpr, REV0: tl.constexpr):
     else:
         t = i
     return t
-
-
-@triton.jit
-def _conv_src(offs_l, J: tl.constexpr, W: tl.constexpr, K: tl.constexpr, REV0: tl.constexpr):
-    """Token read by tap J: t - (W-1-J) causal, t + (W-1-J) anti-causal (direction 1 or REV0)."""
-    if K == 1:  # noqa: SIM114 (constexpr branches: kept apart for Triton's code generator)
-        src = offs_l + (W - 1 - J)
-    elif REV0:
-        src = offs_l + (W - 1 - J)
-    else:
-        src = offs_l - (W - 1 - J)
-    return src
 
 
 @triton.jit
@@ -841,77 +817,32 @@ def selective_scan_triton(
 
 # -- depthwise causal conv1d + silu ---------------------------------------------------------
 
+CONV_FWD_WARPS = 2  # warps per conv1d forward program
+CONV_FWD_UNROLL = 4  # unroll factor of the forward's token loop
+CONV_BWD_WARPS = 2  # warps per conv1d backward program
+CONV_BWD_UNROLL = 8  # unroll factor of the backward's unmasked token loop
 
-@triton.jit(do_not_specialize=["L", "NB", "s_x_b", "s_o_k", "s_o_b"])
+
+@triton.jit(do_not_specialize=["L", "s_x_b", "s_o_k", "s_o_b"])
 def _conv_fwd_kernel(
-    x_ptr, w0, w1, bias0, bias1, out_ptr, L, DIM, NB,
+    x_ptr, w0, w1, bias0, bias1, out_ptr, L, DIM,
     s_x_b, s_x_d, s_x_l, s_o_k, s_o_b, s_o_d, s_o_l,
-    W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, NDIR: tl.constexpr,
-    REV0: tl.constexpr, HAS_BIAS: tl.constexpr, VEC: tl.constexpr, FLAT: tl.constexpr,
+    BLOCK_D: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr, HAS_BIAS: tl.constexpr,
+    VEC: tl.constexpr, UNROLL: tl.constexpr,
 ):
-    """``out[k] = silu(conv_k(x))``: direction 0 causal (anti-causal with REV0), 1 anti-causal.
+    """``out[k] = silu(conv_k(x))``, width 4: direction 0 causal (anti-causal with REV0), 1
+    anti-causal.
+
+    One program owns ``BLOCK_D`` channels of a segment of tokens (the grid's segments split
+    the sequence into lengths that differ by at most one) and steps through it with the window
+    x[t-3 .. t+3] in registers, so each input row is read once and gives both directions'
+    outputs; the row two steps ahead is loaded while the current one is computed. Grid
+    (channel blocks, segments, batch).
 
     The batch and direction strides ``s_x_b``, ``s_o_k``, ``s_o_b`` come in units of ``VEC``
     elements (the launcher checks that they divide): multiplied by the constant VEC here, they
     tell the compiler that rows of channels start 16-byte aligned, so they are read and written
     in vectors (a ``tl.multiple_of`` hint on a kernel argument itself has no effect).
-    With ``FLAT`` the token axis is the ``NB * L`` rows of all samples (the launcher checks
-    that the batch strides are ``L`` token strides): a tile may span two samples, and no tile
-    is a mostly empty tail. Its grid is (channel blocks, row blocks): the programs that run
-    side by side read and write whole rows.
-    """
-    if FLAT:
-        offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-        row = tl.program_id(1).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
-        offs_l = (row % L).to(tl.int32)  # token within its sample
-        valid = row < NB.to(tl.int64) * L
-        ox = 0
-        oo = 0
-    else:
-        pid_b = tl.program_id(0).to(tl.int64)
-        offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        offs_l = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
-        row = offs_l
-        valid = offs_l < L
-        ox = pid_b * s_x_b * VEC
-        oo = pid_b * s_o_b * VEC
-    mask_d = offs_d < DIM
-    x_base = x_ptr + ox + offs_d[:, None] * s_x_d
-    m = mask_d[:, None] & valid[None, :]
-    for K in tl.static_range(NDIR):
-        w_ptr = w0
-        b_ptr = bias0
-        if K == 1:
-            w_ptr = w1
-            b_ptr = bias1
-        acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-        for j in tl.static_range(W):
-            src = _conv_src(offs_l, j, W, K, REV0)
-            ms = mask_d[:, None] & ((src >= 0) & (src < L) & valid)[None, :]
-            src_row = _conv_src(row, j, W, K, REV0)
-            xv = tl.load(x_base + src_row[None, :] * s_x_l, mask=ms, other=0.0).to(tl.float32)
-            wj = tl.load(w_ptr + offs_d * W + j, mask=mask_d, other=0.0).to(tl.float32)
-            acc += wj[:, None] * xv
-        acc = acc * tl.sigmoid(acc)
-        o = out_ptr + K * s_o_k * VEC + oo + offs_d[:, None] * s_o_d + row[None, :] * s_o_l
-        tl.store(o, acc.to(out_ptr.dtype.element_ty), mask=m)
-
-
-@triton.jit(do_not_specialize=["L", "s_x_b", "s_o_k", "s_o_b"])
-def _conv_fwd_walk_kernel(
-    x_ptr, w0, w1, bias0, bias1, out_ptr, L, DIM,
-    s_x_b, s_x_d, s_x_l, s_o_k, s_o_b, s_o_d, s_o_l,
-    BLOCK_D: tl.constexpr, NDIR: tl.constexpr, REV0: tl.constexpr, HAS_BIAS: tl.constexpr,
-    VEC: tl.constexpr, PF: tl.constexpr, UNROLL: tl.constexpr,
-):
-    """Width-4 :func:`_conv_fwd_kernel` as a walk: one program owns ``BLOCK_D`` channels of a
-    segment of tokens (the grid's segments split the sequence into lengths that differ by at
-    most one) and steps through it with the window x[t-3 .. t+3] in registers,
-    so each input row is read once and gives both directions' outputs. The row ``PF`` (1 or 2)
-    steps ahead is loaded while the current one is computed. Strides as in _conv_fwd_kernel;
-    grid (channel blocks, segments, batch).
     """
     pid_b = tl.program_id(2).to(tl.int64)
     offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -934,7 +865,7 @@ def _conv_fwd_walk_kernel(
         bb = tl.load(bias1 + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     x_p = x_ptr + pid_b * s_x_b * VEC + offs_d * s_x_d
     o_p = out_ptr + pid_b * s_o_b * VEC + offs_d * s_o_d
-    # window x[t-3 .. t+2] at the first step t = s0, and the rows ahead x[t+3] (x[t+4])
+    # window x[t-3 .. t+2] at the first step t = s0, and the rows ahead x[t+3], x[t+4]
     xm3 = tl.load(x_p + (s0 - 3) * s_x_l, mask=mask_d & (s0 - 3 >= 0), other=0.0).to(tl.float32)
     xm2 = tl.load(x_p + (s0 - 2) * s_x_l, mask=mask_d & (s0 - 2 >= 0), other=0.0).to(tl.float32)
     xm1 = tl.load(x_p + (s0 - 1) * s_x_l, mask=mask_d & (s0 - 1 >= 0), other=0.0).to(tl.float32)
@@ -942,16 +873,11 @@ def _conv_fwd_walk_kernel(
     xp1 = tl.load(x_p + (s0 + 1) * s_x_l, mask=mask_d & (s0 + 1 < L), other=0.0).to(tl.float32)
     xp2 = tl.load(x_p + (s0 + 2) * s_x_l, mask=mask_d & (s0 + 2 < L), other=0.0).to(tl.float32)
     n1 = tl.load(x_p + (s0 + 3) * s_x_l, mask=mask_d & (s0 + 3 < L), other=0.0)
-    n2 = n1
-    if PF == 2:
-        n2 = tl.load(x_p + (s0 + 4) * s_x_l, mask=mask_d & (s0 + 4 < L), other=0.0)
+    n2 = tl.load(x_p + (s0 + 4) * s_x_l, mask=mask_d & (s0 + 4 < L), other=0.0)
     for t in tl.range(s0, s1, loop_unroll_factor=UNROLL):
         xp3 = n1.to(tl.float32)
-        if PF == 2:
-            n1 = n2
-            n2 = tl.load(x_p + (t + 5) * s_x_l, mask=mask_d & (t + 5 < L), other=0.0)
-        else:
-            n1 = tl.load(x_p + (t + 4) * s_x_l, mask=mask_d & (t + 4 < L), other=0.0)
+        n1 = n2
+        n2 = tl.load(x_p + (t + 5) * s_x_l, mask=mask_d & (t + 5 < L), other=0.0)
         if REV0:  # direction 0 anti-causal: tap j reads t + 3 - j
             a = ba + wa0 * xp3 + wa1 * xp2 + wa2 * xp1 + wa3 * x0
         else:  # causal: tap j reads t - 3 + j
@@ -972,14 +898,10 @@ def _conv_fwd_walk_kernel(
 
 
 @triton.jit
-def _g_row(p, t, s_l, L, mask_d, HAS: tl.constexpr, RANGE: tl.constexpr = True):
-    """Row ``t`` of a gradient (zeros outside [0, L) unless the caller knows t is inside and
-    passes ``RANGE=False``, or when the direction is absent)."""
+def _g_row(p, t, s_l, L, mask_d, HAS: tl.constexpr):
+    """Row ``t`` of a gradient (zeros outside [0, L), or when the direction is absent)."""
     if HAS:
-        if RANGE:
-            r = tl.load(p + t * s_l, mask=mask_d & (t >= 0) & (t < L), other=0.0)
-        else:
-            r = tl.load(p + t * s_l, mask=mask_d, other=0.0)
+        r = tl.load(p + t * s_l, mask=mask_d & (t >= 0) & (t < L), other=0.0)
     else:
         r = tl.zeros(mask_d.shape, dtype=p.dtype.element_ty)
     return r
@@ -995,8 +917,7 @@ def _dsilu_pre(x0, x1, x2, x3, w0, w1, w2, w3, bias, g, ok):
 
 @triton.jit
 def _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l, s_dx_l, mask_d,
-                   EDGE: tl.constexpr, HAS_F: tl.constexpr, HAS_B: tl.constexpr,
-                   PF: tl.constexpr):
+                   EDGE: tl.constexpr, HAS_F: tl.constexpr, HAS_B: tl.constexpr):
     """Step ``t`` of :func:`_conv_bwd_kernel` on its state ``st`` (windows, weight-gradient
     sums, rows read ahead). Without ``EDGE`` the caller guarantees s0 + 3 <= t < s1: the token
     is in the sequence and owned, and dx[t-3] is stored, so no token mask is built."""
@@ -1009,26 +930,16 @@ def _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l, s
     else:
         ok = mask_d
         own = mask_d
-    if PF == 0:
-        xp3 = tl.load(x_p + (t + 3) * s_x_l, mask=mask_d & (t + 3 < L), other=0.0)
-        gfr = _g_row(gf_p, t, s_g_l, L, mask_d, HAS_F, EDGE)
-        gbr = _g_row(gb_p, t, s_g_l, L, mask_d, HAS_B, EDGE)
-    else:
-        xp3 = nx1
-        gfr = nf1
-        gbr = nb1
-        if PF == 1:
-            nx1 = tl.load(x_p + (t + 4) * s_x_l, mask=mask_d & (t + 4 < L), other=0.0)
-            nf1 = _g_row(gf_p, t + 1, s_g_l, L, mask_d, HAS_F)
-            nb1 = _g_row(gb_p, t + 1, s_g_l, L, mask_d, HAS_B)
-        else:
-            nx1 = nx2
-            nf1 = nf2
-            nb1 = nb2
-            nx2 = tl.load(x_p + (t + 5) * s_x_l, mask=mask_d & (t + 5 < L), other=0.0)
-            nf2 = _g_row(gf_p, t + 2, s_g_l, L, mask_d, HAS_F)
-            nb2 = _g_row(gb_p, t + 2, s_g_l, L, mask_d, HAS_B)
-    xp3 = xp3.to(tl.float32)
+    # this step's rows came two steps ago; load those of step t + 2
+    xp3 = nx1.to(tl.float32)
+    gfr = nf1
+    gbr = nb1
+    nx1 = nx2
+    nf1 = nf2
+    nb1 = nb2
+    nx2 = tl.load(x_p + (t + 5) * s_x_l, mask=mask_d & (t + 5 < L), other=0.0)
+    nf2 = _g_row(gf_p, t + 2, s_g_l, L, mask_d, HAS_F)
+    nb2 = _g_row(gb_p, t + 2, s_g_l, L, mask_d, HAS_B)
     zero = tl.zeros(xp3.shape, dtype=tl.float32)
     pf = zero
     pb = zero
@@ -1074,30 +985,24 @@ def _conv_bwd_kernel(
     x_ptr, w0, w1, bias0, bias1, g_ptr, dx_ptr, dw_ptr, L, DIM, SEG,
     s_x_b, s_x_d, s_x_l, s_g_k, s_g_b, s_g_d, s_g_l, s_dx_b, s_dx_d, s_dx_l,
     BLOCK_D: tl.constexpr, NDIR: tl.constexpr, HAS_F: tl.constexpr, HAS_B: tl.constexpr,
-    HAS_BIAS: tl.constexpr, VEC: tl.constexpr, PF: tl.constexpr, D_FIRST: tl.constexpr,
-    UNROLL: tl.constexpr, SPLIT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, VEC: tl.constexpr, UNROLL: tl.constexpr,
 ):
     """Width-4 conv backward of both directions: dx (summed), dw and d bias partials.
 
     With ``p_f = dpre`` of the causal direction and ``p_b`` of the anti-causal one,
     ``dx[s] = sum_j w_f[j] p_f[s+3-j] + sum_j w_b[j] p_b[s-3+j]``. The program walks tokens
     ``t = s0-3 .. s1+2`` of its segment [s0, s1): at step t it computes ``p_f[t]`` and
-    ``p_b[t]`` from the window x[t-3 .. t+3] and completes ``dx[t-3]``. HAS_F / HAS_B say which
-    directions are present; with NDIR = 1 the only one uses ``w0``, ``bias0`` and ``g[0]``.
-    With ``PF`` 1 or 2 the rows of x and g that step ``t + PF`` reads are loaded at step t.
-    The grid is (batch, channel blocks, segments), or with ``D_FIRST`` (channel blocks,
-    segments, batch): the programs that run side by side walk the same rows.
+    ``p_b[t]`` from the window x[t-3 .. t+3] and completes ``dx[t-3]``. The steps
+    ``s0+3 .. s1-1`` need no token masks and run in an unrolled loop of their own, the 6 + 3
+    at the segment's ends with masks. The rows of x and g that step ``t + 2`` reads are loaded
+    at step t. HAS_F / HAS_B say which directions are present; with NDIR = 1 the only one uses
+    ``w0``, ``bias0`` and ``g[0]``. Grid (batch, channel blocks, segments); outer strides in
+    units of VEC, as in :func:`_conv_fwd_kernel`.
     """
-    if D_FIRST:
-        pid_b = tl.program_id(2).to(tl.int64)
-        offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-        seg = tl.program_id(1)
-        nseg = tl.num_programs(1)
-    else:
-        pid_b = tl.program_id(0).to(tl.int64)
-        offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        seg = tl.program_id(2)
-        nseg = tl.num_programs(2)
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    seg = tl.program_id(2)
+    nseg = tl.num_programs(2)
     mask_d = offs_d < DIM
     s0 = seg * SEG
     s1 = tl.minimum(s0 + SEG, L)
@@ -1120,7 +1025,6 @@ def _conv_bwd_kernel(
             bb = tl.load(bias1 + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         else:
             bb = bf
-    # outer strides in units of VEC, as in _conv_fwd_kernel
     og, ogk = pid_b * s_g_b * VEC, s_g_k * VEC
     ox, odx = pid_b * s_x_b * VEC, pid_b * s_dx_b * VEC
     gf_p = g_ptr + og + offs_d * s_g_d
@@ -1158,37 +1062,28 @@ def _conv_bwd_kernel(
     dwb3 = zero
     dbf = zero
     dbb = zero
-    # rows read ahead (PF > 0): x[t+3 .. t+2+PF] and g[t .. t+PF-1] of the next step t
+    # rows read ahead: x[t+3], x[t+4] and g[t], g[t+1] of the first step t
     t0 = s0 - 3
     nx1 = tl.load(x_p + (t0 + 3) * s_x_l, mask=mask_d & (t0 + 3 < L), other=0.0)
     nf1 = _g_row(gf_p, t0, s_g_l, L, mask_d, HAS_F)
     nb1 = _g_row(gb_p, t0, s_g_l, L, mask_d, HAS_B)
-    nx2 = nx1
-    nf2 = nf1
-    nb2 = nb1
-    if PF == 2:
-        nx2 = tl.load(x_p + (t0 + 4) * s_x_l, mask=mask_d & (t0 + 4 < L), other=0.0)
-        nf2 = _g_row(gf_p, t0 + 1, s_g_l, L, mask_d, HAS_F)
-        nb2 = _g_row(gb_p, t0 + 1, s_g_l, L, mask_d, HAS_B)
+    nx2 = tl.load(x_p + (t0 + 4) * s_x_l, mask=mask_d & (t0 + 4 < L), other=0.0)
+    nf2 = _g_row(gf_p, t0 + 1, s_g_l, L, mask_d, HAS_F)
+    nb2 = _g_row(gb_p, t0 + 1, s_g_l, L, mask_d, HAS_B)
     st = (xm3, xm2, xm1, x0, xp1, xp2, pf1, pf2, pf3, pb1, pb2, pb3, pb4, pb5, pb6,
           dwf0, dwf1, dwf2, dwf3, dwb0, dwb1, dwb2, dwb3, dbf, dbb, nx1, nf1, nb1, nx2, nf2, nb2)
     wts = (wf0, wf1, wf2, wf3, wb0, wb1, wb2, wb3, bf, bb)
     dx_p = dx_ptr + odx + offs_d * s_dx_d
-    if SPLIT:  # steps t in [s0 + 3, s1) need no token masks: they run apart, unrolled
-        a = tl.minimum(s0 + 3, s1)
-        for t in tl.range(s0 - 3, a):
-            st = _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l,
-                                s_dx_l, mask_d, True, HAS_F, HAS_B, PF)
-        for t in tl.range(a, s1, loop_unroll_factor=UNROLL):
-            st = _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l,
-                                s_dx_l, mask_d, False, HAS_F, HAS_B, PF)
-        for t in tl.range(s1, s1 + 3):
-            st = _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l,
-                                s_dx_l, mask_d, True, HAS_F, HAS_B, PF)
-    else:
-        for t in tl.range(s0 - 3, s1 + 3, loop_unroll_factor=UNROLL):
-            st = _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l,
-                                s_dx_l, mask_d, True, HAS_F, HAS_B, PF)
+    a = tl.minimum(s0 + 3, s1)
+    for t in tl.range(s0 - 3, a):
+        st = _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l, s_dx_l,
+                            mask_d, True, HAS_F, HAS_B)
+    for t in tl.range(a, s1, loop_unroll_factor=UNROLL):
+        st = _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l, s_dx_l,
+                            mask_d, False, HAS_F, HAS_B)
+    for t in tl.range(s1, s1 + 3):
+        st = _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l, s_dx_l,
+                            mask_d, True, HAS_F, HAS_B)
     (_, _, _, _, _, _, _, _, _, _, _, _, _, _, _,
      dwf0, dwf1, dwf2, dwf3, dwb0, dwb1, dwb2, dwb3, dbf, dbb, _, _, _, _, _, _) = st
     part = (pid_b * nseg + seg) * (2 * DIM * 4 + 2 * DIM)
@@ -1217,39 +1112,30 @@ def _units(strides: tuple[int, ...], vec: int) -> tuple[int, ...]:
     return tuple(s // vec for s in strides)
 
 
+def _check_width(w: Tensor) -> None:
+    if w.shape[-1] != 4:
+        raise ConfigError(f"the Triton conv1d kernels are written for width 4 (d_conv=4), not "
+                          f"{w.shape[-1]}; use scan_backend='reference' for other widths")
+
+
 def conv_fwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | None,
              out: Tensor, reverse: bool = False, cfg: KernelConfig | None = None) -> Tensor:
-    """``out[k] = silu(conv_k(x))`` for ``x: (b, d, l)``, ``out: (k, b, d, l)``, ``w[k]: (d, W)``.
+    """``out[k] = silu(conv_k(x))`` for ``x: (b, d, l)``, ``out: (k, b, d, l)``, ``w[k]: (d, 4)``.
 
     Direction 0 is causal (anti-causal if ``reverse``), direction 1 anti-causal.
     """
     cfg = cfg or CONFIG
+    _check_width(w[0])
     ndir, b, d, length = out.shape
     b0, b1 = bias if bias is not None else (w[0], w[0])
     vec = _vec((x.stride(0), out.stride(0), out.stride(1)), (x.stride(1), out.stride(2)))
     s_xb, s_ok, s_ob = _units((x.stride(0), out.stride(0), out.stride(1)), vec)
-    if cfg.conv_fwd_walk and w[0].shape[-1] == 4:
-        nseg = triton.cdiv(length, cfg.conv_block_l)
-        _conv_fwd_walk_kernel[(triton.cdiv(d, cfg.conv_block_d), nseg, b)](
-            x, w[0], w[1], b0, b1, out, length, d, s_xb, x.stride(1), x.stride(2),
-            s_ok, s_ob, out.stride(2), out.stride(3),
-            BLOCK_D=cfg.conv_block_d, NDIR=ndir, REV0=bool(reverse), HAS_BIAS=bias is not None,
-            VEC=vec, PF=cfg.conv_fwd_walk, UNROLL=cfg.conv_unroll, num_warps=cfg.conv_warps,
-        )
-        return out
-    flat = bool(cfg.conv_flat) and x.stride(0) == length * x.stride(2) \
-        and out.stride(1) == length * out.stride(3)
-    nd = triton.cdiv(d, cfg.conv_block_d)
-    if flat:
-        grid = (nd, triton.cdiv(b * length, cfg.conv_block_l), 1)
-    else:
-        grid = (b, nd, triton.cdiv(length, cfg.conv_block_l))
+    grid = (triton.cdiv(d, cfg.conv_fwd_block_d), triton.cdiv(length, cfg.conv_fwd_segment), b)
     _conv_fwd_kernel[grid](
-        x, w[0], w[1], b0, b1, out, length, d, b, s_xb, x.stride(1), x.stride(2),
+        x, w[0], w[1], b0, b1, out, length, d, s_xb, x.stride(1), x.stride(2),
         s_ok, s_ob, out.stride(2), out.stride(3),
-        W=w[0].shape[-1], BLOCK_D=cfg.conv_block_d, BLOCK_L=cfg.conv_block_l, NDIR=ndir,
-        REV0=bool(reverse), HAS_BIAS=bias is not None, VEC=vec, FLAT=flat,
-        num_warps=cfg.conv_warps,
+        BLOCK_D=cfg.conv_fwd_block_d, NDIR=ndir, REV0=bool(reverse), HAS_BIAS=bias is not None,
+        VEC=vec, UNROLL=CONV_FWD_UNROLL, num_warps=CONV_FWD_WARPS,
     )
     return out
 
@@ -1257,31 +1143,28 @@ def conv_fwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | 
 def conv_bwd(x: Tensor, w: tuple[Tensor, Tensor], bias: tuple[Tensor, Tensor] | None,
              g: Tensor, dx: Tensor, reverse: bool = False,
              cfg: KernelConfig | None = None) -> tuple[Tensor, Tensor]:
-    """Gradients of :func:`conv_fwd` for ``g: (k, b, d, l)`` (width 4).
+    """Gradients of :func:`conv_fwd` for ``g: (k, b, d, l)``.
 
     Writes ``dx`` (b, d, l), the sum over the directions, and returns ``(dw, dbias)`` fp32,
     each ``(k, d, 4)`` / ``(k, d)``.
     """
     cfg = cfg or CONFIG
+    _check_width(w[0])
     ndir, b, d, length = g.shape
-    if w[0].shape[-1] != 4:
-        raise ValueError("the Triton conv1d backward is written for width 4 (d_conv=4)")
     seg = cfg.conv_bwd_segment
     nd, nseg = triton.cdiv(d, cfg.conv_bwd_block_d), triton.cdiv(length, seg)
-    grid = (nd, nseg, b) if cfg.conv_bwd_order else (b, nd, nseg)
     part = torch.empty(b * nseg, 2 * d * 5, device=g.device, dtype=torch.float32)
     b0, b1 = bias if bias is not None else (w[0], w[0])
     vec = _vec((x.stride(0), g.stride(0), g.stride(1), dx.stride(0)),
                (x.stride(1), g.stride(2), dx.stride(1)))
     s_xb, s_gk, s_gb, s_dxb = _units((x.stride(0), g.stride(0), g.stride(1), dx.stride(0)), vec)
-    _conv_bwd_kernel[grid](
+    _conv_bwd_kernel[(b, nd, nseg)](
         x, w[0], w[1], b0, b1, g, dx, part, length, d, seg,
         s_xb, x.stride(1), x.stride(2), s_gk, s_gb, g.stride(2), g.stride(3),
         s_dxb, dx.stride(1), dx.stride(2),
         BLOCK_D=cfg.conv_bwd_block_d, NDIR=ndir, HAS_F=ndir == 2 or not reverse,
         HAS_B=ndir == 2 or bool(reverse), HAS_BIAS=bias is not None, VEC=vec,
-        PF=cfg.conv_bwd_prefetch, D_FIRST=bool(cfg.conv_bwd_order), UNROLL=cfg.conv_bwd_unroll,
-        SPLIT=bool(cfg.conv_bwd_split), num_warps=cfg.conv_bwd_warps,
+        UNROLL=CONV_BWD_UNROLL, num_warps=CONV_BWD_WARPS,
     )
     tot = part.sum(0)
     dw = tot[: 2 * d * 4].view(2, d, 4)
