@@ -34,12 +34,6 @@
 #                   with NGPU > 1 the runs are dealt over the GPUs)
 #                                  -> $FT_RUNS/*/, $CIFAR_OUT/evidence_finetune{.json,.csv,.png,
 #                                     .md,_correct.npz}
-#   cifar-ft-recipe the fine-tune recipe probe (benchmarks/ft_recipe.py, its rule fixed there):
-#                   dense fine-tunes (`--method dense`, FT_EPOCHS long) with each candidate
-#                   recipe on the training split less 5,000 held-out images (--holdout 5000),
-#                   one run per GPU (NGPU), scored on the held-out images against the
-#                   unfine-tuned model (--eval-start); prints the chosen recipe for FT_ARGS
-#                                  -> $FTR_RUNS/*/, $CIFAR_OUT/ft_recipe{.json,.md}
 #   official        equivalence with the official hustvl/Vim model code (CPU is enough)
 #
 # Environment: CIFAR10 (a folder with train.tar.xz and test.tar.xz, or train/ and test/ class
@@ -48,18 +42,14 @@
 # CIFAR-10 weights the tables and fine-tunes use; default: the bundled ones, or the ones
 # cifar-train wrote). cifar-train: S1_NGPU / S2_NGPU (default 4 / 2) and S1_EPOCHS / S2_EPOCHS
 # (136 / 55) per stage; scripts/train_cifar10.sh documents the rest (ARCH_ARGS, TRAIN_ARGS, ...).
-# cifar-finetune: FT_EPOCHS (default 2), FT_LIMIT (training images per run, default empty: all
-# 50,000), FT_METHODS (default: every method), FT_POINTS (default "reduction=0.2 reduction=0.4";
-# KEY=VALUE becomes --KEY VALUE), FT_SCHEDULE (the merged runs' schedule options, default
-# "--merge-opt every=2 --merge-opt shape=even": the evidence tables' reduction points), FT_RUNS
-# (default runs/finetune; finished runs are kept, --resume auto), FT_ARGS (recipe flags added to
-# `vimstm finetune`'s defaults, default "--lr 5e-5"), FT_IMG_S (fine-tuning images/s the printed
-# estimate assumes, default 1450: one H200, 1-epoch runs of the 88.58% model).
-# cifar-ft-recipe: FT_EPOCHS, FT_IMG_S and WEIGHTS as cifar-finetune; FTR_RUNS (default
-# runs/ft_recipe; finished runs are kept, --resume auto). Its chosen recipe (the last line it
-# prints, "ft_args" in ft_recipe.json) becomes FT_ARGS: pass it for one run (FT_ARGS="<flags>"
-# bash benchmarks/reproduce.sh cifar-finetune), and make it FT_ARGS's default in
-# part_cifar_finetune when RESULTS.md records the choice.
+# cifar-finetune: FT_EPOCHS (default 1, as RESULTS.md's fine-tuned tables were run), FT_LIMIT
+# (training images per run, default empty: all 50,000), FT_METHODS (default: every method),
+# FT_POINTS (default "reduction=0.2 reduction=0.4"; KEY=VALUE becomes --KEY VALUE), FT_SCHEDULE
+# (the merged runs' schedule options, default "--merge-opt every=2 --merge-opt shape=even": the
+# evidence tables' reduction points), FT_RUNS (default runs/finetune; finished runs are kept,
+# --resume auto), FT_ARGS (recipe flags added to `vimstm finetune`'s defaults, default
+# "--lr 5e-5"), FT_IMG_S (fine-tuning images/s the printed estimate assumes, default 1450: one
+# H200, 1-epoch runs of the 88.58% model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -195,7 +185,7 @@ part_cifar_finetune() {
   need CIFAR10 "cifar-finetune needs the CIFAR-10 data"
   local train test; split
   local ck; ck=$(weights)
-  local epochs=${FT_EPOCHS:-2} limit=${FT_LIMIT-} runs=${FT_RUNS:-runs/finetune}
+  local epochs=${FT_EPOCHS:-1} limit=${FT_LIMIT-} runs=${FT_RUNS:-runs/finetune}
   local methods=${FT_METHODS:-"stm mtr tome rmeeto prune-top prune-norm random"}
   local points=${FT_POINTS:-"reduction=0.2 reduction=0.4"} speed=${FT_IMG_S:-1450}
   local recipe=${FT_ARGS:-"--lr 5e-5"}
@@ -242,39 +232,6 @@ part_cifar_finetune() {
     --workers 8 --out "$CIFAR_OUT" --markdown "$CIFAR_OUT/evidence_finetune.md"
 }
 
-part_cifar_ft_recipe() {
-  need CIFAR10 "cifar-ft-recipe needs the CIFAR-10 data"
-  local train test; split
-  local ck; ck=$(weights)
-  local epochs=${FT_EPOCHS:-2} runs=${FTR_RUNS:-runs/ft_recipe} speed=${FT_IMG_S:-1450}
-  local names=() flags=() name flag
-  while IFS=$'\t' read -r name flag; do names+=("$name"); flags+=("$flag"); done \
-    < <($PY benchmarks/ft_recipe.py --plan)
-  local n=${NGPU:-1} n_runs=${#names[@]}
-  local rounds=$(( (n_runs + n - 1) / n ))
-  echo "fine-tune recipe plan: $n_runs dense fine-tunes (${names[*]}), $epochs epoch(s) of" \
-       "45,000 training images each (5,000 held out), $n GPU(s): $rounds round(s) of about" \
-       "$(( epochs * 45000 / speed + 30 )) s at $speed images/s (plus start-up and the" \
-       "held-out evaluations): about $(( rounds * (epochs * 45000 / speed + 30) / 60 + 1 )) min" >&2
-  local ft=(-m vimstm.cli finetune --model vim_tiny_cifar10 --data "$train" --resume auto
-            --epochs "$epochs" --holdout 5000 --eval-start --method dense --batch-size 256
-            --workers 12 --amp bf16 --no-progress)
-  local k i pids=() failed=0
-  ftr_job() {  # one candidate: its name and flags
-    # shellcheck disable=SC2086
-    run $PY "${ft[@]}" ${ck} $2 --output "$runs/$1"
-  }
-  for ((k = 0; k < n; k++)); do  # the candidates dealt round-robin over the GPUs
-    (export CUDA_VISIBLE_DEVICES=$k
-     for ((i = k; i < n_runs; i += n)); do ftr_job "${names[i]}" "${flags[i]}"; done 2>&1 \
-       | sed -u "s/^/[gpu $k] /") &
-    pids+=($!)
-  done
-  for k in "${pids[@]}"; do wait "$k" || failed=1; done
-  [ $failed = 0 ] || { echo "reproduce.sh: a recipe run failed (its lines above)" >&2; exit 1; }
-  run $PY benchmarks/ft_recipe.py --runs "$runs" --out "$CIFAR_OUT"
-}
-
 part_official() {
   need VIM_REPO "official needs a hustvl/Vim checkout"
   run $PY benchmarks/check_official.py --vim-repo "$VIM_REPO"
@@ -284,7 +241,7 @@ parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(scan speed train merge)
 for p in "${parts[@]}"; do
   case $p in
-    scan|speed|train|merge|cifar-train|cifar-evidence|cifar-finetune|cifar-ft-recipe|official) ;;
+    scan|speed|train|merge|cifar-train|cifar-evidence|cifar-finetune|official) ;;
     *) echo "reproduce.sh: unknown part '$p' (see the header of $0)" >&2; exit 2 ;;
   esac
 done
