@@ -7,6 +7,8 @@ storage counted once).
 
     PYTHONPATH=src python benchmarks/profile_train.py --model vim_tiny --batch-size 256
     PYTHONPATH=src python benchmarks/profile_train.py --model vim_tiny_cifar10 --batch-size 256
+    PYTHONPATH=src python benchmarks/profile_train.py --model vim_tiny_cifar10 --batch-size 256 \
+        --compile reduce-overhead    # the compiled step: Inductor's fused glue is its own group
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from vimstm.engine.benchmark import training_step
+from vimstm.errors import ConfigError
 from vimstm.models.registry import create_model
-from vimstm.runtime import DTYPES
+from vimstm.runtime import DTYPES, compile_mode
 
 GROUPS = (  # first match wins
     ("scan backward", r"scan.*bwd|_mixer_bwd|scan_bwd"),
     ("scan forward", r"scan.*fwd|_mixer_fwd|scan_fwd"),
     ("conv1d", r"conv_(fwd|bwd)|conv1d"),
+    ("Inductor-fused glue", r"^triton_(poi|red|per)_"),
     ("rmsnorm", r"rmsnorm|norm_(fwd|bwd)"),
     ("matmul", r"gemm|sm90_|cutlass|cublas|nvjet|matmul|xmma"),
     ("optimizer", r"adam|multi_tensor|foreach"),
@@ -69,10 +73,12 @@ def saved_activation_bytes(model: nn.Module, x, y, amp) -> dict[str, float]:
     return {k: v / 2**20 for k, v in sizes.most_common()}
 
 
-def profile_instance(m: nn.Module, batch_size: int, dtype: str, steps: int) -> dict:
-    """Median step time, peak memory and CUDA time by kernel and group of one training step."""
+def profile_instance(m: nn.Module, batch_size: int, dtype: str, steps: int,
+                     compile: bool | str = False) -> dict:
+    """Median step time, peak memory and CUDA time by kernel and group of one training step
+    (``compile``: as ``vimstm bench --train --compile``; warm-up includes the compilation)."""
     step, x, y = training_step(m, batch_size, int(m.patch_embed.img_size[0]), dtype,
-                               torch.device("cuda"))
+                               torch.device("cuda"), compile=compile)
     for _ in range(3):
         step()
     torch.cuda.synchronize()
@@ -118,20 +124,29 @@ def main() -> int:
                    help="build and profile the model this many times in turn (fresh weights, "
                         "optimizer and memory each time): shows speed that depends on the "
                         "instance")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="profile the step through torch.compile (default, reduce-overhead, "
+                        "max-autotune, ...), as `vimstm bench --train --compile`")
     p.add_argument("--json", default=None, help="write the numbers here")
     a = p.parse_args()
+    try:
+        mode = compile_mode(a.compile)
+    except ConfigError as e:
+        print(f"profile_train.py: {e}", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("profile_train.py needs a CUDA device", file=sys.stderr)
         return 2
     amp = DTYPES[a.dtype]
     print(f"# {a.model} training step, batch {a.batch_size}, {a.dtype} autocast, "
+          f"{'compiled (' + mode + '), ' if mode else ''}"
           f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     print(f"# command: python {' '.join(sys.argv)}")
     runs = []
     for i in range(a.instances):
         torch.manual_seed(0)
         m = create_model(a.model)
-        r = profile_instance(m, a.batch_size, a.dtype, a.steps)
+        r = profile_instance(m, a.batch_size, a.dtype, a.steps, a.compile)
         label = f"instance {i}: " if a.instances > 1 else ""
         print(f"\n{label}step {r['ms_per_step']:.1f} ms (median of {a.steps}), "
               f"{r['images_per_s']:.0f} images/s, peak {r['peak_gib']:.2f} GiB, "
