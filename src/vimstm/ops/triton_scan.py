@@ -823,6 +823,16 @@ CONV_BWD_WARPS = 2  # warps per conv1d backward program
 CONV_BWD_UNROLL = 8  # unroll factor of the backward's unmasked token loop
 
 
+@triton.jit
+def _conv_taps(w, offs_d, mask_d):
+    """The four taps of width-4 conv weights ``w`` (d, 4) for channels ``offs_d``, in fp32."""
+    w0 = tl.load(w + offs_d * 4, mask=mask_d, other=0.0).to(tl.float32)
+    w1 = tl.load(w + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)
+    w2 = tl.load(w + offs_d * 4 + 2, mask=mask_d, other=0.0).to(tl.float32)
+    w3 = tl.load(w + offs_d * 4 + 3, mask=mask_d, other=0.0).to(tl.float32)
+    return w0, w1, w2, w3
+
+
 @triton.jit(do_not_specialize=["L", "s_x_b", "s_o_k", "s_o_b"])
 def _conv_fwd_kernel(
     x_ptr, w0, w1, bias0, bias1, out_ptr, L, DIM,
@@ -850,14 +860,8 @@ def _conv_fwd_kernel(
     seg, nseg = tl.program_id(1), tl.num_programs(1)
     s0 = seg * L // nseg
     s1 = (seg + 1) * L // nseg
-    wa0 = tl.load(w0 + offs_d * 4, mask=mask_d, other=0.0).to(tl.float32)
-    wa1 = tl.load(w0 + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)
-    wa2 = tl.load(w0 + offs_d * 4 + 2, mask=mask_d, other=0.0).to(tl.float32)
-    wa3 = tl.load(w0 + offs_d * 4 + 3, mask=mask_d, other=0.0).to(tl.float32)
-    wb0 = tl.load(w1 + offs_d * 4, mask=mask_d, other=0.0).to(tl.float32)
-    wb1 = tl.load(w1 + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)
-    wb2 = tl.load(w1 + offs_d * 4 + 2, mask=mask_d, other=0.0).to(tl.float32)
-    wb3 = tl.load(w1 + offs_d * 4 + 3, mask=mask_d, other=0.0).to(tl.float32)
+    wa0, wa1, wa2, wa3 = _conv_taps(w0, offs_d, mask_d)
+    wb0, wb1, wb2, wb3 = _conv_taps(w1, offs_d, mask_d)
     ba = tl.zeros((BLOCK_D,), dtype=tl.float32)
     bb = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
@@ -1009,14 +1013,8 @@ def _conv_bwd_kernel(
     wb = w0
     if NDIR == 2:
         wb = w1
-    wf0 = tl.load(w0 + offs_d * 4, mask=mask_d, other=0.0).to(tl.float32)
-    wf1 = tl.load(w0 + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)
-    wf2 = tl.load(w0 + offs_d * 4 + 2, mask=mask_d, other=0.0).to(tl.float32)
-    wf3 = tl.load(w0 + offs_d * 4 + 3, mask=mask_d, other=0.0).to(tl.float32)
-    wb0 = tl.load(wb + offs_d * 4, mask=mask_d, other=0.0).to(tl.float32)
-    wb1 = tl.load(wb + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)
-    wb2 = tl.load(wb + offs_d * 4 + 2, mask=mask_d, other=0.0).to(tl.float32)
-    wb3 = tl.load(wb + offs_d * 4 + 3, mask=mask_d, other=0.0).to(tl.float32)
+    wf0, wf1, wf2, wf3 = _conv_taps(w0, offs_d, mask_d)
+    wb0, wb1, wb2, wb3 = _conv_taps(wb, offs_d, mask_d)
     bf = tl.zeros((BLOCK_D,), dtype=tl.float32)
     bb = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
