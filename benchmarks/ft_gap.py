@@ -51,6 +51,7 @@ import argparse
 import json
 import platform
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,11 @@ import vimstm
 from vimstm import merge as vmerge
 from vimstm.data import model_transform, open_dataset, train_transform
 from vimstm.models.checkpoint import atomic_write
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# KL(dense || other) per image (the fine-tune's distillation term at temperature 1) and the
+# paired bootstrap, as the merge analysis computes them
+from merge_anatomy import boot, kl
 
 POINT = "reduction=0.4,every=2,shape=even"
 METHODS = "stm,prune-top,prune-norm"
@@ -134,19 +140,6 @@ def straddles(source: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
     both = pasted & kept  # (b, tokens)
     patches = (member & (label >= 0).unsqueeze(1)).sum(-1).float()  # per token
     return both.float().mean(1), (patches * both).sum(1) / patches.sum(1)
-
-
-def kl(dense: Tensor, other: Tensor) -> Tensor:
-    """KL(dense || other) per image (nats), the fine-tune's distillation term at temperature 1."""
-    p = dense.log_softmax(-1)
-    return (p.exp() * (p - other.log_softmax(-1))).sum(-1)
-
-
-def boot(d: np.ndarray, n: int = 2000, seed: int = 0) -> list[float]:
-    """Mean of the paired differences ``d`` and its 95% bootstrap interval."""
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), (n, len(d)))].mean(1)
-    return [float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def run_condition(model: Any, args: argparse.Namespace, cond: str) -> dict[str, Any]:
