@@ -37,6 +37,7 @@ from triton.runtime.jit import JITFunction
 
 from vimstm.ops import triton_merge as tm
 from vimstm.ops import triton_scan as ts
+from vimstm.ops.mixer import padded_rank
 
 COMPILED: dict[str, object] = {}
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -72,8 +73,9 @@ def launch_all() -> None:
     b, L, d, n, r = 2, 257, 384, 16, 12
     bf = torch.bfloat16
     xz = torch.zeros(b, L, 2 * d, dtype=bf)
-    xd = torch.zeros(2, b * L, r + 2 * n, dtype=bf).view(2, b, L, -1)
-    B, C = xd[..., r:r + n].transpose(2, 3), xd[..., r + n:].transpose(2, 3)
+    rk = padded_rank(r)  # x_dbl's layout: [zeros | dt | B | C]
+    xd = torch.zeros(2, b * L, rk + 2 * n, dtype=bf).view(2, b, L, -1)
+    B, C = xd[..., rk:rk + n].transpose(2, 3), xd[..., rk + n:].transpose(2, 3)
     xc = torch.zeros(2, b, L, d, dtype=bf).transpose(2, 3)
     delta = torch.zeros(2, b, L, d, dtype=bf).transpose(2, 3)
     z = xz[..., d:].transpose(1, 2)
@@ -99,7 +101,7 @@ def launch_all() -> None:
     # merge similarities: the block input (dim 192, half hidden, fp32 residual) and Δ from the
     # recorded dt_proj inputs (a view of x_dbl, fp32 weights as under autocast)
     tm.adjacent_dissimilarity_triton(torch.zeros(b, L, d // 2, dtype=bf), torch.zeros(b, L, d // 2))
-    tm.delta_dissimilarity_triton(xd[..., :r], torch.zeros(2, d, r), torch.zeros(2, d))
+    tm.delta_dissimilarity_triton(xd[..., rk - r:rk], torch.zeros(2, d, r), torch.zeros(2, d))
 
 
 def parse_sass(text: str) -> tuple[list[str], dict[str, int]]:

@@ -184,7 +184,8 @@ def _mixer_params(d=6, n=4, r=3, width=4, dtype=torch.float64):
 
 def oracle_mixer(xz, p, scale):
     """Official bimamba v2 per direction: conv, x_proj, dt_proj, token-loop scan (flip for the
-    reverse one); y (b, l, d), x_dbl (2, b, l, r + 2n), stats (b, 2, 2, l)."""
+    reverse one); y (b, l, d), x_dbl (2, b, l, R + 2n) in the mixer's layout (the official
+    (dt, B, C) after exact zeros), stats (b, 2, 2, l)."""
     x, z = xz.transpose(1, 2).chunk(2, dim=1)
     r, n = p.dt_proj_w[0].shape[1], p.A_log[0].shape[1]
     y, dbls, stats = 0, [], []
@@ -198,7 +199,8 @@ def oracle_mixer(xz, p, scale):
                                 p.dt_proj_b[k], True, reverse)
         full = F.softplus(delta + p.dt_proj_b[k][:, None])  # (b, d, l)
         stats.append(torch.stack((full.mean(1), (full * A.mean(-1)[:, None]).mean(1)), 1))
-        dbls.append(x_dbl)
+        zeros = x_dbl.new_zeros(*x_dbl.shape[:-1], mixer_ops.padded_rank(r) - r)
+        dbls.append(torch.cat((zeros, dt, B, C), -1))
     return (y * scale).transpose(1, 2), torch.stack(dbls), torch.stack(stats, 2)
 
 
@@ -223,6 +225,19 @@ def test_reference_mixer_equals_official_per_direction(L, chunk_elements, monkey
     for a, b in zip(got32, want):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
+def test_x_dbl_layout_pads_delta_to_a_multiple_of_8():
+    """vim_tiny's widths (dt_rank 12, d_state 16): rows of 48, Δ's part 16 wide, its padding
+    exact zeros, so every x_proj / dt_proj operand strides on 16 bytes in bf16."""
+    assert [mixer_ops.padded_rank(r) for r in (1, 8, 12, 16, 24, 25, 48)] == [
+        8, 8, 16, 16, 24, 32, 48]
+    p = _mixer_params(d=8, n=16, r=12)
+    xz = torch.randn(2, 5, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    _, x_dbl, _ = mixer_ops.bimamba_reference(xz, p, 0.5)
+    assert x_dbl.shape == (2, 2, 5, 48) and torch.equal(x_dbl[..., :4], torch.zeros(2, 2, 5, 4))
+    assert mixer_ops.padded_x_proj(p.x_proj_w[0], 12).shape == (48, 8)
+    assert mixer_ops.padded_dt_proj(p.dt_proj_w[0], 12).shape == (8, 16)
 
 
 def test_reference_mixer_gradients_match_the_oracle(monkeypatch):

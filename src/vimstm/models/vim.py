@@ -23,7 +23,7 @@ from torch import Tensor
 
 from vimstm.errors import ConfigError
 from vimstm.ops.dispatch import add_rmsnorm, bimamba
-from vimstm.ops.mixer import MixerParams
+from vimstm.ops.mixer import MixerParams, padded_rank
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -252,17 +252,19 @@ class Mamba(nn.Module):
 
     @torch.no_grad()
     def _stats(self, x_dbl: Tensor, stats: Tensor | None, y: Tensor, scale: float) -> SSMStats:
-        """What merging reads, from the op's by-products: x_dbl (2, b, l, r + 2n), Δ stats."""
+        """What merging reads, from the op's by-products: x_dbl (2, b, l, R + 2n) laid out as
+        ``[zeros | dt (r) | B | C]`` (:mod:`vimstm.ops.mixer`), Δ stats."""
         parts = self.record or ()
         r, n = self.dt_rank, self.d_state
+        rk = padded_rank(r)
         B_fwd = B_bwd = ts = imp = None
         dt = {}
         if "B" in parts:
-            B_fwd, B_bwd = x_dbl[0, ..., r:r + n].float(), x_dbl[1, ..., r:r + n].float()
+            B_fwd, B_bwd = x_dbl[0, ..., rk:rk + n].float(), x_dbl[1, ..., rk:rk + n].float()
         if stats is not None:  # (b, 2, 2, l) -> (b, 4, l): delta_fwd, delta_bwd,
             ts = stats.flatten(1, 2)  # log_decay_fwd, log_decay_bwd
         if "delta" in parts:  # per-channel Δ is formed where it is used (merge_ref)
-            dt = {"dt_low": x_dbl[..., :r],
+            dt = {"dt_low": x_dbl[..., rk - r:rk],
                   "dt_weight": torch.stack((self.dt_proj.weight, self.dt_proj_b.weight)),
                   "dt_bias": torch.stack((self.dt_proj.bias, self.dt_proj_b.bias))}
         if "importance" in parts:  # mean_d relu(y_fwd + y_bwd)

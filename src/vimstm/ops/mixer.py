@@ -4,7 +4,7 @@ Given ``xz``, the in_proj output ``(b, l, 2 d)`` split into ``x`` and the gate `
 parameters of the two directions (forward order ``f``, reverse order ``b``)::
 
     x_k     = silu(conv1d_k(x))                 (causal for f, anti-causal for b)
-    x_dbl_k = x_k @ x_proj_k.T = (dt_k, B_k, C_k)
+    x_dbl_k = x_k @ x_proj_k.T = (0, dt_k, B_k, C_k)
     delta_k = dt_k @ dt_proj_k.T                (its bias is added inside the scan)
     y       = scale * sum_k scan_k(x_k, delta_k, -exp(A_log_k), B_k, C_k, D_k, z)
 
@@ -27,9 +27,20 @@ Three implementations with one contract, chosen by :func:`vimstm.ops.dispatch.bi
 * :func:`bimamba_composed`, for ``mamba_ssm``: the same maths composed of the
   single-direction ops of :mod:`vimstm.ops.dispatch`.
 
-Besides ``y`` each returns ``x_dbl`` (2, b, l, dt_rank + 2 n), which holds B of each direction,
+Besides ``y`` each returns ``x_dbl`` (2, b, l, R + 2 n), which holds B of each direction,
 and, on request, the per-token channel means of Δ and of Δ·mean_n(A) (b, 2, 2, l) fp32:
 what token merging reads. Neither carries a gradient.
+
+**x_dbl's layout.** Its columns are ``[zeros | dt (dt_rank) | B (n) | C (n)]``, Δ's part
+``R = padded_rank(dt_rank)`` wide (a multiple of 8): x_proj's weight gets zero rows before dt's
+and dt_proj's weight zero columns before its own (:func:`padded_x_proj`, :func:`padded_dt_proj`,
+one ``F.pad`` each per call; the parameters keep hustvl/Vim's shapes and their gradients drop
+the padding), so dt_proj reads ``x_dbl[..., :R]``, B and C start at R and dt itself is
+``x_dbl[..., R - dt_rank:R]``. The zero weights
+add exact zeros, so the maths is unchanged; what changes is that every operand, slice and
+output of the x_proj and dt_proj products starts and strides on 16 bytes in bf16 (vim_tiny:
+dt_rank 12, rows of 44 elements otherwise), which cuBLAS's Hopper kernels need (with 4-byte
+alignment it falls back to Ampere-generation ``align2`` kernels).
 """
 
 from __future__ import annotations
@@ -90,13 +101,14 @@ def bimamba_reference(xz: Tensor, p: MixerParams, scale: float,
     xc = torch.stack((causal_conv1d_ref(x, p.conv_w[0], p.conv_b[0]).transpose(1, 2),
                       causal_conv1d_ref(x, p.conv_w[1], p.conv_b[1], True).transpose(1, 2)
                       .flip(1)))
-    x_dbl = torch.matmul(xc.view(2, b * length, d),
-                         torch.stack(p.x_proj_w).to(xc.dtype).transpose(1, 2))
-    delta = torch.bmm(x_dbl[..., :dt_rank],
+    x_dbl = torch.matmul(xc.view(2, b * length, d), padded_x_proj(
+        torch.stack(p.x_proj_w).to(xc.dtype), dt_rank).transpose(1, 2))  # (2, b l, R + 2n)
+    rk = padded_rank(dt_rank)
+    delta = torch.bmm(x_dbl[..., rk - dt_rank:rk],
                       torch.stack(p.dt_proj_w).to(x_dbl.dtype).transpose(1, 2))
     x_dbl = x_dbl.view(2, b, length, -1)
     A = -torch.exp(torch.stack(p.A_log).to(acc))  # (2, d, n)
-    BC = x_dbl[..., dt_rank:].to(acc)
+    BC = x_dbl[..., rk:].to(acc)
     # per token, the channel means of Δ and of Δ·mean_n(A) of each direction
     w = (torch.stack((torch.ones_like(A[..., 0]), A.mean(-1)), -1) / d).detach() \
         if stats else None
@@ -124,8 +136,8 @@ def bimamba_composed(xz: Tensor, p: MixerParams, scale: float, backend: str,
     y, x_dbls = None, []
     for k, reverse in ((0, False), (1, True)):
         xc = causal_conv1d(x, p.conv_w[k], p.conv_b[k], reverse=reverse, backend=backend)
-        x_dbl = F.linear(xc.transpose(1, 2), p.x_proj_w[k])  # (b, l, r + 2n)
-        dt, B, C = torch.split(x_dbl, [dt_rank, n, n], dim=-1)
+        x_dbl = F.linear(xc.transpose(1, 2), padded_x_proj(p.x_proj_w[k], dt_rank))
+        _, dt, B, C = torch.split(x_dbl, [padded_rank(dt_rank) - dt_rank, dt_rank, n, n], -1)
         delta = (dt @ p.dt_proj_w[k].t().to(dt.dtype)).transpose(1, 2)
         yk = selective_scan(
             xc, delta, -torch.exp(p.A_log[k].float()), B.transpose(1, 2), C.transpose(1, 2),
@@ -139,18 +151,36 @@ def bimamba_composed(xz: Tensor, p: MixerParams, scale: float, backend: str,
     return y.transpose(1, 2), torch.stack(x_dbls).detach(), st
 
 
+def padded_rank(dt_rank: int) -> int:
+    """The width of Δ's part of x_dbl: ``dt_rank`` rounded up to a multiple of 8."""
+    return -(-dt_rank // 8) * 8
+
+
+def padded_x_proj(w: Tensor, dt_rank: int) -> Tensor:
+    """x_proj's weight ``(..., r + 2n, d)`` as ``(..., R + 2n, d)``: zero rows before dt's."""
+    pad = padded_rank(dt_rank) - dt_rank
+    return F.pad(w, (0, 0, pad, 0)) if pad else w
+
+
+def padded_dt_proj(w: Tensor, dt_rank: int) -> Tensor:
+    """dt_proj's weight ``(..., d, r)`` as ``(..., d, R)``: zero columns before its r."""
+    pad = padded_rank(dt_rank) - dt_rank
+    return F.pad(w, (pad, 0)) if pad else w
+
+
 # -- the Triton op ---------------------------------------------------------------------------
 
 
-def _views(xz: Tensor, x_dbl: Tensor, dt_rank: int, n: int):
-    """(x, z) as (b, d, l) views of xz; B, C as (2, b, n, l) views of x_dbl (2, b*l, r+2n)."""
+def _views(xz: Tensor, x_dbl: Tensor, rank: int, n: int):
+    """(x, z) as (b, d, l) views of xz; B, C as (2, b, n, l) views of x_dbl (2, b*l, R+2n),
+    ``rank`` = R."""
     b, length, d2 = xz.shape
     d = d2 // 2
     x = xz[..., :d].transpose(1, 2)
     z = xz[..., d:].transpose(1, 2)
     xd = x_dbl.view(2, b, length, -1)
-    B = xd[..., dt_rank:dt_rank + n].transpose(2, 3)
-    C = xd[..., dt_rank + n:].transpose(2, 3)
+    B = xd[..., rank:rank + n].transpose(2, 3)
+    C = xd[..., rank + n:].transpose(2, 3)
     return x, z, B, C
 
 
@@ -162,15 +192,16 @@ def _params(conv_w_f, conv_b_f, conv_w_b, conv_b_b, A_log_f, A_log_b, D_f, D_b, 
         (A_log_f, A_log_b), (D_f, D_b), (dt_b_f, dt_b_b), a_log=True, softplus=True)
 
 
-def _stacked(pair: tuple[Tensor, Tensor], dtype: torch.dtype) -> Tensor:
-    """The two directions' weights of one projection as (2, out, in) in the compute dtype."""
-    return torch.stack(pair).to(dtype)
+def _stacked(pair: tuple[Tensor, Tensor], dtype: torch.dtype, pad, dt_rank: int) -> Tensor:
+    """The two directions' weights of one projection as (2, out, in) in the compute dtype,
+    padded by ``pad`` (:func:`padded_x_proj` or :func:`padded_dt_proj`)."""
+    return pad(torch.stack(pair).to(dtype), dt_rank)
 
 
-def _conv_and_delta(xz: Tensor, w, cb, dtw: Tensor, x_dbl: Tensor | None, xw: Tensor | None,
-                    dt_rank: int) -> tuple[Tensor, Tensor, Tensor]:
-    """conv + silu (2, b, l, d), x_dbl (2, b*l, r+2n; from ``xw`` when not given) and delta
-    (2, b, d, l); ``xw``/``dtw`` are :func:`_stacked` weights."""
+def _conv_and_delta(xz: Tensor, w, cb, dtw: Tensor, x_dbl: Tensor | None, xw: Tensor | None
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """conv + silu (2, b, l, d), x_dbl (2, b*l, R+2n; from ``xw`` when not given) and delta
+    (2, b, d, l); ``xw``/``dtw`` are padded :func:`_stacked` weights."""
     from vimstm.ops.triton_scan import conv_fwd
 
     b, length, d2 = xz.shape
@@ -179,7 +210,7 @@ def _conv_and_delta(xz: Tensor, w, cb, dtw: Tensor, x_dbl: Tensor | None, xw: Te
     conv_fwd(xz[..., :d].transpose(1, 2), w, cb, xc.transpose(2, 3))
     if x_dbl is None:
         x_dbl = torch.bmm(xc.view(2, b * length, d), xw.transpose(1, 2))
-    delta = torch.bmm(x_dbl[..., :dt_rank], dtw.transpose(1, 2))
+    delta = torch.bmm(x_dbl[..., :dtw.shape[2]], dtw.transpose(1, 2))
     return xc, x_dbl, delta.view(2, b, length, d).transpose(2, 3)
 
 
@@ -199,9 +230,9 @@ def _bimamba_op(
                        dt_proj_b_f, dt_proj_b_b)
     n = A_log_f.shape[1]
     xc, x_dbl, delta = _conv_and_delta(
-        xz, w, cb, _stacked((dt_proj_w_f, dt_proj_w_b), xz.dtype), None,
-        _stacked((x_proj_w_f, x_proj_w_b), xz.dtype), dt_rank)
-    _, z, B, C = _views(xz, x_dbl, dt_rank, n)
+        xz, w, cb, _stacked((dt_proj_w_f, dt_proj_w_b), xz.dtype, padded_dt_proj, dt_rank), None,
+        _stacked((x_proj_w_f, x_proj_w_b), xz.dtype, padded_x_proj, dt_rank))
+    _, z, B, C = _views(xz, x_dbl, padded_rank(dt_rank), n)
     y = torch.empty(b, length, d2 // 2, device=xz.device, dtype=xz.dtype)
     st = torch.empty((b, 2, 2, length) if stats else (0,), device=xz.device,
                      dtype=torch.float32)
@@ -223,7 +254,7 @@ def _(xz, conv_w_f, conv_b_f, conv_w_b, conv_b_b, x_proj_w_f, x_proj_w_b, dt_pro
     b, length, d2 = xz.shape
     d, n = d2 // 2, A_log_f.shape[1]
     y = xz.new_empty(b, length, d)
-    x_dbl = xz.new_empty(2, b * length, dt_rank + 2 * n)
+    x_dbl = xz.new_empty(2, b * length, padded_rank(dt_rank) + 2 * n)
     st = xz.new_empty((b, 2, 2, length) if stats else (0,), dtype=torch.float32)
     every = CONFIG.save_every
     shape = (2, b, -(-length // every) - 1, d, n) if save and 0 < every < length else (0,)
@@ -243,25 +274,27 @@ def _bimamba_backward_op(
     from vimstm.ops.triton_scan import conv_bwd, scan_bwd
 
     b, length, d2 = xz.shape
-    d, n, dt = d2 // 2, A_log_f.shape[1], xz.dtype
+    d, n, dt, rk = d2 // 2, A_log_f.shape[1], xz.dtype, padded_rank(dt_rank)
     w, cb, p = _params(conv_w_f, conv_b_f, conv_w_b, conv_b_b, A_log_f, A_log_b, D_f, D_b,
                        dt_proj_b_f, dt_proj_b_b)
-    xw = _stacked((x_proj_w_f, x_proj_w_b), dt)  # (2, r + 2n, d)
-    dtw = _stacked((dt_proj_w_f, dt_proj_w_b), dt)  # (2, d, r)
-    xc, _, delta = _conv_and_delta(xz, w, cb, dtw, x_dbl, None, dt_rank)
-    x, z, B, C = _views(xz, x_dbl, dt_rank, n)
+    xw = _stacked((x_proj_w_f, x_proj_w_b), dt, padded_x_proj, dt_rank)  # (2, R + 2n, d)
+    dtw = _stacked((dt_proj_w_f, dt_proj_w_b), dt, padded_dt_proj, dt_rank)  # (2, d, R)
+    xc, _, delta = _conv_and_delta(xz, w, cb, dtw, x_dbl, None)
+    x, z, B, C = _views(xz, x_dbl, rk, n)
     dxz = torch.empty_like(xz, memory_format=torch.contiguous_format)
     du = torch.empty(2, b, length, d, device=xz.device, dtype=dt)
     gr = scan_bwd(xc.transpose(2, 3), delta, B, C, z, p, gy.transpose(1, 2),
                   states if states.numel() else None, scale, du=du.transpose(2, 3),
                   dz=dxz[..., d:].transpose(1, 2), ys=ys.transpose(1, 2))
     ddelta = gr.ddelta.transpose(2, 3).reshape(2, b * length, d)  # a view: channels-last
+    # in x_dbl's layout; its padding columns get zeros (ddelta times dt_proj's zero columns)
     dx_dbl = torch.cat((torch.bmm(ddelta, dtw), gr.dBC.view(2, b * length, 2 * n).to(dt)), -1)
     # weight gradients: long-K products with small outputs, one mm per direction (cuBLAS
-    # splits K there; its batched kernels do not)
+    # splits K there; its batched kernels do not); computed padded, the padding dropped
     xcm = xc.view(2, b * length, d)
-    d_dtw = [torch.mm(ddelta[k].t(), x_dbl[k, :, :dt_rank]) for k in range(2)]  # (d, r)
-    d_xw = [torch.mm(dx_dbl[k].t(), xcm[k]) for k in range(2)]  # (r + 2n, d)
+    cut = rk - dt_rank
+    d_dtw = [torch.mm(ddelta[k].t(), x_dbl[k, :, :rk])[:, cut:] for k in range(2)]  # (d, r)
+    d_xw = [torch.mm(dx_dbl[k].t(), xcm[k])[cut:] for k in range(2)]  # (r + 2n, d)
     dum = du.view(2, b * length, d)
     dum.baddbmm_(dx_dbl, xw)
     dw, dcb = conv_bwd(x, w, cb, du.transpose(2, 3), dxz[..., :d].transpose(1, 2))

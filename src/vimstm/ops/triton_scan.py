@@ -593,8 +593,8 @@ def _bc_rows(*xs: Tensor) -> tuple[int, list]:
     """For the scan forward's B and C ``(k, b, n, l)``: (BCV, [(tensor, offset, strides)]).
 
     Where the rows allow it (states contiguous, row starts and the other strides multiples of
-    4 elements, as in the model's x_proj output: rows of dt_rank + 2 d_state), BCV = 4 and each
-    thread's states load as one vector (LDG.64 for bf16). Triton only knows 16-byte aligned
+    4 elements, as in the model's x_dbl: rows of padded_rank(dt_rank) + 2 d_state), BCV = 4 and
+    each thread's states load as one vector (LDG.64 for bf16). Triton only knows 16-byte aligned
     pointers, so each tensor is replaced by a view of the same memory starting at the 16-byte
     boundary at or before it, ``offset`` elements back, and its k, b, l strides are passed
     divided by 4. Else BCV = 1 (one load per state) and everything is passed as it is.
