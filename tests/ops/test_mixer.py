@@ -53,8 +53,8 @@ def _run(mixer, xz, backend):
 @pytest.mark.parametrize("length,save_every", [(13, 8), (9, 8), (13, 0), (13, 24)])
 def test_triton_op_matches_reference_composition(length, save_every, monkeypatch):
     """States kept every 8 tokens (two segments replayed), none, or one segment (default).
-    x_proj's rows hold 33 elements here: the scan forward reads B and C one state at a time;
-    the conv reads rows of 32 channels as vectors."""
+    x_dbl's rows hold 40 elements here (dt_rank 1 padded to 8, then B and C): the scan forward
+    reads B and C as vectors; the conv reads rows of 32 channels as vectors."""
     from vimstm.ops import triton_scan
 
     monkeypatch.setattr(triton_scan, "CONFIG", dataclasses.replace(
