@@ -17,9 +17,10 @@
 #                                       # trained at once, one per GPU (seeds SEED, SEED+1, ...)
 #   INIT=src/vimstm/weights/vim_tiny_cifar10.safetensors ...  # start from these weights (a
 #                                       # second stage) instead of a random initialisation
-#   PROBE=1 bash scripts/train_cifar10.sh data/cifar10  # ~1 min: 2 short epochs in runs/probe,
+#   PROBE=1 bash scripts/train_cifar10.sh data/cifar10  # ~1-2 min: 2 short epochs in runs/probe,
 #                                                       # no export; the 2nd log line's
-#                                                       # images_per_s (no compile) sizes EPOCHS
+#                                                       # images_per_s (the 1st compiles) sizes
+#                                                       # EPOCHS
 #
 # CIFAR10_DIR holds train.tar.xz and test.tar.xz (or train/ and test/ class folders). The run is
 # resumable: every epoch writes OUTPUT/last.pth atomically and the command always passes
@@ -34,8 +35,9 @@
 # Budget and recipe (the reasoning; every value below can be overridden from the environment):
 # * Time: training costs ~3x the forward, ~14 GFLOP per image, 0.7 PFLOP per epoch of 50k
 #   images; the bidirectional scans keep vim_tiny far from the GEMM peak. Measured with this
-#   recipe (BENCHMARKS.md): ~1,600 images/s on one H100/H200 (31 s per epoch plus ~2 s of test
-#   evaluation), 3,100 on two H200s, 5,600-5,900 on four H200s (8.3-8.9 s per epoch). The
+#   recipe (BENCHMARKS.md): ~1,600 images/s eager on one H100/H200 (31 s per epoch plus ~2 s of
+#   test evaluation), 3,100 on two H200s, 5,600-5,900 on four H200s (8.3-8.9 s per epoch), older
+#   kernels; compiled with reduce-overhead (the default now) 2,107 on one H200, 4,062 on two. The
 #   bundled model, three runs of this script (its model card): NGPU=4 EPOCHS=136 BLR=7.5e-4
 #   WARMUP=5 MIN_RES=16; NGPU=2 EPOCHS=55 BLR=5e-4 WARMUP=2 INIT=<the first run's export>
 #   TEACHER="t0 t1"; NGPU=4 EPOCHS=90 BLR=5e-4 WARMUP=2 INIT=<the second run's export>
@@ -109,10 +111,17 @@ TRAIN=$(pick "$DATA" train)
 TEST=$(pick "$DATA" test)
 EXTRA=()
 [ -n "${MAX_MINUTES:-}" ] && EXTRA+=(--max-minutes "$MAX_MINUTES")
-# torch.compile the training step: COMPILE=1 (default mode) or a mode, e.g. reduce-overhead
-if [ -n "${COMPILE:-}" ]; then
-    if [ "$COMPILE" = 1 ]; then EXTRA+=(--compile); else EXTRA+=(--compile "$COMPILE"); fi
+# torch.compile the training step. Default: reduce-overhead (compiled forward and backward
+# replayed as CUDA graphs; ~35-40 s of compilation in the first epoch) on CUDA, eager without a
+# GPU or with progressive resizing (each new size recompiles: untimed). COMPILE=0: eager;
+# COMPILE=1: the default compile mode; or a mode, e.g. COMPILE=max-autotune-no-cudagraphs.
+if [ -z "${COMPILE+x}" ]; then
+    COMPILE=0
+    if [ -z "${MIN_RES:-}" ] && python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+        COMPILE=reduce-overhead
+    fi
 fi
+if [ "$COMPILE" = 1 ]; then EXTRA+=(--compile); elif [ "$COMPILE" != 0 ]; then EXTRA+=(--compile "$COMPILE"); fi
 # progressive resizing: MIN_RES px first, the full 32 px from the second fraction of RES_RAMP on
 [ -n "${MIN_RES:-}" ] && EXTRA+=(--min-res "$MIN_RES" --res-ramp ${RES_RAMP:-0.2 0.5})
 [ -n "${MIXUP_OFF:-}" ] && EXTRA+=(--mixup-off-epoch "$MIXUP_OFF")
