@@ -30,7 +30,17 @@ drop-path draws. ``--ft-change`` instead reads the fine-tuned evidence's per-ima
 and gives, per method and point, its change from its training-free top-1 minus STM's (paired
 per image). ``--check`` instead runs the training-mode checks: STM's logits in ``train()``
 with drop path 0 against ``eval()``, and the gradients of a distillation loss through the merge
-reaching the blocks before the first merge step.
+reaching the blocks before the first merge step. Given the evidence files of several fine-tune
+runs (seeds, recipes), ``--ft-change`` also tables them side by side.
+
+With fine-tuned weights (``vimstm export`` of a ``vimstm finetune`` run), on clean images of
+``--data`` (the test split): ``--cross`` evaluates each weights file under each method (top-1,
+KL from the bundled dense model, and the share of each image's final tokens, as sets of
+original tokens, that the bundled weights form too: how far the merge decisions moved);
+``--swap METHOD=WEIGHTS`` separates what fine-tuning did to the merge decisions from what it
+did to the weights that process the merged tokens, by evaluating the fine-tuned weights with
+the plans the bundled model makes on the same images (and the bundled weights with the
+fine-tuned model's plans).
 
     export OMP_NUM_THREADS=1 PYTHONPATH=src
     D=../shared/data/cifar10/train.tar.xz
@@ -43,11 +53,24 @@ reaching the blocks before the first merge step.
     # how much more fine-tuning changed each method than STM (the test split's correctness)
     python benchmarks/ft_gap.py --ft-change results/cifar10/evidence_finetune_correct.npz \\
         --out results/cifar10/ft_gap/ft_change.json
+    # the four fine-tune runs at 0.4 (seed 0 = the tables, seeds 1 and 2, no mixing)
+    F=results/cifar10; python benchmarks/ft_gap.py --ft-change $F/evidence_finetune_correct.npz \\
+        $F/ft_seeds/{seed1,seed2,nomix}/evidence_finetune_correct.npz \\
+        --out $F/ft_seeds/ft_change_runs.json
+    # seed 1's fine-tuned STM and prune-top weights (2,000 test images; ~25 / ~35 min)
+    T=../shared/data/cifar10/test.tar.xz W=runs/ft12/seed1
+    python benchmarks/ft_gap.py --cross $W/ft_stm_r040.safetensors \\
+        $W/ft_prune-top_r040.safetensors --methods stm,prune-top --data $T --images 2000 \\
+        --out results/cifar10/ft_seeds/cross.json
+    python benchmarks/ft_gap.py --swap stm=$W/ft_stm_r040.safetensors \\
+        prune-top=$W/ft_prune-top_r040.safetensors --data $T --images 2000 \\
+        --out results/cifar10/ft_seeds/swap.json
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import random
@@ -262,21 +285,185 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def ft_change(npz: Path) -> dict[str, Any]:
-    """From the fine-tuned evidence's per-image correctness: for each method and point, how much
-    more fine-tuning changed its top-1 than STM's (its fine-tuned minus training-free change,
-    less STM's), per image paired, with a 95% bootstrap interval (2,000 resamples), in points."""
+    """From the fine-tuned evidence's per-image correctness: for each method and point in the
+    file, how much more fine-tuning changed its top-1 than STM's (its fine-tuned minus
+    training-free change, less STM's), and its fine-tuned top-1 minus STM's, per image paired,
+    with 95% bootstrap intervals (2,000 resamples), in points."""
     z = np.load(npz, allow_pickle=False)
     n = int(z["images"])
     c = {str(k): np.unpackbits(z[f"c{i}"], count=n).astype(np.int8)
          for i, k in enumerate(z["names"])}
     out: dict[str, Any] = {"source": str(npz), "images": n}
+    if "dense ft" in c:
+        out["dense ft"] = {"top1": float(c["dense ft"].mean() * 100), "change": [
+            v * 100 for v in boot((c["dense ft"] - c["dense"]).astype(float))]}
     for p in ("0.2", "0.4"):
-        stm = c[f"stm reduction={p} ft"] - c[f"stm reduction={p} free"]
+        if f"stm reduction={p} ft" not in c:
+            continue
+        stm_ft = c[f"stm reduction={p} ft"]
+        stm = stm_ft - c[f"stm reduction={p} free"]
+        out[f"stm reduction={p}"] = {"top1": float(stm_ft.mean() * 100),
+                                     "change": [v * 100 for v in boot(stm.astype(float))]}
         for m in ("prune-top", "prune-norm", "mtr", "rmeeto", "random", "tome"):
-            ch = c[f"{m} reduction={p} ft"] - c[f"{m} reduction={p} free"]
+            if f"{m} reduction={p} ft" not in c:
+                continue
+            ft = c[f"{m} reduction={p} ft"]
+            ch = ft - c[f"{m} reduction={p} free"]
             out[f"{m} reduction={p}"] = {
+                "top1": float(ft.mean() * 100),
                 "change": float(ch.mean() * 100), "stm_change": float(stm.mean() * 100),
-                "change_minus_stm_change": [v * 100 for v in boot((ch - stm).astype(float))]}
+                "change_minus_stm_change": [v * 100 for v in boot((ch - stm).astype(float))],
+                "ft_minus_stm_ft": [v * 100 for v in boot((ft - stm_ft).astype(float))]}
+    return out
+
+
+def runs_table(results: list[dict[str, Any]]) -> str:
+    """Markdown: per fine-tune run (one evidence file each), the fine-tuned top-1 at reduction
+    0.4, each run's change from training-free, and pruning's lead over fine-tuned STM."""
+    lines = ["| run | dense ft (Δ) | STM ft (Δ from free) | prune-top ft (Δ) | prune-norm ft (Δ) "
+             "| prune-top − STM, ft | prune-norm − STM, ft |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def ci(v: list[float]) -> str:
+        return f"{v[0]:+.2f} [{v[1]:+.2f}, {v[2]:+.2f}]" + (" ≈" if v[1] <= 0 <= v[2] else "")
+
+    for r in results:
+        s, pt, pn = (r.get(f"{m} reduction=0.4") for m in ("stm", "prune-top", "prune-norm"))
+        d = r.get("dense ft")
+        if s is None or pt is None or pn is None:
+            continue
+        lines.append(
+            f"| {r['source']} | {d['top1']:.2f} ({d['change'][0]:+.2f}) | {s['top1']:.2f} "
+            f"({s['change'][0]:+.2f}) | {pt['top1']:.2f} ({pt['change']:+.2f}) | "
+            f"{pn['top1']:.2f} ({pn['change']:+.2f}) | {ci(pt['ft_minus_stm_ft'])} | "
+            f"{ci(pn['ft_minus_stm_ft'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def groups(source: Tensor) -> list[set[frozenset[int]]]:
+    """Per image, its final tokens as the sets of original tokens each holds (class token
+    included): a merge's partition, or the tokens pruning kept."""
+    member = (source > 0).cpu().numpy()
+    return [{frozenset(np.flatnonzero(row).tolist()) for row in img} for img in member]
+
+
+def cross(args: argparse.Namespace) -> dict[str, Any]:
+    """Each weights file (``--cross``; the bundled weights first) under each method, on clean
+    images of ``--data``: top-1, KL from the bundled dense model and agreement with it; each
+    row against the bundled weights under STM (paired); and how far each method's final tokens
+    moved from the bundled weights' (the share of an image's final tokens, as sets of original
+    tokens, that the bundled weights also form)."""
+    bundled = vimstm.create_model("vim_tiny_cifar10", pretrained=True).eval()
+    x, y = load_images(args.data, args.images, bundled, False, args.seed)
+    dense = logits(bundled, x, args.batch)
+    point = vmerge.parse_merge_opts(args.point.split(","))
+    out: dict[str, Any] = {"images": len(x), "dense_top1": float(
+        (dense.argmax(-1) == y).float().mean() * 100)}
+    rows: dict[str, Any] = {}
+    per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    parts: dict[str, list[set[frozenset[int]]]] = {}
+    for w in ["bundled", *args.cross]:
+        model = bundled if w == "bundled" else vimstm.create_model(
+            "vim_tiny_cifar10", checkpoint=w).eval()
+        label = "bundled" if w == "bundled" else Path(w).stem
+        for name in args.methods.split(","):
+            t0 = time.time()
+            vmerge.patch(model, method=name, trace_source=True, **point)
+            lg, part = [], []
+            with torch.no_grad():
+                for i in range(0, len(x), args.batch):
+                    lg.append(model(x[i:i + args.batch]).float())
+                    part += groups(model.merge_info["source"])
+            vmerge.unpatch(model)
+            lg_t = torch.cat(lg)
+            key = f"{label} {name}"
+            ok = (lg_t.argmax(-1) == y).float().numpy()
+            per[key] = (kl(dense, lg_t).numpy(), ok)
+            parts[key] = part
+            rows[key] = {"top1": float(ok.mean() * 100), "kl": float(per[key][0].mean()),
+                         "agree": float((lg_t.argmax(-1) == dense.argmax(-1)).float().mean()
+                                        * 100), "seconds": round(time.time() - t0, 1)}
+            base = parts.get(f"bundled {name}")
+            if label != "bundled" and base is not None:
+                same = [len(a & b) / len(a) for a, b in zip(part, base)]
+                rows[key]["final_tokens_as_bundled"] = float(np.mean(same) * 100)
+            print(key, rows[key], flush=True)
+    ref = "bundled stm"
+    for key in rows:
+        if key != ref and ref in per:
+            rows[key]["kl_minus_bundled_stm"] = boot(per[key][0] - per[ref][0])
+            rows[key]["top1_minus_bundled_stm"] = [
+                v * 100 for v in boot(per[key][1] - per[ref][1])]
+    out["rows"] = rows
+    return out
+
+
+def planned(model: Any, method: str, point: dict[str, Any], x: Tensor, batch: int,
+            replay: list[Any] | None = None) -> tuple[Tensor, list[Any]]:
+    """Logits of ``model`` under ``method``, and the merge plans it made (in call order); with
+    ``replay``, every merge step applies the next of those plans instead of planning its own
+    (another model's pair choices and weights, on the same images in the same batches)."""
+    vmerge.patch(model, method=method, **point)
+    merger, made = model.merger, []
+    own = merger.plan
+    queue = iter(replay) if replay is not None else None
+
+    def plan(*a: Any, **k: Any) -> Any:
+        if queue is not None:
+            return next(queue)
+        made.append(own(*a, **k))
+        return made[-1]
+
+    merger.plan = plan
+    try:
+        lg = logits(model, x, batch)
+    finally:
+        vmerge.unpatch(model)
+    return lg, made
+
+
+def swap(args: argparse.Namespace) -> dict[str, Any]:
+    """Which half of fine-tuning moved a method's accuracy: its merge decisions or the weights
+    that process the merged tokens. For each ``METHOD=WEIGHTS`` of ``--swap`` (weights
+    fine-tuned under that method), the four combinations of weights (bundled or fine-tuned)
+    and plans (made by the bundled or the fine-tuned model on the same image), on clean images
+    of ``--data``: top-1, KL from the bundled dense model, each against bundled/bundled
+    (paired)."""
+    bundled = vimstm.create_model("vim_tiny_cifar10", pretrained=True).eval()
+    x, y = load_images(args.data, args.images, bundled, False, args.seed)
+    dense = logits(bundled, x, args.batch)
+    point = vmerge.parse_merge_opts(args.point.split(","))
+    out: dict[str, Any] = {"images": len(x), "dense_top1": float(
+        (dense.argmax(-1) == y).float().mean() * 100)}
+    for spec in args.swap:
+        method, w = spec.split("=", 1)
+        tuned = vimstm.create_model("vim_tiny_cifar10", checkpoint=w).eval()
+        t0 = time.time()
+        lg_b, plans_b = planned(bundled, method, point, x, args.batch)
+        lg_t, plans_t = planned(tuned, method, point, x, args.batch)
+        runs = {"bundled weights, bundled plans": lg_b,
+                "fine-tuned weights, fine-tuned plans": lg_t,
+                "fine-tuned weights, bundled plans": planned(tuned, method, point, x,
+                                                             args.batch, plans_b)[0],
+                "bundled weights, fine-tuned plans": planned(bundled, method, point, x,
+                                                             args.batch, plans_t)[0]}
+        # replay check: the bundled model replaying its own first batch's plans
+        steps = len(plans_b) // -(-len(x) // args.batch)
+        again = planned(bundled, method, point, x[:args.batch], args.batch, plans_b[:steps])[0]
+        replay_err = float((again - lg_b[:args.batch]).abs().max())
+        ref_ok = (lg_b.argmax(-1) == y).float().numpy()
+        ref_kl = kl(dense, lg_b).numpy()
+        rows = {}
+        for name, lg in runs.items():
+            ok = (lg.argmax(-1) == y).float().numpy()
+            k = kl(dense, lg).numpy()
+            rows[name] = {"top1": float(ok.mean() * 100), "kl": float(k.mean()),
+                          "top1_minus_bundled": [v * 100 for v in boot(ok - ref_ok)],
+                          "kl_minus_bundled": boot(k - ref_kl)}
+        out[f"{method} ({Path(w).stem})"] = {"rows": rows, "replay_max_abs_diff": replay_err,
+                                              "seconds": round(time.time() - t0, 1)}
+        print(method, "replaying its own plans: max |logit diff|", replay_err, flush=True)
+        print(method, json.dumps(rows, indent=1), flush=True)
     return out
 
 
@@ -313,20 +500,30 @@ def main() -> None:
                     help="the training-mode and gradient checks instead of the conditions")
     ap.add_argument("--table", type=Path, default=None, metavar="FOLDER",
                     help="print the summary table of the condition files in FOLDER and stop")
-    ap.add_argument("--ft-change", type=Path, default=None, metavar="NPZ",
+    ap.add_argument("--ft-change", type=Path, nargs="+", default=None, metavar="NPZ",
                     help="instead: each method's fine-tuning change against STM's, from "
-                         "evidence_finetune_correct.npz")
+                         "evidence_finetune_correct.npz (several: one per fine-tune run, "
+                         "and a table across them)")
+    ap.add_argument("--cross", nargs="+", default=None, metavar="WEIGHTS",
+                    help="instead: these fine-tuned weights (and the bundled ones) under each "
+                         "method on clean images of --data")
+    ap.add_argument("--swap", nargs="+", default=None, metavar="METHOD=WEIGHTS",
+                    help="instead: weights fine-tuned under METHOD with the bundled model's "
+                         "merge plans, and the bundled weights with theirs")
     ap.add_argument("--out", default=None, help="JSON file for the results")
     args = ap.parse_args()
     if args.table is not None:
         print(table(args.table), end="")
         return
     if args.ft_change is not None:
-        res = ft_change(args.ft_change)
-        print(json.dumps(res, indent=1))
+        res = [ft_change(f) for f in args.ft_change]
+        print(json.dumps(res[0] if len(res) == 1 else res, indent=1))
+        if len(res) > 1:
+            print(runs_table(res), end="")
         if args.out:
-            atomic_write(args.out, json.dumps({"meta": {"ft_change": str(args.ft_change)},
-                                               "result": res}, indent=1) + "\n")
+            atomic_write(args.out, json.dumps(
+                {"meta": {"ft_change": [str(f) for f in args.ft_change]},
+                 "result": res[0] if len(res) == 1 else res}, indent=1) + "\n")
         return
     conds = args.conditions.split(",")
     bad = [c for c in conds if c not in CONDITIONS]
@@ -335,11 +532,23 @@ def main() -> None:
                          if bad else "ft_gap.py: --batch must be even (mixup pairs images)")
     if not args.check and not args.data:
         raise SystemExit("ft_gap.py: give --data (the CIFAR-10 training split)")
+    missing = [w for w in [*(args.cross or ()), *(s.split("=", 1)[-1] for s in args.swap or ())]
+               if not Path(w).is_file()]
+    if missing:
+        raise SystemExit(f"ft_gap.py: no weights file {missing[0]} (give the fine-tuned "
+                         "safetensors that `vimstm export` wrote)")
     print(f"vim_tiny_cifar10, CPU ({platform.machine()}), fp32, torch threads "
           f"{torch.get_num_threads()}, point {args.point}", flush=True)
     meta = {k: v for k, v in vars(args).items() if k not in ("table", "ft_change")}
+    meta["cross_sha256"] = {w: hashlib.sha256(Path(w).read_bytes()).hexdigest()[:16]
+                            for w in [*(args.cross or ()),
+                                      *(s.split("=", 1)[-1] for s in args.swap or ())]}
     if args.check:
         res: Any = run_check(args)
+    elif args.cross:
+        res = cross(args)
+    elif args.swap:
+        res = swap(args)
     else:
         model = vimstm.create_model("vim_tiny_cifar10", pretrained=True,
                                     drop_path_rate=DROP_PATH if "train" in conds else 0.0)
