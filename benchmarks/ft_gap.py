@@ -34,13 +34,11 @@ reaching the blocks before the first merge step. Given the evidence files of sev
 runs (seeds, recipes), ``--ft-change`` also tables them side by side.
 
 With fine-tuned weights (``vimstm export`` of a ``vimstm finetune`` run), on clean images of
-``--data`` (the test split): ``--cross`` evaluates each weights file under each method (top-1,
-KL from the bundled dense model, and the share of each image's final tokens, as sets of
-original tokens, that the bundled weights form too: how far the merge decisions moved);
-``--swap METHOD=WEIGHTS`` separates what fine-tuning did to the merge decisions from what it
-did to the weights that process the merged tokens, by evaluating the fine-tuned weights with
-the plans the bundled model makes on the same images (and the bundled weights with the
-fine-tuned model's plans).
+``--data`` (the test split), ``--swap METHOD=WEIGHTS`` separates what fine-tuning did to the
+merge decisions from what it did to the weights that process the merged tokens: the fine-tuned
+weights with the plans the bundled model makes on the same images, and the bundled weights
+with the fine-tuned model's plans (top-1, KL from the bundled dense model), and the share of
+each image's final tokens, as sets of original tokens, that both models form.
 
     export OMP_NUM_THREADS=1 PYTHONPATH=src
     D=../shared/data/cifar10/train.tar.xz
@@ -57,14 +55,11 @@ fine-tuned model's plans).
     F=results/cifar10; python benchmarks/ft_gap.py --ft-change $F/evidence_finetune_correct.npz \\
         $F/ft_seeds/{seed1,seed2,nomix}/evidence_finetune_correct.npz \\
         --out $F/ft_seeds/ft_change_runs.json
-    # seed 1's fine-tuned STM and prune-top weights (2,000 test images; ~25 / ~35 min)
-    T=../shared/data/cifar10/test.tar.xz W=runs/ft12/seed1
-    python benchmarks/ft_gap.py --cross $W/ft_stm_r040.safetensors \\
-        $W/ft_prune-top_r040.safetensors --methods stm,prune-top --data $T --images 2000 \\
-        --out results/cifar10/ft_seeds/cross.json
+    # seed 1's fine-tuned STM and prune-top weights (1,000 test images; ~12 min, 2 threads)
+    W=runs/ft12/seed1
     python benchmarks/ft_gap.py --swap stm=$W/ft_stm_r040.safetensors \\
-        prune-top=$W/ft_prune-top_r040.safetensors --data $T --images 2000 \\
-        --out results/cifar10/ft_seeds/swap.json
+        prune-top=$W/ft_prune-top_r040.safetensors --data ../shared/data/cifar10/test.tar.xz \\
+        --images 1000 --out results/cifar10/ft_seeds/swap.json
 """
 
 from __future__ import annotations
@@ -347,64 +342,14 @@ def groups(source: Tensor) -> list[set[frozenset[int]]]:
     return [{frozenset(np.flatnonzero(row).tolist()) for row in img} for img in member]
 
 
-def cross(args: argparse.Namespace) -> dict[str, Any]:
-    """Each weights file (``--cross``; the bundled weights first) under each method, on clean
-    images of ``--data``: top-1, KL from the bundled dense model and agreement with it; each
-    row against the bundled weights under STM (paired); and how far each method's final tokens
-    moved from the bundled weights' (the share of an image's final tokens, as sets of original
-    tokens, that the bundled weights also form)."""
-    bundled = vimstm.create_model("vim_tiny_cifar10", pretrained=True).eval()
-    x, y = load_images(args.data, args.images, bundled, False, args.seed)
-    dense = logits(bundled, x, args.batch)
-    point = vmerge.parse_merge_opts(args.point.split(","))
-    out: dict[str, Any] = {"images": len(x), "dense_top1": float(
-        (dense.argmax(-1) == y).float().mean() * 100)}
-    rows: dict[str, Any] = {}
-    per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    parts: dict[str, list[set[frozenset[int]]]] = {}
-    for w in ["bundled", *args.cross]:
-        model = bundled if w == "bundled" else vimstm.create_model(
-            "vim_tiny_cifar10", checkpoint=w).eval()
-        label = "bundled" if w == "bundled" else Path(w).stem
-        for name in args.methods.split(","):
-            t0 = time.time()
-            vmerge.patch(model, method=name, trace_source=True, **point)
-            lg, part = [], []
-            with torch.no_grad():
-                for i in range(0, len(x), args.batch):
-                    lg.append(model(x[i:i + args.batch]).float())
-                    part += groups(model.merge_info["source"])
-            vmerge.unpatch(model)
-            lg_t = torch.cat(lg)
-            key = f"{label} {name}"
-            ok = (lg_t.argmax(-1) == y).float().numpy()
-            per[key] = (kl(dense, lg_t).numpy(), ok)
-            parts[key] = part
-            rows[key] = {"top1": float(ok.mean() * 100), "kl": float(per[key][0].mean()),
-                         "agree": float((lg_t.argmax(-1) == dense.argmax(-1)).float().mean()
-                                        * 100), "seconds": round(time.time() - t0, 1)}
-            base = parts.get(f"bundled {name}")
-            if label != "bundled" and base is not None:
-                same = [len(a & b) / len(a) for a, b in zip(part, base)]
-                rows[key]["final_tokens_as_bundled"] = float(np.mean(same) * 100)
-            print(key, rows[key], flush=True)
-    ref = "bundled stm"
-    for key in rows:
-        if key != ref and ref in per:
-            rows[key]["kl_minus_bundled_stm"] = boot(per[key][0] - per[ref][0])
-            rows[key]["top1_minus_bundled_stm"] = [
-                v * 100 for v in boot(per[key][1] - per[ref][1])]
-    out["rows"] = rows
-    return out
-
-
 def planned(model: Any, method: str, point: dict[str, Any], x: Tensor, batch: int,
-            replay: list[Any] | None = None) -> tuple[Tensor, list[Any]]:
-    """Logits of ``model`` under ``method``, and the merge plans it made (in call order); with
-    ``replay``, every merge step applies the next of those plans instead of planning its own
-    (another model's pair choices and weights, on the same images in the same batches)."""
-    vmerge.patch(model, method=method, **point)
-    merger, made = model.merger, []
+            replay: list[Any] | None = None) -> tuple[Tensor, list[Any], list[Any]]:
+    """Logits of ``model`` under ``method``, the merge plans it made (in call order) and each
+    image's final tokens (:func:`groups`); with ``replay``, every merge step applies the next
+    of those plans instead of planning its own (another model's pair choices and weights, on
+    the same images in the same batches)."""
+    vmerge.patch(model, method=method, trace_source=True, **point)
+    merger, made, final = model.merger, [], []
     own = merger.plan
     queue = iter(replay) if replay is not None else None
 
@@ -415,11 +360,15 @@ def planned(model: Any, method: str, point: dict[str, Any], x: Tensor, batch: in
         return made[-1]
 
     merger.plan = plan
+    parts = []
     try:
-        lg = logits(model, x, batch)
+        with torch.no_grad():
+            for i in range(0, len(x), batch):
+                parts.append(model(x[i:i + batch]).float())
+                final += groups(model.merge_info["source"])
     finally:
         vmerge.unpatch(model)
-    return lg, made
+    return torch.cat(parts), made, final
 
 
 def swap(args: argparse.Namespace) -> dict[str, Any]:
@@ -439,8 +388,8 @@ def swap(args: argparse.Namespace) -> dict[str, Any]:
         method, w = spec.split("=", 1)
         tuned = vimstm.create_model("vim_tiny_cifar10", checkpoint=w).eval()
         t0 = time.time()
-        lg_b, plans_b = planned(bundled, method, point, x, args.batch)
-        lg_t, plans_t = planned(tuned, method, point, x, args.batch)
+        lg_b, plans_b, groups_b = planned(bundled, method, point, x, args.batch)
+        lg_t, plans_t, groups_t = planned(tuned, method, point, x, args.batch)
         runs = {"bundled weights, bundled plans": lg_b,
                 "fine-tuned weights, fine-tuned plans": lg_t,
                 "fine-tuned weights, bundled plans": planned(tuned, method, point, x,
@@ -451,6 +400,9 @@ def swap(args: argparse.Namespace) -> dict[str, Any]:
         steps = len(plans_b) // -(-len(x) // args.batch)
         again = planned(bundled, method, point, x[:args.batch], args.batch, plans_b[:steps])[0]
         replay_err = float((again - lg_b[:args.batch]).abs().max())
+        # how far the decisions moved: the share of an image's final tokens (as sets of
+        # original tokens) that both models form
+        moved = float(np.mean([len(a & b) / len(a) for a, b in zip(groups_b, groups_t)]))
         ref_ok = (lg_b.argmax(-1) == y).float().numpy()
         ref_kl = kl(dense, lg_b).numpy()
         rows = {}
@@ -461,8 +413,10 @@ def swap(args: argparse.Namespace) -> dict[str, Any]:
                           "top1_minus_bundled": [v * 100 for v in boot(ok - ref_ok)],
                           "kl_minus_bundled": boot(k - ref_kl)}
         out[f"{method} ({Path(w).stem})"] = {"rows": rows, "replay_max_abs_diff": replay_err,
+                                              "final_tokens_formed_alike": moved,
                                               "seconds": round(time.time() - t0, 1)}
-        print(method, "replaying its own plans: max |logit diff|", replay_err, flush=True)
+        print(method, "replaying its own plans: max |logit diff|", replay_err,
+              "; final tokens formed alike:", round(moved, 4), flush=True)
         print(method, json.dumps(rows, indent=1), flush=True)
     return out
 
@@ -504,9 +458,6 @@ def main() -> None:
                     help="instead: each method's fine-tuning change against STM's, from "
                          "evidence_finetune_correct.npz (several: one per fine-tune run, "
                          "and a table across them)")
-    ap.add_argument("--cross", nargs="+", default=None, metavar="WEIGHTS",
-                    help="instead: these fine-tuned weights (and the bundled ones) under each "
-                         "method on clean images of --data")
     ap.add_argument("--swap", nargs="+", default=None, metavar="METHOD=WEIGHTS",
                     help="instead: weights fine-tuned under METHOD with the bundled model's "
                          "merge plans, and the bundled weights with theirs")
@@ -532,7 +483,7 @@ def main() -> None:
                          if bad else "ft_gap.py: --batch must be even (mixup pairs images)")
     if not args.check and not args.data:
         raise SystemExit("ft_gap.py: give --data (the CIFAR-10 training split)")
-    missing = [w for w in [*(args.cross or ()), *(s.split("=", 1)[-1] for s in args.swap or ())]
+    missing = [w for w in (s.split("=", 1)[-1] for s in args.swap or ())
                if not Path(w).is_file()]
     if missing:
         raise SystemExit(f"ft_gap.py: no weights file {missing[0]} (give the fine-tuned "
@@ -540,13 +491,10 @@ def main() -> None:
     print(f"vim_tiny_cifar10, CPU ({platform.machine()}), fp32, torch threads "
           f"{torch.get_num_threads()}, point {args.point}", flush=True)
     meta = {k: v for k, v in vars(args).items() if k not in ("table", "ft_change")}
-    meta["cross_sha256"] = {w: hashlib.sha256(Path(w).read_bytes()).hexdigest()[:16]
-                            for w in [*(args.cross or ()),
-                                      *(s.split("=", 1)[-1] for s in args.swap or ())]}
+    meta["swap_sha256"] = {w: hashlib.sha256(Path(w).read_bytes()).hexdigest()[:16]
+                            for w in (s.split("=", 1)[-1] for s in args.swap or ())}
     if args.check:
         res: Any = run_check(args)
-    elif args.cross:
-        res = cross(args)
     elif args.swap:
         res = swap(args)
     else:
