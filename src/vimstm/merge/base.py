@@ -18,6 +18,7 @@ is decided by :mod:`vimstm.ops.dispatch` from the model's scan backend.
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -166,6 +167,11 @@ class Merger:
         self.schedule: list[int] = []
         self.pre = 0  # tokens removed before block 0, from the embeddings (the peers' schedule)
         self.trace_source = False
+        # plans handed over between models (:func:`vimstm.merge.frozen_plans`): the plans this
+        # merger makes are appended to ``record``; while ``replay`` holds plans, each step
+        # applies the next of them instead of planning its own
+        self.record: list[Any] | None = None
+        self.replay: deque[Any] | None = None
         self._saved_recording: list[tuple[Any, ...]] = []  # the mixers' flags before attach
         self._check_options()
 
@@ -280,12 +286,25 @@ class Merger:
         else:
             r = self.schedule[i - 1] if i - 1 < len(self.schedule) else 0
         if r > 0:
-            ssm = model.layers[i - 1].mixer.last_ssm if self.needs_ssm and i > 0 else None
-            # the plan is index and weight bookkeeping: no autograd, and no autocast (its few
-            # matrix products must stay fp32; similarities read the block input as it is)
-            with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-                plan = self.plan(hidden, residual, state, ssm, r)
+            if self.replay is not None:
+                if not self.replay:
+                    raise RuntimeError("the planner made fewer merge plans than this model's "
+                                       "schedule applies: give both the same merge options")
+                plan = self.replay.popleft()
+            else:
+                ssm = model.layers[i - 1].mixer.last_ssm if self.needs_ssm and i > 0 else None
+                # the plan is index and weight bookkeeping: no autograd, and no autocast (its
+                # few matrix products must stay fp32; similarities read the block input as is)
+                with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+                    plan = self.plan(hidden, residual, state, ssm, r)
+                if self.record is not None:
+                    self.record.append(plan)
+            tokens = hidden.shape[1]
             hidden, residual = plan.apply(hidden, residual, state, self.backend)
+            if self.replay is not None and hidden.shape[1] != tokens - r:
+                raise RuntimeError(f"the planner's merge step before block {i} keeps "
+                                   f"{hidden.shape[1]} of {tokens} tokens, this model's schedule "
+                                   f"{tokens - r}: give both the same merge options")
             state.cls_index = plan.cls_index
         if i == 0:  # the counts entering block 0 replace the embedding's
             self._tokens, self._cls = [], []
