@@ -48,7 +48,7 @@
 # (the merged runs' schedule options, default "--merge-opt every=2 --merge-opt shape=even": the
 # evidence tables' reduction points), FT_RUNS (default runs/finetune; finished runs are kept,
 # --resume auto), FT_ARGS (recipe flags added to `vimstm finetune`'s defaults, default
-# "--lr 5e-5"), FT_IMG_S (fine-tuning images/s the printed estimate assumes, default 1450: one
+# "--lr 5e-5"), FT_MERGED_ARGS (flags for the merged runs only, e.g. "--frozen-plans"), FT_IMG_S (fine-tuning images/s the printed estimate assumes, default 1450: one
 # H200, 1-epoch runs of the 88.58% model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -188,7 +188,7 @@ part_cifar_finetune() {
   local epochs=${FT_EPOCHS:-1} limit=${FT_LIMIT-} runs=${FT_RUNS:-runs/finetune}
   local methods=${FT_METHODS:-"stm mtr tome rmeeto prune-top prune-norm random"}
   local points=${FT_POINTS:-"reduction=0.2 reduction=0.4"} speed=${FT_IMG_S:-1450}
-  local recipe=${FT_ARGS:-"--lr 5e-5"}
+  local recipe=${FT_ARGS:-"--lr 5e-5"} merged=${FT_MERGED_ARGS-}
   local sched=${FT_SCHEDULE-"--merge-opt every=2 --merge-opt shape=even"}
   local n_runs=$(( $(wc -w <<<"$methods") * $(wc -w <<<"$points") + 1 ))
   local per=$(( epochs * ${limit:-50000} ))
@@ -211,7 +211,7 @@ part_cifar_finetune() {
       run $PY "${ft[@]}" ${ck} $recipe --output "$runs/dense" --method dense
     else
       # shellcheck disable=SC2086
-      run $PY "${ft[@]}" ${ck} $recipe --output "$runs/${m}_$key$val" --method "$m" \
+      run $PY "${ft[@]}" ${ck} $recipe $merged --output "$runs/${m}_$key$val" --method "$m" \
         "--$key" "$val" $sched
     fi
   }
