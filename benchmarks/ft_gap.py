@@ -38,7 +38,10 @@ With fine-tuned weights (``vimstm export`` of a ``vimstm finetune`` run), on cle
 merge decisions from what it did to the weights that process the merged tokens: the fine-tuned
 weights with the plans the bundled model makes on the same images, and the bundled weights
 with the fine-tuned model's plans (top-1, KL from the bundled dense model), and the share of
-each image's final tokens, as sets of original tokens, that both models form.
+each image's final tokens, as sets of original tokens, that both models form. With ``--drift
+S1,S2,...`` it instead measures how fast those decisions move along the fine-tune's net update:
+the share of final tokens the weights ``bundled + s (fine-tuned - bundled)`` form as the bundled
+weights do, for each ``s``.
 
     export OMP_NUM_THREADS=1 PYTHONPATH=src
     D=../shared/data/cifar10/train.tar.xz
@@ -60,11 +63,16 @@ each image's final tokens, as sets of original tokens, that both models form.
     python benchmarks/ft_gap.py --swap stm=$W/ft_stm_r040.safetensors \\
         prune-top=$W/ft_prune-top_r040.safetensors --data ../shared/data/cifar10/test.tar.xz \\
         --images 1000 --out results/cifar10/ft_seeds/swap.json
+    python benchmarks/ft_gap.py --swap stm=$W/ft_stm_r040.safetensors \\
+        prune-top=$W/ft_prune-top_r040.safetensors --drift 0.02,0.05,0.1,0.25,0.5,1 \\
+        --data ../shared/data/cifar10/test.tar.xz --images 500 \\
+        --out results/cifar10/ft_seeds/drift.json  # ~15 min, 2 threads
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import platform
@@ -421,6 +429,33 @@ def swap(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def drift(args: argparse.Namespace) -> dict[str, Any]:
+    """How fast each method's merge decisions move with its weights: for each ``METHOD=WEIGHTS``
+    of ``--swap``, the weights ``bundled + s (fine-tuned - bundled)`` for each ``s`` of
+    ``--drift``, and the share of each image's final tokens (as sets of original tokens) they
+    form as the bundled weights do, on clean images of ``--data``."""
+    bundled = vimstm.create_model("vim_tiny_cifar10", pretrained=True).eval()
+    x, _ = load_images(args.data, args.images, bundled, False, args.seed)
+    point = vmerge.parse_merge_opts(args.point.split(","))
+    start = {k: v.clone() for k, v in bundled.state_dict().items()}
+    out: dict[str, Any] = {"images": len(x), "scales": args.drift}
+    for spec in args.swap:
+        method, w = spec.split("=", 1)
+        tuned = vimstm.create_model("vim_tiny_cifar10", checkpoint=w).state_dict()
+        base = planned(bundled, method, point, x, args.batch)[2]
+        model = copy.deepcopy(bundled)
+        alike = {}
+        for s in args.drift:
+            model.load_state_dict({k: v + s * (tuned[k].to(v.dtype) - v) if v.is_floating_point()
+                                   else v for k, v in start.items()})
+            groups_s = planned(model, method, point, x, args.batch)[2]
+            alike[str(s)] = float(np.mean([len(a & b) / len(a)
+                                           for a, b in zip(groups_s, base)]))
+            print(method, f"s={s}: final tokens formed alike {alike[str(s)]:.4f}", flush=True)
+        out[f"{method} ({Path(w).stem})"] = alike
+    return out
+
+
 def table(folder: Path) -> str:
     """Markdown summary of the condition files in ``folder``."""
     lines = ["| condition | method | mean KL to dense | median KL | agree % | KL minus STM's |",
@@ -461,6 +496,10 @@ def main() -> None:
     ap.add_argument("--swap", nargs="+", default=None, metavar="METHOD=WEIGHTS",
                     help="instead: weights fine-tuned under METHOD with the bundled model's "
                          "merge plans, and the bundled weights with theirs")
+    ap.add_argument("--drift", type=lambda t: [float(v) for v in t.split(",")], default=None,
+                    metavar="S1,S2,...",
+                    help="with --swap, instead: how many of each method's final tokens the "
+                         "weights bundled + s (fine-tuned - bundled) form as the bundled do")
     ap.add_argument("--out", default=None, help="JSON file for the results")
     args = ap.parse_args()
     if args.table is not None:
@@ -496,7 +535,7 @@ def main() -> None:
     if args.check:
         res: Any = run_check(args)
     elif args.swap:
-        res = swap(args)
+        res = drift(args) if args.drift else swap(args)
     else:
         model = vimstm.create_model("vim_tiny_cifar10", pretrained=True,
                                     drop_path_rate=DROP_PATH if "train" in conds else 0.0)
