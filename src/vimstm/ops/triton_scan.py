@@ -920,6 +920,19 @@ def _dsilu_pre(x0, x1, x2, x3, w0, w1, w2, w3, bias, g, ok):
 
 
 @triton.jit
+def _conv_dir_grads(xa, xb, xc, x0, w0, w1, w2, w3, bias, g_row, ok, own, dw0, dw1, dw2, dw3, db,
+                    EDGE: tl.constexpr):
+    """One direction of a conv1d backward step: g * silu'(pre) for the window ``xa, xb, xc, x0``
+    (pre = bias + w0 xa + w1 xb + w2 xc + w3 x0), and the weight and bias gradient sums with
+    it added where the token is owned."""
+    p = _dsilu_pre(xa, xb, xc, x0, w0, w1, w2, w3, bias, g_row.to(tl.float32), ok)
+    po = p
+    if EDGE:
+        po = tl.where(own, p, 0.0)
+    return p, dw0 + po * xa, dw1 + po * xb, dw2 + po * xc, dw3 + po * x0, db + po
+
+
+@triton.jit
 def _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l, s_dx_l, mask_d,
                    EDGE: tl.constexpr, HAS_F: tl.constexpr, HAS_B: tl.constexpr):
     """Step ``t`` of :func:`_conv_bwd_kernel` on its state ``st`` (windows, weight-gradient
@@ -948,27 +961,13 @@ def _conv_bwd_step(st, wts, t, s0, s1, L, x_p, gf_p, gb_p, dx_p, s_x_l, s_g_l, s
     pf = zero
     pb = zero
     if HAS_F:
-        g = gfr.to(tl.float32)
-        pf = _dsilu_pre(xm3, xm2, xm1, x0, wf0, wf1, wf2, wf3, bf, g, ok)
-        pfo = pf
-        if EDGE:
-            pfo = tl.where(own, pf, 0.0)
-        dwf0 += pfo * xm3
-        dwf1 += pfo * xm2
-        dwf2 += pfo * xm1
-        dwf3 += pfo * x0
-        dbf += pfo
+        pf, dwf0, dwf1, dwf2, dwf3, dbf = _conv_dir_grads(
+            xm3, xm2, xm1, x0, wf0, wf1, wf2, wf3, bf, gfr, ok, own,
+            dwf0, dwf1, dwf2, dwf3, dbf, EDGE)
     if HAS_B:  # pre_b[t] = b + w[3] x[t] + w[2] x[t+1] + w[1] x[t+2] + w[0] x[t+3]
-        g = gbr.to(tl.float32)
-        pb = _dsilu_pre(xp3, xp2, xp1, x0, wb0, wb1, wb2, wb3, bb, g, ok)
-        pbo = pb
-        if EDGE:
-            pbo = tl.where(own, pb, 0.0)
-        dwb0 += pbo * xp3
-        dwb1 += pbo * xp2
-        dwb2 += pbo * xp1
-        dwb3 += pbo * x0
-        dbb += pbo
+        pb, dwb0, dwb1, dwb2, dwb3, dbb = _conv_dir_grads(
+            xp3, xp2, xp1, x0, wb0, wb1, wb2, wb3, bb, gbr, ok, own,
+            dwb0, dwb1, dwb2, dwb3, dbb, EDGE)
     dx = zero
     if HAS_F:
         dx += wf3 * pf3 + wf2 * pf2 + wf1 * pf1 + wf0 * pf
