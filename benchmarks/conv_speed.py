@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 import torch
-from kernel_variants import parse_variant
+from kernel_variants import gpu_ready, parse_variant
 from torch.profiler import ProfilerActivity, profile
 
 from vimstm.ops import triton_scan
@@ -62,11 +62,8 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("conv_speed needs a CUDA GPU (the Triton kernels are what it times)")
+    if not gpu_ready("conv_speed", "the Triton kernels are what it times", args.json):
         return 2
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
     b, L, d = args.batch_size, args.tokens, args.d_inner
     dev, bf = torch.device("cuda"), torch.bfloat16
     g = torch.Generator(device=dev).manual_seed(0)

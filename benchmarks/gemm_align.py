@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from kernel_variants import gpu_ready
 from torch.profiler import ProfilerActivity, profile
 
 from vimstm.ops.mixer import padded_dt_proj, padded_rank, padded_x_proj
@@ -88,11 +89,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("gemm_align needs a CUDA GPU (it times cuBLAS kernels); run it on one")
+    if not gpu_ready("gemm_align", "it times cuBLAS kernels", args.json):
         return 2
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
     m = args.batch_size * args.tokens
     print(f"{torch.cuda.get_device_name()}, bf16, batch {args.batch_size} x {args.tokens} tokens "
           f"(m = {m} rows per direction), d_inner {args.d_inner}, dt_rank {args.dt_rank}, "

@@ -27,6 +27,17 @@ from vimstm.models.registry import create_model
 from vimstm.ops import triton_scan
 
 
+def gpu_ready(script: str, why: str, json_path: Path | None) -> bool:
+    """Whether a CUDA GPU is here (if not, one line naming ``script`` and ``why`` it needs one);
+    the ``--json`` file's folder is created first."""
+    if not torch.cuda.is_available():
+        print(f"{script} needs a CUDA GPU ({why})")
+        return False
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+    return True
+
+
 def parse_variant(text: str) -> tuple[str, dict]:
     """``name:key=value,key=value`` -> (name, integer fields of KernelConfig)."""
     name, _, body = text.partition(":")
@@ -67,11 +78,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("kernel_variants needs a CUDA GPU (the Triton kernels are what it times)")
+    if not gpu_ready("kernel_variants", "the Triton kernels are what it times", args.json):
         return 2
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
     variants = [parse_variant(v) for v in (args.variant or ["default:"])]
     variants.append((variants[0][0] + " (again)", variants[0][1]))
     base = triton_scan.CONFIG
