@@ -79,6 +79,7 @@ import platform
 import random
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -352,29 +353,27 @@ def groups(source: Tensor) -> list[set[frozenset[int]]]:
 
 def planned(model: Any, method: str, point: dict[str, Any], x: Tensor, batch: int,
             replay: list[Any] | None = None) -> tuple[Tensor, list[Any], list[Any]]:
-    """Logits of ``model`` under ``method``, the merge plans it made (in call order) and each
-    image's final tokens (:func:`groups`); with ``replay``, every merge step applies the next
-    of those plans instead of planning its own (another model's pair choices and weights, on
-    the same images in the same batches)."""
-    vmerge.patch(model, method=method, trace_source=True, **point)
+    """Logits of ``model`` under ``method``, the merge plans it made (in call order, the
+    merger's ``record``) and each image's final tokens (:func:`groups`); with ``replay``, every
+    merge step applies the next of those plans instead of planning its own (the merger's
+    ``replay``: another model's pair choices and weights, on the same images in the same
+    batches; all of them must be applied)."""
+    vmerge.patch(model, method=method, trace_source=True, graphs=False, **point)
     merger, made, final = model.merger, [], []
-    own = merger.plan
-    queue = iter(replay) if replay is not None else None
-
-    def plan(*a: Any, **k: Any) -> Any:
-        if queue is not None:
-            return next(queue)
-        made.append(own(*a, **k))
-        return made[-1]
-
-    merger.plan = plan
+    if replay is None:
+        merger.record = made
+    else:
+        merger.replay = deque(replay)
     parts = []
     try:
         with torch.no_grad():
             for i in range(0, len(x), batch):
                 parts.append(model(x[i:i + batch]).float())
                 final += groups(model.merge_info["source"])
+        if merger.replay:
+            raise RuntimeError(f"{len(merger.replay)} replayed plans were not applied")
     finally:
+        merger.record = merger.replay = None
         vmerge.unpatch(model)
     return torch.cat(parts), made, final
 

@@ -84,3 +84,29 @@ def test_pasted_tokens_and_straddles() -> None:
     tokens, patches = fg.straddles(src, lab)
     torch.testing.assert_close(tokens, torch.tensor([2 / 3]))  # token 0 and the big one
     torch.testing.assert_close(patches, torch.tensor([255 / 256]))
+
+
+def test_groups_are_each_final_tokens_original_tokens() -> None:
+    src = torch.zeros(2, 2, 4)
+    src[0, 0, [0, 1]] = 1.0
+    src[0, 1, [2, 3]] = 0.5  # weighted sources count as members
+    src[1, 0, 0] = 1.0
+    src[1, 1, 3] = 1.0
+    assert fg.groups(src) == [{frozenset({0, 1}), frozenset({2, 3})},
+                              {frozenset({0}), frozenset({3})}]
+
+
+def test_runs_table_one_row_per_run_and_marks_overlaps() -> None:
+    def ci(v, lo, hi):
+        return [v, lo, hi]
+
+    run = {"source": "a.npz", "dense ft": {"top1": 92.5, "change": ci(-0.4, -0.6, -0.2)},
+           "stm reduction=0.4": {"top1": 90.1, "change": ci(-0.3, -0.6, 0.1)},
+           "prune-top reduction=0.4": {"top1": 91.0, "change": 0.2,
+                                       "ft_minus_stm_ft": ci(0.9, 0.3, 1.4)},
+           "prune-norm reduction=0.4": {"top1": 90.3, "change": 0.1,
+                                        "ft_minus_stm_ft": ci(0.2, -0.3, 0.7)}}
+    lines = fg.runs_table([run, {"source": "b.npz"}]).splitlines()
+    assert len(lines) == 3  # header, rule, the one run with all three methods
+    assert lines[2].startswith("| a.npz | 92.50 (-0.40) | 90.10 (-0.30) | 91.00 (+0.20) |")
+    assert "+0.90 [+0.30, +1.40] |" in lines[2] and lines[2].endswith("+0.70] ≈ |")
