@@ -25,9 +25,10 @@ states into a small scratch (meant to stay in L2), with the parts of the gradien
 adjoint (dz, dy, the dC row), and steps back through the chunk with the adjoint state in
 registers. Each loop loads its next step's inputs while it computes the current one; the
 inputs this kernel reads first (in the replay, and in the recompute) two steps ahead, as one
-step does not cover their latency. Reductions over channels (dB, dC) and over
-the batch (dA, dD, d bias) are written as per-program partials and summed by PyTorch:
-deterministic, no atomics.
+step does not cover their latency. dB and dC, sums over the channel blocks, are added
+atomically into one zeroed fp32 buffer (in L2; the order of a row's few block sums may vary
+from run to run, at fp32 rounding); the sums over the batch (dA, dD, d bias) are written as
+per-program partials and summed by PyTorch.
 
 Conv1d (width 4, silu fused): both kernels walk segments of tokens with sliding windows in
 registers (programs of 2 warps, two channels per thread), so each input row is read once.
@@ -73,7 +74,7 @@ class KernelConfig:
 
     Attributes:
         scan_block_d: channels per scan program. More channels give each thread more
-            independent work per token and fewer partial sums of dB and dC (32 against 16 on
+            independent work per token and fewer block sums of dB and dC (32 against 16 on
             the H100: scan backward 76.2 against 136.9 ms; on an H200, 2,014 training img/s
             against 1,533 with 8 and 1,200 with 64).
         scan_warps: warps per scan program.
@@ -358,15 +359,15 @@ def _scan_bwd_kernel(
     as one (T, BLOCK_D) tile. Then for each chunk, last first: (1) recompute its states token
     by token into this program's ``hs_ptr`` slab (T, BLOCK_D, N), slot j holding the state
     before token j, and with the state after each token its dC row, dz and dy (dy to the
-    third row of ``ds_ptr``); (2) walk its tokens backwards with the adjoint state in
-    registers. ``dbc_ptr`` receives per-program dB | dC partials (NDIR, NBLK, b, L,
-    2 * NSTATE). With ``HAS_Z``, ``ys_ptr`` holds ``sum_k y_k`` before the gate, as the forward
-    saved it: direction 0 writes the whole dz from it, so no direction reduces ``h C`` over
-    the states. ``EVEN`` (the channels fill whole blocks, N == NSTATE) drops the masks.
-    The adjoint walk carries ``exp(Δ_{t+1} A) gh_{t+1}`` from step to step, not gh and the
-    next step's ``exp(Δ A)``, and forms ``exp(Δ A)`` as ``2^((Δ log2 e) A)``: one state tile
-    and one product per state less, and no ``A log2 e`` tile. B and C are read one state per
-    load (vector loads measured slower here, unlike in the forward).
+    third row of ``ds_ptr``); (2) walk its tokens backwards with the adjoint state in registers.
+    Each program adds its dB | dC row sums atomically into ``dbc_ptr`` (NDIR, b, L, 2 * NSTATE),
+    zeroed by the caller. With ``HAS_Z``, ``ys_ptr`` holds ``sum_k y_k`` before the gate, as the
+    forward saved it: direction 0 writes the whole dz from it, so no direction reduces ``h C``
+    over the states. ``EVEN`` (the channels fill whole blocks, N == NSTATE) drops the masks. The
+    adjoint walk carries ``exp(Δ_{t+1} A) gh_{t+1}`` from step to step, not gh and the next
+    step's ``exp(Δ A)``, and forms ``exp(Δ A)`` as ``2^((Δ log2 e) A)``: one state tile and one
+    product per state less, and no ``A log2 e`` tile. B and C are read one state per load
+    (vector loads measured slower here, unlike in the forward).
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -411,7 +412,7 @@ def _scan_bwd_kernel(
         du_p = du_ptr + K * s_du_k + pid_b * s_du_b
         ddt_p = ddt_ptr + K * s_ddt_k + pid_b * s_ddt_b
         st_p = st_ptr + K * s_st_k + pid_b * s_st_b
-        dbc_p = dbc_ptr + ((K * NBLK + pid_d) * NB + pid_b) * L * (2 * NSTATE)
+        dbc_p = dbc_ptr + (K * NB + pid_b) * L * (2 * NSTATE)
         gh = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # exp(Δ_{t+1} A) gh_{t+1}
         dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # in units of log2 e
         dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -516,8 +517,8 @@ def _scan_bwd_kernel(
                     else:
                         dy = g
                     tl.store(dc_p + j * (3 * BLOCK_D) + o_ds + 2 * BLOCK_D, dy)
-                    tl.store(dbc_p + (t * (2 * NSTATE) + NSTATE + offs_n),
-                             tl.sum(h * dy[:, None], axis=0), mask=mask_n)
+                    tl.atomic_add(dbc_p + (t * (2 * NSTATE) + NSTATE + offs_n),
+                                  tl.sum(h * dy[:, None], axis=0), mask=mask_n, sem="relaxed")
                 tl.debug_barrier()  # the slabs are read back below, maybe by other threads
                 # (2) adjoint, token by token backwards
                 t = _token(c0 + nt - 1, L, K, REV0)
@@ -576,7 +577,8 @@ def _scan_bwd_kernel(
                     tl.store(ddt_p + (o_ddt + t * s_ddt_l), ddt.to(ddt_ptr.dtype.element_ty),
                              mask=mask_d)
                     row = dbc_p + (t * (2 * NSTATE) + offs_n)
-                    tl.store(row, tl.sum(gh * (dt * u)[:, None], axis=0), mask=mask_n)
+                    tl.atomic_add(row, tl.sum(gh * (dt * u)[:, None], axis=0), mask=mask_n,
+                                  sem="relaxed")
                     gh = gh_a
                 tl.debug_barrier()  # the next chunk overwrites the slab
         dA_acc = dA_acc * LN2
@@ -723,7 +725,7 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
     ddt = _empty_like_layout(delta, delta.dtype)
     if z is not None and dz is None:
         dz = _empty_like_layout(z, z.dtype)
-    dbc = torch.empty(ndir, nblk, b, length, 2 * n, device=dev, dtype=torch.float32)
+    dbc = torch.zeros(ndir, b, length, 2 * n, device=dev, dtype=torch.float32)
     dA = torch.empty(ndir, b, d, n, device=dev, dtype=torch.float32)
     dD = torch.empty(ndir, b, d, device=dev, dtype=torch.float32)
     dbias = torch.empty_like(dD)
@@ -749,7 +751,7 @@ def scan_bwd(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor | None, p
         SOFTPLUS=bool(p.softplus), A_LOG=bool(p.a_log), SAVE_T=save_t,
         EVEN=d % bd == 0 and n == n2, num_warps=cfg.scan_warps,
     )
-    return ScanGrads(du=du, ddelta=ddt, dz=dz, dBC=dbc.sum(1), dA=dA.sum(1), dD=dD.sum(1),
+    return ScanGrads(du=du, ddelta=ddt, dz=dz, dBC=dbc, dA=dA.sum(1), dD=dD.sum(1),
                      dbias=dbias.sum(1))
 
 
