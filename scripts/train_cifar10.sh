@@ -37,7 +37,8 @@
 #   images; the bidirectional scans keep vim_tiny far from the GEMM peak. Measured with this
 #   recipe (BENCHMARKS.md): ~1,600 images/s eager on one H100/H200 (31 s per epoch plus ~2 s of
 #   test evaluation), 3,100 on two H200s, 5,600-5,900 on four H200s (8.3-8.9 s per epoch), older
-#   kernels; compiled with reduce-overhead (the default now) 2,107 on one H200, 4,062 on two. The
+#   kernels; compiled with reduce-overhead (the default now) 2,028 on one H100 (24.6 s per
+#   epoch), 2,107 on one H200, 4,062 on two. The
 #   bundled model, three runs of this script (its model card): NGPU=4 EPOCHS=136 BLR=7.5e-4
 #   WARMUP=5 MIN_RES=16; NGPU=2 EPOCHS=55 BLR=5e-4 WARMUP=2 INIT=<the first run's export>
 #   TEACHER="t0 t1"; NGPU=4 EPOCHS=90 BLR=5e-4 WARMUP=2 INIT=<the second run's export>
