@@ -294,38 +294,6 @@ def test_finetune_dense_control_by_name(data: dict[str, Path], trained: Path,
     assert len(log) == 1 and "train_kd" not in log[0] and np.isfinite(log[0]["train_loss"])
 
 
-def test_finetune_with_frozen_plans(data: dict[str, Path], trained: Path, tmp_path: Path,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """--frozen-plans: every training step applies the plans of a frozen merged copy of the
-    starting weights, which does not train; without a method or with --compile it is refused."""
-    ck = ["--checkpoint", str(trained / "last.pth")]
-    with pytest.raises(ConfigError, match="--frozen-plans without a merging method"):
-        T._validate(args_for("finetune", data, tmp_path / "x", *ck, "--method", "dense",
-                             "--frozen-plans"))
-    with pytest.raises(ConfigError, match="drop --compile"):
-        T._validate(args_for("finetune", data, tmp_path / "x", *ck, "--method", "stm",
-                             "--ratio", "0.25", "--frozen-plans", "--compile"))
-    calls: list[tuple[dict[str, torch.Tensor], int]] = []
-    real = T.frozen_plans
-
-    def spy(planner, model, x):
-        calls.append(({k: v.clone() for k, v in planner.state_dict().items()},
-                      len(model.merger.schedule)))
-        return real(planner, model, x)
-
-    monkeypatch.setattr(T, "frozen_plans", spy)
-    out = tmp_path / "ft"
-    last = T.fit(args_for("finetune", data, out, *ck, "--method", "stm", "--ratio", "0.25",
-                          "--epochs", "1", "--limit-train", "16", "--frozen-plans"))
-    assert len(calls) == 2 and last["tokens_per_block"][-1] == 17 - 4  # one per step
-    start = read_checkpoint(trained / "last.pth")["model"]
-    first, second = calls[0][0], calls[1][0]
-    assert all(torch.equal(first[k], second[k]) for k in first)  # the planner stays frozen
-    assert all(torch.equal(first[k], start[k].to(first[k].dtype)) for k in first)
-    moved = read_checkpoint(out / "last.pth")["model"]
-    assert any(not torch.equal(start[k], v) for k, v in moved.items())  # the model trained
-
-
 def test_finetune_of_a_model_without_weights_is_refused(data: dict[str, Path],
                                                         tmp_path: Path) -> None:
     from vimstm.errors import ConfigError

@@ -16,9 +16,6 @@
   Adam is invariant to the scale of the loss, so ``1.0·CE + 0.5·KL`` is ``α = 1/3`` here.
   ``--method dense`` (asked for by name; no method at all is refused) runs the same recipe
   without merging: the control that tells a merged fine-tune's gain from more training.
-  ``--frozen-plans`` trains against fixed merge decisions: a frozen merged copy of the
-  starting weights plans each step and the model applies its plans
-  (:func:`vimstm.merge.frozen_plans`).
 * ``export``: the (EMA) weights of a run as a half-precision safetensors file, e.g. the bundled
   ``vimstm/weights/vim_tiny_cifar10.safetensors`` (:func:`vimstm.models.checkpoint.export_weights`).
 
@@ -36,7 +33,6 @@ transforms are :func:`vimstm.data.train_transform`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import math
@@ -82,7 +78,7 @@ from vimstm.engine.train_state import (
     write_log,
 )
 from vimstm.errors import ConfigError, DataError, VimstmError
-from vimstm.merge import add_merge_args, frozen_plans, merge_method, patch_from_args
+from vimstm.merge import add_merge_args, merge_method, patch_from_args
 from vimstm.models.checkpoint import (
     atomic_write,
     export_weights,
@@ -153,11 +149,6 @@ def register(subparsers: Any) -> None:
     f.add_argument("--distill-temp", type=float, default=FINETUNE_DEFAULTS["distill_temp"],
                    help="distillation temperature T (default 1)")
     add_merge_args(f)
-    f.add_argument("--frozen-plans", action="store_true",
-                   help="merge decisions from the starting weights: a frozen merged copy of "
-                        "the model plans every training step and the model applies its plans "
-                        "(which tokens merge, with which weights); evaluation and the exported "
-                        "weights plan their own. Not with --compile")
     f.set_defaults(func=run_finetune, finetune=True)
 
     e = subparsers.add_parser(
@@ -417,13 +408,6 @@ def _validate(args: argparse.Namespace) -> None:
                               "merging method and schedule, e.g. --method stm --ratio 0.4 (without "
                               "one it would only self-distil the dense model; --method dense does "
                               "that on purpose, as the control of a merged fine-tune)")
-        if args.frozen_plans and merge_method(args) is None:
-            raise ConfigError("--frozen-plans without a merging method would be ignored: the "
-                              "dense model makes no merge decisions")
-        if args.frozen_plans and args.compile:
-            raise ConfigError("--frozen-plans hands merge plans from one model to the other in "
-                              "Python at every step, which torch.compile cannot trace: drop "
-                              "--compile")
         weights_source(args, "required")  # weights exist before any data is read
     elif args.checkpoint is not None or args.pretrained:  # train from given weights
         weights_source(args, "initial")
@@ -548,7 +532,6 @@ class TrainContext:
     main: bool  # rank 0: progress bar
     img_size: int  # the model's input size
     train_size: int = 0  # this epoch's training size (progressive resizing), set per epoch
-    planner: nn.Module | None = None  # finetune --frozen-plans: makes the model's merge plans
 
 
 def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: bool,
@@ -576,14 +559,11 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
 
     seed_all(args.seed)
     model = _build_model(args, num_classes)
-    teacher = planner = None
+    teacher = None
     if args.finetune:
         load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, trust=args.trust_checkpoint)
         if args.distill_alpha > 0:  # α = 0: plain training from the weights, no teacher
             teacher = copy.deepcopy(model).eval().requires_grad_(False).to(device)
-        if args.frozen_plans:  # the starting weights, merged, plan every step (no CUDA graphs:
-            planner = patch_from_args(copy.deepcopy(model), args, graphs=False)  # plans in Python)
-            planner = planner.eval().requires_grad_(False).to(device)
         model = patch_from_args(model, args)
     elif args.checkpoint is not None or args.pretrained:  # train from given weights
         if ckpt is not None:
@@ -673,7 +653,7 @@ def _fit(args: argparse.Namespace, dist: distributed.DistInfo, out: Path, main: 
     if args.compile:
         train_model = compiled(train_model, args.compile, fullgraph=False)
     ctx = TrainContext(state, train_model, teacher, train_loader, criterion, mixup, device,
-                       amp, args, main, img_size, planner=planner)
+                       amp, args, main, img_size)
     min_res = getattr(args, "min_res", None)
     if min_res is not None:
         on_main_for_all(lambda: _check_min_res(model, min_res, img_size), main, device)
@@ -790,9 +770,7 @@ def _train_one_epoch(ctx: TrainContext, epoch: int, step: int) -> _Meter:
                               antialias=True, align_corners=False)
         x, target = ctx.mixup(x, y) if ctx.mixup is not None else (x, y)
         with autocast(device, ctx.amp):
-            with (frozen_plans(ctx.planner, st.model, x) if ctx.planner is not None
-                  else contextlib.nullcontext()):
-                logits = ctx.train_model(x)
+            logits = ctx.train_model(x)
             loss = ctx.criterion(logits, target)
             if ctx.teacher is not None:
                 with torch.no_grad():

@@ -17,13 +17,8 @@ tokens gone by the last block), ``reduction`` (the papers' mean share removed pe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-from collections import deque
-from collections.abc import Iterator
 from typing import Any
-
-import torch
 
 from vimstm.errors import ConfigError
 from vimstm.merge.base import Merger
@@ -69,7 +64,6 @@ __all__ = [
     "Merger",
     "add_merge_args",
     "build_merger",
-    "frozen_plans",
     "is_dense",
     "merge_method",
     "parse_merge_opts",
@@ -266,37 +260,6 @@ def patch(
 
         cuda_graphs.install(model)
     return model
-
-
-@contextlib.contextmanager
-def frozen_plans(planner: Any, model: Any, x: Any) -> Iterator[None]:
-    """Within the block, ``model``'s merge steps apply the plans that ``planner`` makes on ``x``
-    (which tokens merge, with which weights) instead of planning their own: training against
-    fixed merge decisions. ``planner`` is a merged model with the same schedule, e.g. a frozen
-    copy of ``model``'s starting weights, patched with ``graphs=False`` (a replayed CUDA graph
-    runs no Python, so it would hand over no plans); it runs here once, without gradients.
-    ``model`` must run exactly one forward on ``x`` inside the block."""
-    pm, mm = getattr(planner, "merger", None), getattr(model, "merger", None)
-    if pm is None or mm is None:
-        raise ConfigError("frozen_plans needs two patched models (vimstm.patch): the planner "
-                          "and the model that applies its plans")
-    pm.record = []
-    try:
-        with torch.no_grad():
-            planner(x)
-        plans = pm.record
-    finally:
-        pm.record = None
-    if not plans and any(mm.schedule):
-        raise RuntimeError("the planner made no merge plans: patch it with graphs=False")
-    mm.replay = deque(plans)
-    try:
-        yield
-        if mm.replay:
-            raise RuntimeError(f"{len(mm.replay)} of the planner's {len(plans)} merge plans were "
-                               "not applied: give both models the same merge options")
-    finally:
-        mm.replay = None
 
 
 def unpatch(model: Any) -> Any:

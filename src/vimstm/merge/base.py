@@ -167,9 +167,10 @@ class Merger:
         self.schedule: list[int] = []
         self.pre = 0  # tokens removed before block 0, from the embeddings (the peers' schedule)
         self.trace_source = False
-        # plans handed over between models (:func:`vimstm.merge.frozen_plans`): the plans this
-        # merger makes are appended to ``record``; while ``replay`` holds plans, each step
-        # applies the next of them instead of planning its own
+        # plans handed over between models (``benchmarks/ft_gap.py --swap``: one model's
+        # weights with another's merge decisions): the plans this merger makes are appended to
+        # ``record``; while ``replay`` holds plans, each step applies the next of them instead
+        # of planning its own
         self.record: list[Any] | None = None
         self.replay: deque[Any] | None = None
         self._saved_recording: list[tuple[Any, ...]] = []  # the mixers' flags before attach
