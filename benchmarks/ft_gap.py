@@ -378,6 +378,14 @@ def planned(model: Any, method: str, point: dict[str, Any], x: Tensor, batch: in
     return torch.cat(parts), made, final
 
 
+def _swap_setup(args: argparse.Namespace) -> tuple[Any, Tensor, Tensor, dict[str, Any]]:
+    """What ``--swap`` and ``--drift`` start from: the bundled model, ``--images`` clean images
+    of ``--data`` with their labels, and the merge point of ``--point``."""
+    bundled = vimstm.create_model("vim_tiny_cifar10", pretrained=True).eval()
+    x, y = load_images(args.data, args.images, bundled, False, args.seed)
+    return bundled, x, y, vmerge.parse_merge_opts(args.point.split(","))
+
+
 def swap(args: argparse.Namespace) -> dict[str, Any]:
     """Which half of fine-tuning moved a method's accuracy: its merge decisions or the weights
     that process the merged tokens. For each ``METHOD=WEIGHTS`` of ``--swap`` (weights
@@ -385,10 +393,8 @@ def swap(args: argparse.Namespace) -> dict[str, Any]:
     and plans (made by the bundled or the fine-tuned model on the same image), on clean images
     of ``--data``: top-1, KL from the bundled dense model, each against bundled/bundled
     (paired)."""
-    bundled = vimstm.create_model("vim_tiny_cifar10", pretrained=True).eval()
-    x, y = load_images(args.data, args.images, bundled, False, args.seed)
+    bundled, x, y, point = _swap_setup(args)
     dense = logits(bundled, x, args.batch)
-    point = vmerge.parse_merge_opts(args.point.split(","))
     out: dict[str, Any] = {"images": len(x), "dense_top1": float(
         (dense.argmax(-1) == y).float().mean() * 100)}
     for spec in args.swap:
@@ -433,9 +439,7 @@ def drift(args: argparse.Namespace) -> dict[str, Any]:
     of ``--swap``, the weights ``bundled + s (fine-tuned - bundled)`` for each ``s`` of
     ``--drift``, and the share of each image's final tokens (as sets of original tokens) they
     form as the bundled weights do, on clean images of ``--data``."""
-    bundled = vimstm.create_model("vim_tiny_cifar10", pretrained=True).eval()
-    x, _ = load_images(args.data, args.images, bundled, False, args.seed)
-    point = vmerge.parse_merge_opts(args.point.split(","))
+    bundled, x, _, point = _swap_setup(args)
     start = {k: v.clone() for k, v in bundled.state_dict().items()}
     out: dict[str, Any] = {"images": len(x), "scales": args.drift}
     for spec in args.swap:
