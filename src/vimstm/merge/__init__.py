@@ -373,9 +373,9 @@ def merge_method(args: argparse.Namespace) -> str | None:
     return method
 
 
-def patch_from_args(model: Any, args: argparse.Namespace, graphs: bool = True) -> Any:
+def patch_from_args(model: Any, args: argparse.Namespace) -> Any:
     """Patch ``model`` from parsed ``add_merge_args`` flags (see :func:`merge_method`); a no-op
-    for the dense model. ``graphs``: as :func:`patch`'s."""
+    for the dense model."""
     method = merge_method(args)
     if method is None:
         return model
@@ -387,6 +387,5 @@ def patch_from_args(model: Any, args: argparse.Namespace, graphs: bool = True) -
         flops=getattr(args, "flops", None),
         reduction=getattr(args, "reduction", None),
         schedule=getattr(args, "schedule", None),
-        graphs=graphs,
         **parse_merge_opts(getattr(args, "merge_opt", None)),
     )
