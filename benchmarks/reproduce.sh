@@ -48,8 +48,9 @@
 # (the merged runs' schedule options, default "--merge-opt every=2 --merge-opt shape=even": the
 # evidence tables' reduction points), FT_RUNS (default runs/finetune; finished runs are kept,
 # --resume auto), FT_ARGS (recipe flags added to `vimstm finetune`'s defaults, default
-# "--lr 5e-5"), FT_MERGED_ARGS (flags for the merged runs only, e.g. "--merge-opt similarity=delta"), FT_IMG_S (fine-tuning images/s the printed estimate assumes, default 1450: one
-# H200, 1-epoch runs of the 88.58% model).
+# "--lr 5e-5"), FT_MERGED_ARGS (flags for the merged runs only, e.g. "--merge-opt
+# similarity=delta"), FT_IMG_S (fine-tuning images/s the printed estimate assumes, default
+# 1450: one H200, 1-epoch runs of the 88.58% model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
