@@ -76,7 +76,6 @@ import copy
 import hashlib
 import json
 import platform
-import random
 import sys
 import time
 from collections import deque
@@ -91,23 +90,18 @@ from torch import Tensor
 import vimstm
 from vimstm import merge as vmerge
 from vimstm.data import model_transform, open_dataset, train_transform
+from vimstm.engine.train_state import seed_all  # Python (RandAugment), NumPy (Mixup), torch
 from vimstm.models.checkpoint import atomic_write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # KL(dense || other) per image (the fine-tune's distillation term at temperature 1) and the
 # paired bootstrap, as the merge analysis computes them
-from merge_anatomy import boot, kl
+from merge_anatomy import boot, kl, logits_of
 
 POINT = "reduction=0.4,every=2,shape=even"
 METHODS = "stm,prune-top,prune-norm"
 CONDITIONS = ("clean", "aug", "aug+mixup", "aug+cutmix", "clean+cutmix", "train")
 AA, REPROB, SMOOTHING, DROP_PATH = "rand-m9-mstd0.5-inc1", 0.25, 0.1, 0.1
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)  # RandAugment
-    np.random.seed(seed)  # timm Mixup's lambda and box
-    torch.manual_seed(seed)  # crop, flip, erasing, drop path
 
 
 def load_images(data: str, n: int, model: Any, augment: bool, seed: int) -> tuple[Tensor, Tensor]:
@@ -142,8 +136,7 @@ def logits(model: Any, x: Tensor, batch: int, seed: int | None = None) -> Tensor
     """Logits in batches; ``seed``: reseeded first (the same drop-path draws for each method)."""
     if seed is not None:
         torch.manual_seed(seed)
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + batch]).float() for i in range(0, len(x), batch)])
+    return logits_of(model, x, batch)
 
 
 def pasted_tokens(x0: Tensor, x: Tensor, patch: int = 2) -> Tensor:
