@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 
@@ -34,6 +36,20 @@ def load_script(path: str) -> ModuleType:
     return mod
 
 
+def run_gpu_cases_under_interpreter(module: str) -> subprocess.CompletedProcess:
+    """The `gpu` cases of one test module in a fresh process with Triton's interpreter on."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "-m", "gpu",
+         module], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+# Interpreter runs started as soon as collection ends, one at a time on a background thread, so
+# they use the second core while this process runs the other tests; each test waits for its own.
+INTERPRETER_RUNS: dict[str, Future] = {}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if GPU_CASES_HERE:
         return
@@ -41,6 +57,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if len(kept) < len(items):
         config.hook.pytest_deselected(items=[it for it in items if it not in kept])
         items[:] = kept
+    modules = [it.callspec.params["module"] for it in items
+               if getattr(it, "originalname", "") == "test_gpu_cases_under_interpreter"]
+    if modules:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triton-interpreter")
+        for module in modules:
+            INTERPRETER_RUNS[module] = pool.submit(run_gpu_cases_under_interpreter, module)
+        pool.shutdown(wait=False)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # a run stopped early (-x, Ctrl-C) does not wait for interpreter runs that have not started
+    for run in INTERPRETER_RUNS.values():
+        run.cancel()
 
 
 TINY = dict(depth=2, embed_dim=32, img_size=32, patch_size=8, stride=8, num_classes=10)
