@@ -57,7 +57,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if len(kept) < len(items):
         config.hook.pytest_deselected(items=[it for it in items if it not in kept])
         items[:] = kept
-    modules = [it.callspec.params["module"] for it in items
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # after every deselection (-k, -m, ...): only the runs of tests that will run are started
+    if GPU_CASES_HERE:
+        return
+    modules = [it.callspec.params["module"] for it in session.items
                if getattr(it, "originalname", "") == "test_gpu_cases_under_interpreter"]
     if modules:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triton-interpreter")

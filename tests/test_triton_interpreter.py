@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import GPU_CASES_HERE, INTERPRETER_RUNS, run_gpu_cases_under_interpreter
+from conftest import GPU_CASES_HERE, INTERPRETER_RUNS
 
 pytest.importorskip("triton")
 # the longest first, so the background thread finishes as early as it can
@@ -19,8 +19,7 @@ MODULES = ["tests/ops/test_triton_scan.py", "tests/ops/test_mixer.py",
 @pytest.mark.skipif(GPU_CASES_HERE, reason="the gpu cases run in this process")
 @pytest.mark.parametrize("module", MODULES)
 def test_gpu_cases_under_interpreter(module: str) -> None:
-    run = INTERPRETER_RUNS.get(module)
-    proc = run.result() if run is not None else run_gpu_cases_under_interpreter(module)
+    proc = INTERPRETER_RUNS[module].result()
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, tail
     summary = proc.stdout.strip().splitlines()[-1]
